@@ -1,0 +1,2 @@
+//! The CHAT/1 terminal client.
+#![forbid(unsafe_code)]

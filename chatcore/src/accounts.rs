@@ -1,0 +1,235 @@
+//! Accounts and the users file (PROTOCOL.md §10).
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::names::{is_name_syntax, RESERVED_NAMES};
+
+/// How an account's password is stored.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// Plain text, compared as is.
+    Plain(String),
+    /// An argon2id PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`).
+    Argon2id(String),
+}
+
+impl std::fmt::Debug for Credential {
+    /// Never prints the secret itself, so logs of a `Debug` value stay safe.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Plain(_) => f.write_str("Plain(..)"),
+            Credential::Argon2id(_) => f.write_str("Argon2id(..)"),
+        }
+    }
+}
+
+impl Credential {
+    /// Whether the password is stored as plain text.
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Credential::Plain(_))
+    }
+
+    /// Compares a plain-text credential with `password` in time that does
+    /// not depend on where they differ; `None` for a hashed credential,
+    /// which only the driver can verify.
+    pub fn verify_plain(&self, password: &str) -> Option<bool> {
+        match self {
+            Credential::Plain(p) => Some(constant_time_eq(p.as_bytes(), password.as_bytes())),
+            Credential::Argon2id(_) => None,
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
+/// A line of the users file that cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("users file line {line}: {reason}")]
+pub struct UsersFileError {
+    /// The 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The accounts the server knows. There is no sign-up: they come from the
+/// users file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accounts {
+    by_name: BTreeMap<String, Credential>,
+}
+
+impl Accounts {
+    /// No accounts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces an account. The name must be a valid user name.
+    pub fn insert(&mut self, name: &str, credential: Credential) -> Result<(), UsersFileError> {
+        check_name(name).map_err(|reason| UsersFileError { line: 0, reason })?;
+        self.by_name.insert(name.to_string(), credential);
+        Ok(())
+    }
+
+    /// Parses the text of a users file: one `<user> <password>` a line;
+    /// blank lines and `#` comments ignored; CRLF, surrounding blanks and a
+    /// missing final newline accepted. A password starting with `$argon2id$`
+    /// is a PHC string and must look like one.
+    pub fn parse(text: &str) -> Result<Accounts, UsersFileError> {
+        let mut accounts = Accounts::new();
+        for (i, raw) in text.split('\n').enumerate() {
+            let line = i + 1;
+            let err = |reason: String| UsersFileError { line, reason };
+            let l = raw.strip_suffix('\r').unwrap_or(raw).trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let Some((name, password)) = l.split_once([' ', '\t']) else {
+                return Err(err("expected `<user> <password>`".into()));
+            };
+            let password = password.trim();
+            check_name(name).map_err(err)?;
+            if password.chars().any(crate::wire::is_forbidden_control) {
+                return Err(err("the password holds a control character".into()));
+            }
+            let credential = if password.starts_with("$argon2id$") {
+                check_phc(password).map_err(err)?;
+                Credential::Argon2id(password.to_string())
+            } else {
+                Credential::Plain(password.to_string())
+            };
+            if accounts
+                .by_name
+                .insert(name.to_string(), credential)
+                .is_some()
+            {
+                return Err(err(format!("user `{name}` is listed twice")));
+            }
+        }
+        Ok(accounts)
+    }
+
+    /// The credential of `name`, if it is an account.
+    pub fn get(&self, name: &str) -> Option<&Credential> {
+        self.by_name.get(name)
+    }
+
+    /// Whether `name` is an account.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Account names in byte order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// Accounts with their credentials, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Credential)> {
+        self.by_name.iter().map(|(n, c)| (n.as_str(), c))
+    }
+
+    /// How many accounts there are.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if !is_name_syntax(name) {
+        return Err(format!(
+            "`{name}` is not a user name (1-32 of A-Z a-z 0-9 _ . -)"
+        ));
+    }
+    if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        return Err(format!("`{name}` is a reserved word, not a user name"));
+    }
+    Ok(())
+}
+
+/// The shape of an argon2id PHC string; the driver's argon2 library checks
+/// the rest when it verifies.
+fn check_phc(s: &str) -> Result<(), String> {
+    let parts: Vec<&str> = s.split('$').collect();
+    let ok = parts.len() == 6
+        && parts[1] == "argon2id"
+        && parts[2].starts_with("v=")
+        && parts[3].split(',').count() == 3
+        && ["m=", "t=", "p="]
+            .iter()
+            .zip(parts[3].split(','))
+            .all(|(k, v)| v.starts_with(k))
+        && !parts[4].is_empty()
+        && !parts[5].is_empty();
+    if ok {
+        Ok(())
+    } else {
+        Err("malformed argon2id PHC string".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+    #[test]
+    fn parses_a_users_file() {
+        let text = format!(
+            "# accounts\r\nalice secret\r\n\n  bob   two words  \ncarol {PHC}\n\t\nyoda\tdo or do not"
+        );
+        let a = Accounts::parse(&text).unwrap();
+        assert_eq!(a.len(), 4);
+        assert_eq!(a.get("alice"), Some(&Credential::Plain("secret".into())));
+        assert_eq!(a.get("bob"), Some(&Credential::Plain("two words".into())));
+        assert_eq!(a.get("carol"), Some(&Credential::Argon2id(PHC.into())));
+        assert_eq!(
+            a.get("yoda"),
+            Some(&Credential::Plain("do or do not".into()))
+        );
+        assert_eq!(
+            a.names().collect::<Vec<_>>(),
+            ["alice", "bob", "carol", "yoda"]
+        );
+    }
+
+    #[test]
+    fn names_the_bad_line() {
+        let cases = [
+            ("alice secret\nbob\n", 2),
+            ("alice secret\nal!ce x\n", 2),
+            ("\n\nall x\n", 3),
+            ("alice a\nalice b\n", 2),
+            ("eve $argon2id$v=19$broken\n", 1),
+        ];
+        for (text, line) in cases {
+            assert_eq!(Accounts::parse(text).unwrap_err().line, line, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn plain_comparison() {
+        let c = Credential::Plain("pw".into());
+        assert_eq!(c.verify_plain("pw"), Some(true));
+        assert_eq!(c.verify_plain("pW"), Some(false));
+        assert_eq!(c.verify_plain("pw "), Some(false));
+        assert_eq!(c.verify_plain(""), Some(false));
+        assert_eq!(Credential::Argon2id(PHC.into()).verify_plain("pw"), None);
+        assert_eq!(format!("{c:?}"), "Plain(..)");
+    }
+}

@@ -1,0 +1,58 @@
+//! The rules' knobs. Every bound the core enforces is named here.
+
+use std::time::Duration;
+
+/// The core's configuration. The defaults are PROTOCOL.md's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// How long a (user name, address) pair stays blocked after
+    /// [`Config::block_after`] consecutive bad credentials.
+    pub block_time: Duration,
+    /// Consecutive bad credentials for one (user name, address) pair that
+    /// block it. PROTOCOL.md fixes it at 3.
+    pub block_after: u32,
+    /// A logged-in session that sends no command (heartbeat replies aside)
+    /// for this long gets `BYE timeout`.
+    pub time_out: Duration,
+    /// The period of `IDLE <seq>` probes.
+    pub heartbeat: Duration,
+    /// A logged-in session from which nothing arrives for this long is dead.
+    pub heartbeat_timeout: Duration,
+    /// How long after deliveries the probe that confirms them is sent.
+    pub confirm_delay: Duration,
+    /// A connection not logged in by then gets `BYE login-timeout`.
+    pub login_timeout: Duration,
+    /// `wholast` takes minutes in `0..last_hour_minutes`.
+    pub last_hour_minutes: u64,
+    /// Failed login attempts of any kind one connection gets.
+    pub max_login_attempts: u32,
+    /// The longest line, terminator included, in bytes. The core uses it in
+    /// `ERR line-too-long`; the driver's [`crate::wire::LineDecoder`]
+    /// enforces it.
+    pub max_line_bytes: usize,
+    /// The most messages one user's box holds.
+    pub max_held_per_user: usize,
+    /// Lines a connection may send ahead while its password is being
+    /// checked; they are answered once the check is done. More are refused
+    /// with `ERR rate-limited`.
+    pub max_pending_lines: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            block_time: Duration::from_secs(60),
+            block_after: 3,
+            time_out: Duration::from_secs(1800),
+            heartbeat: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(90),
+            confirm_delay: Duration::from_millis(200),
+            login_timeout: Duration::from_secs(60),
+            last_hour_minutes: 60,
+            max_login_attempts: 3,
+            max_line_bytes: 4096,
+            max_held_per_user: 10_000,
+            max_pending_lines: 64,
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Chat messages as the server accepted them.
+
+use crate::time::Time;
+
+/// A message id: unique per data store and never reused.
+pub type MessageId = u64;
+
+/// Private or broadcast: decides `MSG` or `BCAST` on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// Sent with `message`.
+    Private,
+    /// Sent with one of the `broadcast` forms.
+    Broadcast,
+}
+
+/// One accepted message. Every recipient of a broadcast shares one value
+/// (behind an `Arc`), with one id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Message {
+    /// Its id.
+    pub id: MessageId,
+    /// When the server accepted it, to the whole second.
+    pub at: Time,
+    /// The sender.
+    pub from: String,
+    /// Private or broadcast.
+    pub kind: MessageKind,
+    /// The text, byte for byte.
+    pub text: String,
+}

@@ -1,0 +1,206 @@
+//! What goes into and comes out of the [`crate::Server`].
+
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::accounts::Credential;
+use crate::store::StoreOp;
+use crate::time::Time;
+use crate::wire::{DecodeError, ServerLine};
+
+/// A connection, as the core knows it. Allocated by
+/// [`crate::Server::open_session`] and never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub(crate) u64);
+
+impl SessionId {
+    /// The number behind the id, for logs.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Names one password check, so that a late answer for an attempt that no
+/// longer matters (the connection timed out or closed) is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CheckId(pub(crate) u64);
+
+/// Something that happened outside the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A complete line from a connection, already decoded by a
+    /// [`crate::wire::LineDecoder`].
+    Line {
+        /// From whom.
+        session: SessionId,
+        /// The line, without its terminator.
+        line: String,
+    },
+    /// A line the decoder refused (too long, bad encoding). It is answered
+    /// with an `ERR` and counts as a sign of life.
+    Malformed {
+        /// From whom.
+        session: SessionId,
+        /// Why it was refused.
+        error: DecodeError,
+    },
+    /// The connection is gone without `logout` (EOF, reset, a failed write,
+    /// or a peer that stopped reading). Unconfirmed deliveries are held again.
+    Closed {
+        /// Which connection.
+        session: SessionId,
+    },
+    /// The answer to an [`Output::CheckPassword`].
+    PasswordChecked {
+        /// The connection that asked.
+        session: SessionId,
+        /// The check being answered.
+        check: CheckId,
+        /// Whether the password matched.
+        ok: bool,
+    },
+    /// The server is shutting down: every session gets `BYE shutdown`.
+    Shutdown,
+}
+
+/// Work for the driver. Drain them with [`crate::Server::poll_output`]
+/// after every `handle_*` call and act on them in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Write `line` and a `\n` to the connection. See [`StoreOp`] for the
+    /// one ordering rule between sends and persisted changes.
+    Send {
+        /// To whom.
+        session: SessionId,
+        /// What.
+        line: ServerLine,
+    },
+    /// Close the connection once the lines sent before this are written.
+    /// The core has forgotten the session.
+    Close {
+        /// Which connection.
+        session: SessionId,
+    },
+    /// Verify a password, off the event loop if it is slow, and answer with
+    /// [`Input::PasswordChecked`].
+    CheckPassword(PasswordCheck),
+    /// Make a change durable.
+    Persist(StoreOp),
+    /// Something worth a log line.
+    Event(Event),
+}
+
+/// A password to verify.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordCheck {
+    /// The connection that asked.
+    pub session: SessionId,
+    /// Quote it in the answer.
+    pub check: CheckId,
+    /// The user name as typed.
+    pub user: String,
+    /// The password as typed.
+    pub password: String,
+    /// The account's credential, or `None` for a name that is no account.
+    /// The driver must then spend the same work as on a wrong password and
+    /// answer `ok: false`, so timing does not tell which names exist.
+    pub credential: Option<Credential>,
+}
+
+impl fmt::Debug for PasswordCheck {
+    /// Leaves the password out.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasswordCheck")
+            .field("session", &self.session)
+            .field("check", &self.check)
+            .field("user", &self.user)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a session ended, for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client sent `logout`.
+    Logout,
+    /// No command for `time_out`.
+    Timeout,
+    /// Nothing at all for `heartbeat_timeout`.
+    HeartbeatTimeout,
+    /// The connection closed without `logout`.
+    Closed,
+    /// The server shut down.
+    Shutdown,
+}
+
+/// Why a login attempt failed, for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// Unknown name or wrong password.
+    BadCredentials,
+    /// The name is logged in elsewhere.
+    AlreadyOnline,
+    /// The (name, address) pair is blocked.
+    Blocked,
+}
+
+/// Something worth a log line. Message texts never appear here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A connection logged in.
+    LoggedIn {
+        /// The connection.
+        session: SessionId,
+        /// As whom.
+        user: String,
+        /// From where.
+        peer: IpAddr,
+    },
+    /// A login attempt failed.
+    LoginFailed {
+        /// The connection.
+        session: SessionId,
+        /// The name tried.
+        user: String,
+        /// From where.
+        peer: IpAddr,
+        /// Why.
+        reason: LoginFailure,
+    },
+    /// A (name, address) pair was blocked until `until`.
+    Blocked {
+        /// The name.
+        user: String,
+        /// The address.
+        peer: IpAddr,
+        /// When the block ends.
+        until: Time,
+    },
+    /// A logged-in session ended.
+    SessionEnded {
+        /// The connection.
+        session: SessionId,
+        /// Whose it was.
+        user: String,
+        /// Why it ended.
+        how: SessionEnd,
+        /// Deliveries that were not confirmed and are held again.
+        requeued: usize,
+    },
+    /// A connection that never logged in was closed.
+    LoginAbandoned {
+        /// The connection.
+        session: SessionId,
+        /// From where.
+        peer: IpAddr,
+        /// The `BYE` it got, if any (none when the peer closed).
+        bye: Option<crate::wire::ByeReason>,
+    },
+}

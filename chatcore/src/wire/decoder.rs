@@ -1,0 +1,191 @@
+//! Framing: bytes in, lines out, never holding more than one line's bound.
+
+use thiserror::Error;
+
+/// Why a line was refused by the [`LineDecoder`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The line passed `max` bytes (terminator included). Its bytes up to
+    /// the next `\n` are discarded without being buffered.
+    #[error("line longer than {max} bytes")]
+    LineTooLong {
+        /// The bound that was passed.
+        max: usize,
+    },
+    /// The line was not UTF-8, or held a control character other than TAB.
+    #[error("line is not valid UTF-8 text")]
+    BadEncoding,
+}
+
+/// Splits a byte stream into lines by `\n` alone, whatever the read
+/// boundaries, dropping one `\r` before the `\n`.
+///
+/// The decoder never buffers more than `max_line_bytes` of one line: an
+/// over-long line is reported as soon as it passes the bound (so a peer
+/// cannot make the reader wait for a terminator that never comes) and the
+/// rest of it is skipped as it arrives.
+///
+/// ```
+/// use chatcore::wire::{LineDecoder, DecodeError};
+/// let mut d = LineDecoder::new(8);
+/// let mut input: &[u8] = b"hi\r\nwho";
+/// assert_eq!(d.decode(&mut input), Some(Ok("hi".to_string())));
+/// assert_eq!(d.decode(&mut input), None); // "who" waits for its `\n`
+/// let mut more: &[u8] = b"else\nthis line is too long\n";
+/// assert_eq!(d.decode(&mut more), Some(Ok("whoelse".to_string())));
+/// assert_eq!(d.decode(&mut more), Some(Err(DecodeError::LineTooLong { max: 8 })));
+/// assert_eq!(d.decode(&mut more), None);
+/// ```
+#[derive(Debug, Clone)]
+pub struct LineDecoder {
+    max: usize,
+    buf: Vec<u8>,
+    discarding: bool,
+}
+
+impl LineDecoder {
+    /// A decoder for lines of at most `max_line_bytes` bytes, `\n` included.
+    /// A bound below 2 is raised to 2 so that a one-byte line fits.
+    pub fn new(max_line_bytes: usize) -> Self {
+        LineDecoder {
+            max: max_line_bytes.max(2),
+            buf: Vec::new(),
+            discarding: false,
+        }
+    }
+
+    /// The bound this decoder enforces.
+    pub fn max_line_bytes(&self) -> usize {
+        self.max
+    }
+
+    /// Bytes of an unfinished line held now (never more than the bound).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Consumes bytes from the front of `input` up to and including the next
+    /// complete line, and returns it; returns `None` once `input` is used up
+    /// without completing a line (the partial line is kept for the next call).
+    pub fn decode(&mut self, input: &mut &[u8]) -> Option<Result<String, DecodeError>> {
+        while !input.is_empty() {
+            let newline = input.iter().position(|&b| b == b'\n');
+            let take = newline.map_or(input.len(), |i| i + 1);
+            let (chunk, rest) = input.split_at(take);
+            *input = rest;
+            let content = newline.map_or(chunk, |_| &chunk[..chunk.len() - 1]);
+            if self.discarding {
+                if newline.is_some() {
+                    self.discarding = false;
+                }
+                continue;
+            }
+            // Content plus the terminator must fit within the bound.
+            if self.buf.len() + content.len() >= self.max {
+                self.buf.clear();
+                self.discarding = newline.is_none();
+                return Some(Err(DecodeError::LineTooLong { max: self.max }));
+            }
+            self.buf.extend_from_slice(content);
+            if newline.is_some() {
+                let line = std::mem::take(&mut self.buf);
+                return Some(check_text(line));
+            }
+        }
+        None
+    }
+}
+
+/// Turns a complete line's bytes into text: drops one trailing `\r`, and
+/// refuses invalid UTF-8 and control characters other than TAB.
+fn check_text(mut line: Vec<u8>) -> Result<String, DecodeError> {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let text = String::from_utf8(line).map_err(|_| DecodeError::BadEncoding)?;
+    if text.chars().any(is_forbidden_control) {
+        return Err(DecodeError::BadEncoding);
+    }
+    Ok(text)
+}
+
+/// C0 controls other than TAB, and DEL. C1 controls (U+0080–U+009F) are
+/// refused too: some terminals act on them as escape sequences.
+pub(crate) fn is_forbidden_control(c: char) -> bool {
+    (c.is_control() && c != '\t') || c == '\u{7f}'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(d: &mut LineDecoder, mut input: &[u8]) -> Vec<Result<String, DecodeError>> {
+        let mut out = Vec::new();
+        while let Some(item) = d.decode(&mut input) {
+            out.push(item);
+        }
+        out
+    }
+
+    #[test]
+    fn lines_split_across_reads_join() {
+        let mut d = LineDecoder::new(64);
+        assert!(all(&mut d, b"mess").is_empty());
+        assert!(all(&mut d, b"age bob h").is_empty());
+        assert_eq!(
+            all(&mut d, b"i\r\nwhoelse\n"),
+            vec![Ok("message bob hi".into()), Ok("whoelse".into())]
+        );
+    }
+
+    #[test]
+    fn bound_counts_the_terminator() {
+        let mut d = LineDecoder::new(5);
+        assert_eq!(all(&mut d, b"abcd\n"), vec![Ok("abcd".into())]);
+        assert_eq!(
+            all(&mut d, b"abcde\n"),
+            vec![Err(DecodeError::LineTooLong { max: 5 })]
+        );
+        assert_eq!(all(&mut d, b"ok\n"), vec![Ok("ok".into())]);
+    }
+
+    #[test]
+    fn over_long_line_is_reported_early_and_skipped_to_its_end() {
+        let mut d = LineDecoder::new(8);
+        assert_eq!(
+            all(&mut d, b"0123456789"),
+            vec![Err(DecodeError::LineTooLong { max: 8 })]
+        );
+        assert_eq!(d.buffered(), 0);
+        assert!(all(&mut d, &[b'x'; 10_000]).is_empty());
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(all(&mut d, b"tail\nnext\n"), vec![Ok("next".into())]);
+    }
+
+    #[test]
+    fn refuses_bad_encoding_and_controls_but_keeps_tabs() {
+        let mut d = LineDecoder::new(64);
+        assert_eq!(
+            all(&mut d, b"\xff\xfe\n"),
+            vec![Err(DecodeError::BadEncoding)]
+        );
+        assert_eq!(
+            all(&mut d, b"a\x1b[2Jb\n"),
+            vec![Err(DecodeError::BadEncoding)]
+        );
+        assert_eq!(all(&mut d, b"a\0b\n"), vec![Err(DecodeError::BadEncoding)]);
+        assert_eq!(
+            all(&mut d, b"a\x7fb\n"),
+            vec![Err(DecodeError::BadEncoding)]
+        );
+        assert_eq!(all(&mut d, b"a\rb\n"), vec![Err(DecodeError::BadEncoding)]);
+        assert_eq!(
+            all(&mut d, "a\u{9b}b\n".as_bytes()),
+            vec![Err(DecodeError::BadEncoding)]
+        );
+        assert_eq!(
+            all(&mut d, "a\tb é\n".as_bytes()),
+            vec![Ok("a\tb é".into())]
+        );
+    }
+}

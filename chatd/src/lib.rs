@@ -1,0 +1,2 @@
+//! The CHAT/1 server.
+#![forbid(unsafe_code)]
