@@ -11,6 +11,9 @@ pub mod store;
 pub mod time;
 pub mod wire;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use accounts::{Accounts, Credential, UsersFileError};
 pub use config::Config;
 pub use message::{Message, MessageId, MessageKind};

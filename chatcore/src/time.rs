@@ -50,18 +50,6 @@ impl Time {
         Time(self.0 - self.0 % 1000)
     }
 
-    /// `self + d`, saturating at the far future.
-    pub fn add(self, d: Duration) -> Self {
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Time(self.0.saturating_add(ms))
-    }
-
-    /// `self - d`, saturating at the epoch.
-    pub fn sub(self, d: Duration) -> Self {
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Time(self.0.saturating_sub(ms))
-    }
-
     /// How long after `earlier` this moment is (zero if it is not after).
     pub fn since(self, earlier: Time) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
@@ -105,6 +93,27 @@ impl Time {
         Some(Time::from_unix_secs(
             days * 86_400 + h * 3600 + mi * 60 + se,
         ))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Saturates at the far future rather than overflowing: a huge configured
+/// timeout means "never", not a panic.
+impl std::ops::Add<Duration> for Time {
+    type Output = Time;
+    fn add(self, d: Duration) -> Time {
+        Time(self.0.saturating_add(millis(d)))
+    }
+}
+
+/// Saturates at the epoch.
+impl std::ops::Sub<Duration> for Time {
+    type Output = Time;
+    fn sub(self, d: Duration) -> Time {
+        Time(self.0.saturating_sub(millis(d)))
     }
 }
 

@@ -1,20 +1,64 @@
 //! The chat service as a state machine.
 
+mod commands;
+mod delivery;
 mod io;
+mod login;
+mod session;
+mod timers;
 
 pub use io::{CheckId, Event, Input, LoginFailure, Output, PasswordCheck, SessionEnd, SessionId};
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
-use crate::store::Restored;
+use crate::message::{Message, MessageId};
+use crate::store::{LoginFailures, Restored, StoreOp};
 use crate::time::Time;
+use crate::wire::{Ask, ByeReason, ServerLine};
 
-/// The whole chat service for one data store.
+use session::{Pending, Phase, Session};
+use timers::Timers;
+
+/// How many message ids one [`StoreOp::ReserveIds`] sets aside, so the
+/// store is not written once per message just for the counter.
+const ID_BLOCK: MessageId = 1024;
+
+/// The whole chat service for one data store: every rule of CHAT/1, driven
+/// by plain calls.
+///
+/// Methods come in four groups, after quinn-proto's `Connection`:
+/// - `handle_*` and [`Server::open_session`] feed events in;
+/// - [`Server::poll_output`] hands out the work they caused: drain it until
+///   `None` after every call that feeds an event;
+/// - [`Server::poll_timeout`] says when to call [`Server::handle_timeout`];
+/// - getters read state for status pages and tests.
+///
+/// Every call takes `now`. The core keeps the latest `now` it was given and
+/// ignores earlier ones, so its clock never runs backwards.
 #[derive(Debug)]
 pub struct Server {
-    _p: (),
+    config: Config,
+    accounts: Accounts,
+    now: Time,
+    next_session: u64,
+    next_check: u64,
+    sessions: HashMap<SessionId, Session>,
+    /// Logged-in users, in name order (that is the order of `WHO`).
+    online: BTreeMap<String, SessionId>,
+    /// Held messages per user, oldest first.
+    boxes: HashMap<String, VecDeque<Arc<Message>>>,
+    last_seen: HashMap<String, Time>,
+    failures: HashMap<(String, IpAddr), LoginFailures>,
+    next_id: MessageId,
+    /// Ids below this are reserved in the store.
+    reserved: MessageId,
+    timers: Timers,
+    out: VecDeque<Output>,
+    shut_down: bool,
 }
 
 impl Server {
@@ -23,31 +67,330 @@ impl Server {
         Self::restore(config, accounts, Restored::default(), now)
     }
 
-    /// A server that carries on from what a store gave back.
-    pub fn restore(_config: Config, _accounts: Accounts, _restored: Restored, _now: Time) -> Self {
-        Server { _p: () }
+    /// A server that carries on from what a store gave back: held messages,
+    /// the `wholast` history, lockouts and the id counter.
+    pub fn restore(config: Config, accounts: Accounts, restored: Restored, now: Time) -> Self {
+        let max_held_id = restored
+            .held
+            .values()
+            .flatten()
+            .map(|m| m.id)
+            .max()
+            .unwrap_or(0);
+        let next_id = restored.next_id.max(max_held_id + 1).max(1);
+        Server {
+            config,
+            accounts,
+            now,
+            next_session: 1,
+            next_check: 1,
+            sessions: HashMap::new(),
+            online: BTreeMap::new(),
+            boxes: restored
+                .held
+                .into_iter()
+                .map(|(user, msgs)| (user, msgs.into()))
+                .collect(),
+            last_seen: restored.last_seen.into_iter().collect(),
+            failures: restored
+                .login_failures
+                .into_iter()
+                .map(|f| ((f.user.clone(), f.ip), f))
+                .collect(),
+            next_id,
+            reserved: next_id,
+            timers: Timers::default(),
+            out: VecDeque::new(),
+            shut_down: false,
+        }
     }
 
     /// A new connection from `peer`: greets it and asks for a user name.
-    pub fn open_session(&mut self, _peer: IpAddr, _now: Time) -> SessionId {
-        SessionId(0)
+    /// After [`Input::Shutdown`] it is refused with `BYE shutdown` at once.
+    pub fn open_session(&mut self, peer: IpAddr, now: Time) -> SessionId {
+        self.advance_clock(now);
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        self.send(id, ServerLine::Hello);
+        if self.shut_down {
+            self.send(id, ServerLine::Bye(ByeReason::Shutdown));
+            self.out.push_back(Output::Close { session: id });
+            return id;
+        }
+        self.send(id, ServerLine::Ask(Ask::Username));
+        self.sessions.insert(id, Session::new(peer, self.now));
+        self.arm(id);
+        id
     }
 
-    /// Feeds one input.
-    pub fn handle_input(&mut self, _now: Time, _input: Input) {}
+    /// Feeds one input. Client mistakes are answered on the wire, never
+    /// returned as errors; input for a session the core has closed is ignored.
+    pub fn handle_input(&mut self, now: Time, input: Input) {
+        self.advance_clock(now);
+        match input {
+            Input::Line { session, line } => self.on_line(session, Pending::Line(line)),
+            Input::Malformed { session, error } => self.on_line(session, Pending::Malformed(error)),
+            Input::Closed { session } => self.on_closed(session),
+            Input::PasswordChecked { session, check, ok } => {
+                self.on_password_checked(session, check, ok)
+            }
+            Input::Shutdown => self.shutdown(),
+        }
+    }
 
-    /// Runs what is due at `now`. Early or repeated calls do nothing.
-    pub fn handle_timeout(&mut self, _now: Time) {}
+    /// Runs what is due at `now`: heartbeats, confirming probes, timeouts.
+    /// Early or repeated calls do nothing.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.advance_clock(now);
+        while let Some((at, id)) = self.timers.pop_due(self.now) {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if session.armed != Some(at) {
+                continue;
+            }
+            session.armed = None;
+            self.on_timer(id);
+            self.arm(id);
+        }
+    }
 
-    /// The next piece of work for the driver.
+    /// The next piece of work for the driver, in the order it must be done.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        None
+        self.out.pop_front()
     }
 
-    /// When to call [`Server::handle_timeout`] next.
+    /// When to call [`Server::handle_timeout`] next; `None` when nothing is
+    /// scheduled.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
-        None
+        self.timers.next()
     }
+
+    /// The core's clock: the latest time it was given.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The accounts in force.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// Open connections, logged in or not.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Logged-in users in name order.
+    pub fn online_users(&self) -> impl Iterator<Item = &str> {
+        self.online.keys().map(String::as_str)
+    }
+
+    /// Who is logged in on `session`, if anyone.
+    pub fn user_of(&self, session: SessionId) -> Option<&str> {
+        self.sessions
+            .get(&session)?
+            .active()
+            .map(|a| a.user.as_str())
+    }
+
+    /// How many messages are held for `user` (not counting deliveries
+    /// waiting for confirmation).
+    pub fn held_count(&self, user: &str) -> usize {
+        self.boxes.get(user).map_or(0, VecDeque::len)
+    }
+
+    /// Whether [`Input::Shutdown`] was handled.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
+    }
+
+    fn advance_clock(&mut self, now: Time) {
+        self.now = self.now.max(now);
+    }
+
+    fn send(&mut self, session: SessionId, line: ServerLine) {
+        self.out.push_back(Output::Send { session, line });
+    }
+
+    fn persist(&mut self, op: StoreOp) {
+        self.out.push_back(Output::Persist(op));
+    }
+
+    fn event(&mut self, event: Event) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    /// Hands out a fresh message id, reserving a block in the store first
+    /// when the last one is used up (the reservation precedes every line
+    /// carrying the id, so a crash never lets an id be used twice).
+    fn allocate_id(&mut self) -> MessageId {
+        if self.next_id >= self.reserved {
+            self.reserved = self.next_id + ID_BLOCK;
+            self.persist(StoreOp::ReserveIds {
+                next: self.reserved,
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Puts the session's entry in the timer set at its earliest deadline,
+    /// if that is earlier than the entry it has.
+    fn arm(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let at = session.deadline(&self.config);
+        session.armed = Some(self.timers.arm(id, session.armed, at));
+    }
+
+    fn on_line(&mut self, id: SessionId, input: Pending) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match &mut session.phase {
+            Phase::Checking { pending, .. } => {
+                if pending.len() < self.config.max_pending_lines {
+                    pending.push_back(input);
+                } else {
+                    self.send(id, rate_limited("too many lines ahead of the login"));
+                }
+            }
+            Phase::Active(_) => self.on_command_line(id, input),
+            Phase::AwaitUser | Phase::AwaitPassword { .. } => self.on_login_line(id, input),
+        }
+        self.arm(id);
+    }
+
+    fn on_timer(&mut self, id: SessionId) {
+        let now = self.now;
+        let config = &self.config;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Phase::Active(a) = &mut session.phase else {
+            if now >= session.opened + config.login_timeout {
+                self.abandon_login(id, Some(ByeReason::LoginTimeout));
+            }
+            return;
+        };
+        if now >= a.heartbeat_deadline(config) {
+            self.end_session(id, SessionEnd::HeartbeatTimeout);
+            return;
+        }
+        if now >= a.inactivity_deadline(config) {
+            self.end_session(id, SessionEnd::Timeout);
+            return;
+        }
+        let heartbeat_due = now >= a.next_heartbeat;
+        let confirm_due = a.confirm_at.is_some_and(|c| now >= c);
+        if heartbeat_due {
+            a.next_heartbeat = now + config.heartbeat;
+        }
+        if confirm_due {
+            a.confirm_at = None;
+        }
+        if heartbeat_due || (confirm_due && a.needs_probe()) {
+            a.probe_seq += 1;
+            a.confirm_at = None;
+            let seq = a.probe_seq;
+            self.send(id, ServerLine::Idle { seq });
+        }
+    }
+
+    fn on_closed(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        if session.active().is_some() {
+            self.end_session(id, SessionEnd::Closed);
+        } else {
+            self.abandon_login(id, None);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.shut_down = true;
+        let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            if self.user_of(id).is_some() {
+                self.end_session(id, SessionEnd::Shutdown);
+            } else {
+                self.abandon_login(id, Some(ByeReason::Shutdown));
+            }
+        }
+    }
+
+    /// Closes a connection that never logged in, with `bye` if it is still
+    /// there to read it.
+    fn abandon_login(&mut self, id: SessionId, bye: Option<ByeReason>) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.timers.disarm(id, session.armed);
+        if let Some(reason) = bye {
+            self.send(id, ServerLine::Bye(reason));
+            self.out.push_back(Output::Close { session: id });
+        }
+        self.event(Event::LoginAbandoned {
+            session: id,
+            peer: session.peer,
+            bye,
+        });
+    }
+
+    /// Ends a logged-in session: unconfirmed deliveries are held again
+    /// (after `logout` there are none left), the user goes offline, and the
+    /// client gets the `BYE` that fits, unless it is already gone.
+    fn end_session(&mut self, id: SessionId, how: SessionEnd) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.timers.disarm(id, session.armed);
+        let Phase::Active(active) = session.phase else {
+            return;
+        };
+        let user = active.user.clone();
+        self.online.remove(&user);
+        let requeued = self.requeue(&user, active.unconfirmed);
+        self.last_seen.insert(user.clone(), self.now);
+        self.persist(StoreOp::Seen {
+            user: user.clone(),
+            at: self.now,
+        });
+        let bye = match how {
+            SessionEnd::Logout => Some(ByeReason::Logout),
+            SessionEnd::Timeout => Some(ByeReason::Timeout),
+            SessionEnd::Shutdown => Some(ByeReason::Shutdown),
+            SessionEnd::HeartbeatTimeout | SessionEnd::Closed => None,
+        };
+        if let Some(reason) = bye {
+            self.send(id, ServerLine::Bye(reason));
+        }
+        if how != SessionEnd::Closed {
+            self.out.push_back(Output::Close { session: id });
+        }
+        self.event(Event::SessionEnded {
+            session: id,
+            user,
+            how,
+            requeued,
+        });
+    }
+}
+
+fn rate_limited(detail: &str) -> ServerLine {
+    ServerLine::Err(crate::wire::ErrorReply::RateLimited {
+        detail: detail.to_string(),
+    })
 }

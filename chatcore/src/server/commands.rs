@@ -1,0 +1,172 @@
+//! Commands of a logged-in client: each gets exactly one reply line, and
+//! the deliveries it causes are written before that reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::delivery::Routed;
+use super::io::{SessionEnd, SessionId};
+use super::login::decode_error_reply;
+use super::session::Pending;
+use super::Server;
+use crate::message::{Message, MessageKind};
+use crate::wire::{
+    Audience, Command, ErrorReply, IdleArg, ParseError, ServerLine, Status, UsageOf,
+};
+
+impl Server {
+    pub(super) fn on_command_line(&mut self, id: SessionId, input: Pending) {
+        let now = self.now;
+        let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+            return;
+        };
+        active.last_heard = now;
+        let line = match input {
+            Pending::Line(line) => line,
+            Pending::Malformed(error) => {
+                self.send(id, ServerLine::Err(decode_error_reply(error)));
+                return;
+            }
+        };
+        let command = match Command::parse(&line) {
+            Ok(Command::Idle(IdleArg::None)) => return,
+            Ok(Command::Idle(IdleArg::Seq(seq))) => return self.confirm(id, seq),
+            Ok(command) => command,
+            Err(ParseError::Blank) => return,
+            Err(ParseError::UnknownCommand(word)) => {
+                active.last_command = now;
+                self.send(id, ServerLine::Err(ErrorReply::UnknownCommand { word }));
+                return;
+            }
+            Err(ParseError::Usage(of)) => {
+                active.last_command = now;
+                let usage = of.text(self.config.last_hour_minutes);
+                self.send(id, ServerLine::Err(ErrorReply::Usage { usage }));
+                return;
+            }
+        };
+        active.last_command = now;
+        let user = active.user.clone();
+        match command {
+            Command::Message { to, text } => self.message(id, &user, to, text),
+            Command::Broadcast { audience, text } => self.broadcast(id, &user, audience, text),
+            Command::WhoElse => {
+                let names = self
+                    .online
+                    .keys()
+                    .filter(|n| **n != user)
+                    .cloned()
+                    .collect();
+                self.send(id, ServerLine::Who(names));
+            }
+            Command::WhoLast { minutes } => self.wholast(id, &user, minutes),
+            Command::Idle(IdleArg::Busy) => {
+                if let Some(a) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
+                    a.busy = true;
+                }
+                self.send(id, ServerLine::Status(Status::Busy));
+            }
+            Command::Idle(IdleArg::Online) => {
+                if let Some(a) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
+                    a.busy = false;
+                }
+                self.deliver_box(id);
+                self.send(id, ServerLine::Status(Status::Online));
+            }
+            Command::Idle(IdleArg::None | IdleArg::Seq(_)) => {}
+            Command::Logout => {
+                self.confirm_all(id);
+                self.end_session(id, SessionEnd::Logout);
+            }
+        }
+    }
+
+    fn new_message(&mut self, from: &str, kind: MessageKind, text: String) -> Arc<Message> {
+        Arc::new(Message {
+            id: self.allocate_id(),
+            at: self.now.whole_second(),
+            from: from.to_string(),
+            kind,
+            text,
+        })
+    }
+
+    fn message(&mut self, id: SessionId, from: &str, to: String, text: String) {
+        if !self.accounts.contains(&to) {
+            self.send(id, ServerLine::Err(ErrorReply::UnknownUser { user: to }));
+            return;
+        }
+        let deliverable = self.online.get(&to).is_some_and(|s| !self.is_busy(*s));
+        if !deliverable && !self.box_has_room(&to) {
+            self.send(id, ServerLine::Err(ErrorReply::QueueFull { user: to }));
+            return;
+        }
+        let message = self.new_message(from, MessageKind::Private, text);
+        let reply = match self.route(&to, &message, true) {
+            Routed::Delivered => ServerLine::Delivered { user: to },
+            Routed::Held(because) => ServerLine::Queued { user: to, because },
+            Routed::Full | Routed::Skipped => ServerLine::Err(ErrorReply::QueueFull { user: to }),
+        };
+        self.send(id, reply);
+    }
+
+    fn broadcast(&mut self, id: SessionId, from: &str, audience: Audience, text: String) {
+        let (recipients, hold_offline): (Vec<String>, bool) = match audience {
+            Audience::Online => (self.online.keys().cloned().collect(), false),
+            Audience::All => (self.accounts.names().map(str::to_string).collect(), true),
+            Audience::Users(listed) => {
+                if let Some(unknown) = listed.iter().find(|u| !self.accounts.contains(u)) {
+                    let user = unknown.clone();
+                    self.send(id, ServerLine::Err(ErrorReply::UnknownUser { user }));
+                    return;
+                }
+                let mut unique = Vec::with_capacity(listed.len());
+                for u in listed {
+                    if !unique.contains(&u) {
+                        unique.push(u);
+                    }
+                }
+                (unique, true)
+            }
+        };
+        let message = self.new_message(from, MessageKind::Broadcast, text);
+        let (mut delivered, mut queued, mut full) = (0, 0, Vec::new());
+        for user in recipients {
+            match self.route(&user, &message, hold_offline) {
+                Routed::Delivered => delivered += 1,
+                Routed::Held(_) => queued += 1,
+                Routed::Full => full.push(user),
+                Routed::Skipped => {}
+            }
+        }
+        full.sort();
+        self.send(
+            id,
+            ServerLine::Broadcasted {
+                delivered,
+                queued,
+                full,
+            },
+        );
+    }
+
+    fn wholast(&mut self, id: SessionId, user: &str, minutes: u64) {
+        if minutes >= self.config.last_hour_minutes {
+            let usage = UsageOf::WhoLast.text(self.config.last_hour_minutes);
+            self.send(id, ServerLine::Err(ErrorReply::Usage { usage }));
+            return;
+        }
+        let since = self.now - Duration::from_secs(minutes.saturating_mul(60));
+        let mut names: Vec<String> = self
+            .last_seen
+            .iter()
+            .filter(|(name, seen)| **seen >= since || self.online.contains_key(*name))
+            .map(|(name, _)| name.clone())
+            .chain(self.online.keys().cloned())
+            .filter(|name| name != user)
+            .collect();
+        names.sort();
+        names.dedup();
+        self.send(id, ServerLine::Last(names));
+    }
+}

@@ -1,0 +1,190 @@
+//! Boxes of held messages, delivery, confirmation and redelivery.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::io::SessionId;
+use super::session::{Phase, Unconfirmed};
+use super::Server;
+use crate::message::Message;
+use crate::store::StoreOp;
+use crate::wire::{HeldBecause, ServerLine};
+
+/// What became of one recipient's copy of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Routed {
+    /// Written to their session.
+    Delivered,
+    /// Put in their box.
+    Held(HeldBecause),
+    /// Their box is full: nothing was done.
+    Full,
+    /// Offline, and this form of message is not held.
+    Skipped,
+}
+
+impl Server {
+    /// Delivers `message` to `user` now if they are online and not busy,
+    /// holds it otherwise (offline ones only when `hold_offline`).
+    pub(super) fn route(
+        &mut self,
+        user: &str,
+        message: &Arc<Message>,
+        hold_offline: bool,
+    ) -> Routed {
+        let session = self.online.get(user).copied();
+        let busy = session
+            .and_then(|id| self.sessions.get(&id))
+            .and_then(|s| s.active())
+            .map(|a| a.busy);
+        match (session, busy) {
+            (Some(id), Some(false)) => {
+                self.deliver(id, Arc::clone(message), false);
+                Routed::Delivered
+            }
+            (Some(_), _) => self.hold(user, message, HeldBecause::Busy),
+            (None, _) if hold_offline => self.hold(user, message, HeldBecause::Offline),
+            (None, _) => Routed::Skipped,
+        }
+    }
+
+    /// Whether `user`'s box has room for one more.
+    pub(super) fn box_has_room(&self, user: &str) -> bool {
+        self.held_count(user) < self.config.max_held_per_user
+    }
+
+    fn hold(&mut self, user: &str, message: &Arc<Message>, because: HeldBecause) -> Routed {
+        if !self.box_has_room(user) {
+            return Routed::Full;
+        }
+        self.boxes
+            .entry(user.to_string())
+            .or_default()
+            .push_back(Arc::clone(message));
+        self.persist(StoreOp::Hold {
+            user: user.to_string(),
+            message: Arc::clone(message),
+        });
+        Routed::Held(because)
+    }
+
+    /// Writes a message to a session and remembers it until confirmed; a
+    /// probe follows within `confirm_delay`.
+    fn deliver(&mut self, id: SessionId, message: Arc<Message>, stored: bool) {
+        let now = self.now;
+        let delay = self.config.confirm_delay;
+        let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+            return;
+        };
+        active.unconfirmed.push_back(Unconfirmed {
+            after_probe: active.probe_seq,
+            message: Arc::clone(&message),
+            stored,
+        });
+        if active.confirm_at.is_none() {
+            active.confirm_at = Some(now + delay);
+        }
+        self.send(id, ServerLine::Deliver(message));
+        self.arm(id);
+    }
+
+    /// Sends the user's held messages (`OFFLINE <n>` and then each, oldest
+    /// first). They stay in the store until confirmed.
+    pub(super) fn deliver_box(&mut self, id: SessionId) {
+        let Some(user) = self.user_of(id).map(str::to_string) else {
+            return;
+        };
+        let Some(held) = self.boxes.remove(&user) else {
+            return;
+        };
+        if held.is_empty() {
+            return;
+        }
+        self.send(id, ServerLine::Offline { count: held.len() });
+        for message in held {
+            self.deliver(id, message, true);
+        }
+    }
+
+    /// The client answered probe `seq`: every delivery written before that
+    /// probe went out is confirmed, and held ones leave the store.
+    pub(super) fn confirm(&mut self, id: SessionId, seq: u64) {
+        let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+            return;
+        };
+        if seq == 0 || seq > active.probe_seq {
+            return; // no such probe was sent: a sign of life, nothing more
+        }
+        let mut released = Vec::new();
+        while active
+            .unconfirmed
+            .front()
+            .is_some_and(|u| u.after_probe < seq)
+        {
+            if let Some(u) = active.unconfirmed.pop_front() {
+                if u.stored {
+                    released.push(u.message.id);
+                }
+            }
+        }
+        let user = active.user.clone();
+        for id in released {
+            self.persist(StoreOp::Release {
+                user: user.clone(),
+                id,
+            });
+        }
+    }
+
+    /// Confirms every delivery of the session (`logout`).
+    pub(super) fn confirm_all(&mut self, id: SessionId) {
+        let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+            return;
+        };
+        let user = active.user.clone();
+        let released: Vec<_> = active
+            .unconfirmed
+            .drain(..)
+            .filter(|u| u.stored)
+            .map(|u| u.message.id)
+            .collect();
+        for id in released {
+            self.persist(StoreOp::Release {
+                user: user.clone(),
+                id,
+            });
+        }
+    }
+
+    /// Puts unconfirmed deliveries back at the front of the user's box, in
+    /// their order, for redelivery at the next login. Returns how many.
+    ///
+    /// Everything in the box was accepted after these were delivered (a box
+    /// only fills while its owner is offline or busy, and is emptied when
+    /// they come back), so the box stays in id order. The box may pass
+    /// `max_held_per_user` here: a delivered message is never dropped.
+    pub(super) fn requeue(&mut self, user: &str, unconfirmed: VecDeque<Unconfirmed>) -> usize {
+        let n = unconfirmed.len();
+        if n == 0 {
+            return 0;
+        }
+        for u in &unconfirmed {
+            if !u.stored {
+                self.persist(StoreOp::Hold {
+                    user: user.to_string(),
+                    message: Arc::clone(&u.message),
+                });
+            }
+        }
+        let held = self.boxes.entry(user.to_string()).or_default();
+        for u in unconfirmed.into_iter().rev() {
+            held.push_front(u.message);
+        }
+        n
+    }
+
+    /// Whether the session is logged in and busy.
+    pub(super) fn is_busy(&self, id: SessionId) -> bool {
+        matches!(self.sessions.get(&id).map(|s| &s.phase), Some(Phase::Active(a)) if a.busy)
+    }
+}

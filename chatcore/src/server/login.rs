@@ -1,0 +1,254 @@
+//! Logging in: prompts, the per-connection attempt budget, lockout per
+//! (user name, address), and duplicate logins.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::io::{CheckId, Event, LoginFailure, Output, PasswordCheck, SessionId};
+use super::session::{Active, Pending, Phase};
+use super::Server;
+use crate::store::{LoginFailures, StoreOp};
+use crate::wire::{Ask, ByeReason, ErrorReply, ServerLine};
+
+/// The `ERR` that answers a line the decoder refused.
+pub(super) fn decode_error_reply(error: crate::wire::DecodeError) -> ErrorReply {
+    match error {
+        crate::wire::DecodeError::LineTooLong { max } => ErrorReply::LineTooLong { max },
+        crate::wire::DecodeError::BadEncoding => ErrorReply::BadEncoding,
+    }
+}
+
+/// Whole seconds left, rounded up, and never 0 while a block is in force.
+fn seconds_left(left: Duration) -> u64 {
+    left.as_millis().div_ceil(1000).max(1) as u64
+}
+
+impl Server {
+    /// A line answering `ASK username` or `ASK password`.
+    pub(super) fn on_login_line(&mut self, id: SessionId, input: Pending) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let ask = match &session.phase {
+            Phase::AwaitPassword { .. } => Ask::Password,
+            _ => Ask::Username,
+        };
+        let line = match input {
+            Pending::Line(line) => line,
+            Pending::Malformed(error) => {
+                self.send(id, ServerLine::Err(decode_error_reply(error)));
+                self.send(id, ServerLine::Ask(ask));
+                return;
+            }
+        };
+        match std::mem::replace(&mut session.phase, Phase::AwaitUser) {
+            Phase::AwaitUser => {
+                let user = line.trim().to_string();
+                if user.is_empty() {
+                    self.send(id, ServerLine::Ask(Ask::Username));
+                    return;
+                }
+                let peer = session.peer;
+                if let Some(left) = self.block_left(&user, peer) {
+                    self.refuse_blocked(id, user, peer, left);
+                    return;
+                }
+                if let Some(session) = self.sessions.get_mut(&id) {
+                    session.phase = Phase::AwaitPassword { user };
+                }
+                self.send(id, ServerLine::Ask(Ask::Password));
+            }
+            Phase::AwaitPassword { user } => {
+                let peer = session.peer;
+                // Another connection may have caused a block meanwhile.
+                if let Some(left) = self.block_left(&user, peer) {
+                    self.refuse_blocked(id, user, peer, left);
+                    return;
+                }
+                let check = CheckId(self.next_check);
+                self.next_check += 1;
+                let credential = self.accounts.get(&user).cloned();
+                if let Some(session) = self.sessions.get_mut(&id) {
+                    session.phase = Phase::Checking {
+                        user: user.clone(),
+                        check,
+                        pending: VecDeque::new(),
+                    };
+                }
+                self.out.push_back(Output::CheckPassword(PasswordCheck {
+                    session: id,
+                    check,
+                    user,
+                    password: line,
+                    credential,
+                }));
+            }
+            other => session.phase = other,
+        }
+    }
+
+    /// The driver's answer to a password check.
+    pub(super) fn on_password_checked(&mut self, id: SessionId, check: CheckId, ok: bool) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Phase::Checking {
+            check: expected, ..
+        } = &session.phase
+        else {
+            return;
+        };
+        if *expected != check {
+            return;
+        }
+        let Phase::Checking { user, pending, .. } =
+            std::mem::replace(&mut session.phase, Phase::AwaitUser)
+        else {
+            return;
+        };
+        let peer = session.peer;
+        if !ok {
+            self.bad_credentials(id, user, peer);
+        } else if self.online.contains_key(&user) {
+            self.send(id, ServerLine::Err(ErrorReply::AlreadyOnline));
+            self.event(Event::LoginFailed {
+                session: id,
+                user,
+                peer,
+                reason: LoginFailure::AlreadyOnline,
+            });
+            self.failed_attempt(id);
+        } else {
+            self.log_in(id, user, peer);
+        }
+        // Lines sent ahead of the answer are handled now, in order; one of
+        // them may start another check, which then queues the rest.
+        for input in pending {
+            match self.sessions.get_mut(&id).map(|s| &mut s.phase) {
+                None => break,
+                Some(Phase::Checking { pending, .. }) => pending.push_back(input),
+                Some(_) => self.on_line(id, input),
+            }
+        }
+        self.arm(id);
+    }
+
+    fn log_in(&mut self, id: SessionId, user: String, peer: std::net::IpAddr) {
+        if self.failures.remove(&(user.clone(), peer)).is_some() {
+            self.persist(StoreOp::ClearLoginFailures {
+                user: user.clone(),
+                ip: peer,
+            });
+        }
+        let now = self.now;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.phase = Phase::Active(Box::new(Active::new(user.clone(), now, &self.config)));
+        self.online.insert(user.clone(), id);
+        self.last_seen.insert(user.clone(), now);
+        self.persist(StoreOp::Seen {
+            user: user.clone(),
+            at: now,
+        });
+        self.send(id, ServerLine::LoggedIn { user: user.clone() });
+        self.event(Event::LoggedIn {
+            session: id,
+            user,
+            peer,
+        });
+        self.deliver_box(id);
+    }
+
+    /// A wrong password or unknown name: counts toward the pair's block and
+    /// the connection's budget.
+    fn bad_credentials(&mut self, id: SessionId, user: String, peer: IpAddr) {
+        let now = self.now;
+        let record = self
+            .failures
+            .entry((user.clone(), peer))
+            .or_insert_with(|| LoginFailures {
+                user: user.clone(),
+                ip: peer,
+                count: 0,
+                last: now,
+                blocked_until: None,
+            });
+        record.count += 1;
+        record.last = now;
+        let blocked = record.count >= self.config.block_after;
+        if blocked {
+            record.count = 0;
+            record.blocked_until = Some(now + self.config.block_time);
+        }
+        let snapshot = record.clone();
+        self.persist(StoreOp::LoginFailures(snapshot));
+        if blocked {
+            let until = now + self.config.block_time;
+            self.event(Event::Blocked {
+                user: user.clone(),
+                peer,
+                until,
+            });
+            self.refuse_blocked(id, user, peer, self.config.block_time);
+            return;
+        }
+        self.send(id, ServerLine::Err(ErrorReply::BadCredentials));
+        self.event(Event::LoginFailed {
+            session: id,
+            user,
+            peer,
+            reason: LoginFailure::BadCredentials,
+        });
+        self.failed_attempt(id);
+    }
+
+    /// Counts a failed attempt on the connection: ask again, or say goodbye
+    /// once the budget is spent.
+    fn failed_attempt(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.failed_attempts += 1;
+        session.phase = Phase::AwaitUser;
+        if session.failed_attempts >= self.config.max_login_attempts {
+            self.abandon_login(id, Some(ByeReason::LoginFailed));
+        } else {
+            self.send(id, ServerLine::Ask(Ask::Username));
+        }
+    }
+
+    /// `ERR blocked <secs>`, `BYE blocked`, and the connection closes.
+    fn refuse_blocked(&mut self, id: SessionId, user: String, peer: IpAddr, left: Duration) {
+        self.send(
+            id,
+            ServerLine::Err(ErrorReply::Blocked {
+                seconds_left: seconds_left(left),
+            }),
+        );
+        self.event(Event::LoginFailed {
+            session: id,
+            user,
+            peer,
+            reason: LoginFailure::Blocked,
+        });
+        self.abandon_login(id, Some(ByeReason::Blocked));
+    }
+
+    /// How long the pair stays blocked; forgets a block that has ended, so
+    /// the pair starts counting again from zero.
+    fn block_left(&mut self, user: &str, peer: IpAddr) -> Option<Duration> {
+        let key = (user.to_string(), peer);
+        let until = self.failures.get(&key)?.blocked_until?;
+        if until > self.now {
+            return Some(until.since(self.now));
+        }
+        self.failures.remove(&key);
+        self.persist(StoreOp::ClearLoginFailures {
+            user: user.to_string(),
+            ip: peer,
+        });
+        None
+    }
+}

@@ -1,0 +1,147 @@
+//! One connection's state, from greeting to goodbye.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::io::CheckId;
+use crate::config::Config;
+use crate::message::Message;
+use crate::time::Time;
+use crate::wire::DecodeError;
+
+/// Input that arrived while a password was being checked, answered once the
+/// check is done so replies keep the order of the lines they answer.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    Line(String),
+    Malformed(DecodeError),
+}
+
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// `ASK username` was sent.
+    AwaitUser,
+    /// `ASK password` was sent for `user`.
+    AwaitPassword { user: String },
+    /// The driver is verifying the password.
+    Checking {
+        user: String,
+        check: CheckId,
+        pending: VecDeque<Pending>,
+    },
+    /// Logged in.
+    Active(Box<Active>),
+}
+
+/// A delivery written to the client and not yet confirmed.
+#[derive(Debug)]
+pub(crate) struct Unconfirmed {
+    /// The last probe sequence number sent before the delivery: an answer to
+    /// any later probe confirms it.
+    pub(crate) after_probe: u64,
+    pub(crate) message: Arc<Message>,
+    /// Whether the message is in the store (it came from the box), so that
+    /// confirming it must release it there.
+    pub(crate) stored: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Active {
+    pub(crate) user: String,
+    pub(crate) busy: bool,
+    /// Anything at all arrived (heartbeat liveness).
+    pub(crate) last_heard: Time,
+    /// A command other than a heartbeat reply arrived (inactivity timeout).
+    pub(crate) last_command: Time,
+    pub(crate) next_heartbeat: Time,
+    /// The last probe sequence number sent; 0 before the first.
+    pub(crate) probe_seq: u64,
+    /// When to send the probe that confirms recent deliveries.
+    pub(crate) confirm_at: Option<Time>,
+    pub(crate) unconfirmed: VecDeque<Unconfirmed>,
+}
+
+impl Active {
+    pub(crate) fn new(user: String, now: Time, config: &Config) -> Self {
+        Active {
+            user,
+            busy: false,
+            last_heard: now,
+            last_command: now,
+            next_heartbeat: now + config.heartbeat,
+            probe_seq: 0,
+            confirm_at: None,
+            unconfirmed: VecDeque::new(),
+        }
+    }
+
+    /// Whether a delivery is waiting for a probe sent after it.
+    pub(crate) fn needs_probe(&self) -> bool {
+        self.unconfirmed
+            .back()
+            .is_some_and(|u| u.after_probe == self.probe_seq)
+    }
+
+    pub(crate) fn heartbeat_deadline(&self, config: &Config) -> Time {
+        self.last_heard + config.heartbeat_timeout
+    }
+
+    pub(crate) fn inactivity_deadline(&self, config: &Config) -> Time {
+        self.last_command + config.time_out
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) peer: IpAddr,
+    pub(crate) opened: Time,
+    /// Failed login attempts of any kind on this connection.
+    pub(crate) failed_attempts: u32,
+    pub(crate) phase: Phase,
+    /// This session's entry in the timer set.
+    pub(crate) armed: Option<Time>,
+}
+
+impl Session {
+    pub(crate) fn new(peer: IpAddr, now: Time) -> Self {
+        Session {
+            peer,
+            opened: now,
+            failed_attempts: 0,
+            phase: Phase::AwaitUser,
+            armed: None,
+        }
+    }
+
+    pub(crate) fn active(&self) -> Option<&Active> {
+        match &self.phase {
+            Phase::Active(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn active_mut(&mut self) -> Option<&mut Active> {
+        match &mut self.phase {
+            Phase::Active(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The earliest moment this session may have work.
+    pub(crate) fn deadline(&self, config: &Config) -> Time {
+        match &self.phase {
+            Phase::Active(a) => {
+                let mut d = a
+                    .next_heartbeat
+                    .min(a.heartbeat_deadline(config))
+                    .min(a.inactivity_deadline(config));
+                if let Some(c) = a.confirm_at {
+                    d = d.min(c);
+                }
+                d
+            }
+            _ => self.opened + config.login_timeout,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The clock-jumping harness.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crate::accounts::Accounts;
+use crate::config::Config;
+use crate::server::{Event, Input, Output, PasswordCheck, Server, SessionId};
+use crate::store::Restored;
+use crate::time::Time;
+use crate::wire::ServerLine;
+
+/// Drives a [`Server`] the way a driver would, in memory, with a clock that
+/// only moves when told to, so tests of timers are exact and instant.
+///
+/// - Password checks of plain-text credentials are answered at once (turn
+///   that off with [`Harness::hold_password_checks`] to test what happens
+///   while one is pending); hashed credentials and unknown names fail.
+/// - Every [`Output::Persist`] is applied to an in-memory [`Restored`], so
+///   [`Harness::restart`] rebuilds the server from exactly what it asked to
+///   persist: a crash at that moment, with every commit done.
+/// - Lines sent to each session are kept until [`Harness::take`] reads them.
+///
+/// ```
+/// use chatcore::testing::Harness;
+/// use chatcore::wire::ServerLine;
+///
+/// let mut h = Harness::with_users(&[("alice", "pw"), ("bob", "pw")]);
+/// let a = h.connect_logged_in("alice", "pw");
+/// let b = h.connect_logged_in("bob", "pw");
+/// h.send(a, "message bob hi");
+/// assert_eq!(h.take_text(a), ["OK message bob delivered"]);
+/// assert!(h.take_text(b)[0].ends_with(" alice hi"));
+/// // Jump to the heartbeat: bob is probed.
+/// h.advance(std::time::Duration::from_secs(30));
+/// assert!(h.take(b).contains(&ServerLine::Idle { seq: 2 }));
+/// ```
+#[derive(Debug)]
+pub struct Harness {
+    /// The server under test.
+    pub server: Server,
+    now: Time,
+    config: Config,
+    accounts: Accounts,
+    /// What the server persisted so far.
+    pub store: Restored,
+    received: BTreeMap<SessionId, VecDeque<ServerLine>>,
+    closed: BTreeSet<SessionId>,
+    checks: VecDeque<PasswordCheck>,
+    answer_checks: bool,
+    events: Vec<Event>,
+}
+
+/// The moment a harness starts at: 2026-11-24T17:12:01Z.
+pub const START: Time = Time::from_unix_secs(1_795_540_321);
+
+impl Harness {
+    /// A harness around a new server.
+    pub fn new(config: Config, accounts: Accounts) -> Self {
+        let server = Server::new(config.clone(), accounts.clone(), START);
+        Harness {
+            server,
+            now: START,
+            config,
+            accounts,
+            store: Restored::default(),
+            received: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            checks: VecDeque::new(),
+            answer_checks: true,
+            events: Vec::new(),
+        }
+    }
+
+    /// A harness with the default configuration and these plain-text accounts.
+    pub fn with_users(users: &[(&str, &str)]) -> Self {
+        Self::new(Config::default(), accounts(users))
+    }
+
+    /// The harness's clock.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Stops answering password checks by itself; answer them with
+    /// [`Harness::answer_password_check`].
+    pub fn hold_password_checks(&mut self) {
+        self.answer_checks = false;
+    }
+
+    /// Answers the oldest pending password check with `ok`; returns which
+    /// session asked, or `None` if none is pending.
+    pub fn answer_password_check(&mut self, ok: bool) -> Option<SessionId> {
+        let check = self.checks.pop_front()?;
+        self.input(Input::PasswordChecked {
+            session: check.session,
+            check: check.check,
+            ok,
+        });
+        Some(check.session)
+    }
+
+    /// Opens a connection from 127.0.0.1.
+    pub fn connect(&mut self) -> SessionId {
+        self.connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Opens a connection from `ip`.
+    pub fn connect_from(&mut self, ip: IpAddr) -> SessionId {
+        let id = self.server.open_session(ip, self.now);
+        self.received.entry(id).or_default();
+        self.drain();
+        id
+    }
+
+    /// Opens a connection from 127.0.0.1 and logs in; the greeting and
+    /// login lines are consumed, later ones (held messages) are kept.
+    pub fn connect_logged_in(&mut self, user: &str, password: &str) -> SessionId {
+        let id = self.connect();
+        self.take(id);
+        self.send(id, user);
+        self.send(id, password);
+        let lines = self.received.entry(id).or_default();
+        assert_eq!(
+            lines
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .get(..2),
+            Some(&["ASK password".to_string(), format!("OK login {user}")][..]),
+            "login of {user} failed"
+        );
+        lines.drain(..2);
+        id
+    }
+
+    /// Sends one line from a session.
+    pub fn send(&mut self, session: SessionId, line: &str) {
+        self.input(Input::Line {
+            session,
+            line: line.to_string(),
+        });
+    }
+
+    /// Feeds any input.
+    pub fn input(&mut self, input: Input) {
+        self.server.handle_input(self.now, input);
+        self.drain();
+    }
+
+    /// The connection drops without `logout`.
+    pub fn close(&mut self, session: SessionId) {
+        self.input(Input::Closed { session });
+        self.closed.insert(session);
+    }
+
+    /// Answers the latest `IDLE <seq>` the session received (as a client
+    /// does) and returns the seq; `None` if it never got one.
+    pub fn answer_probe(&mut self, session: SessionId) -> Option<u64> {
+        let seq = self
+            .received
+            .get(&session)?
+            .iter()
+            .rev()
+            .find_map(|l| match l {
+                ServerLine::Idle { seq } => Some(*seq),
+                _ => None,
+            })?;
+        self.send(session, &format!("idle {seq}"));
+        Some(seq)
+    }
+
+    /// Jumps the clock to the server's next deadline and runs it. Returns
+    /// `false` (and does nothing) when nothing is scheduled.
+    pub fn step(&mut self) -> bool {
+        let Some(at) = self.server.poll_timeout() else {
+            return false;
+        };
+        self.now = self.now.max(at);
+        self.server.handle_timeout(self.now);
+        self.drain();
+        true
+    }
+
+    /// Moves the clock forward by `d`, running every deadline on the way at
+    /// its exact moment.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(at) = self.server.poll_timeout() {
+            if at > end {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.server.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = end;
+        self.server.handle_timeout(self.now);
+        self.drain();
+    }
+
+    /// Lines received by the session since the last `take`.
+    pub fn take(&mut self, session: SessionId) -> Vec<ServerLine> {
+        self.received
+            .get_mut(&session)
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// [`Harness::take`], printed as on the wire.
+    pub fn take_text(&mut self, session: SessionId) -> Vec<String> {
+        self.take(session).iter().map(ToString::to_string).collect()
+    }
+
+    /// [`Harness::take_text`] without heartbeat probes.
+    pub fn take_replies(&mut self, session: SessionId) -> Vec<String> {
+        self.take(session)
+            .iter()
+            .filter(|l| !matches!(l, ServerLine::Idle { .. }))
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Whether the server closed the session (or the harness did).
+    pub fn is_closed(&self, session: SessionId) -> bool {
+        self.closed.contains(&session)
+    }
+
+    /// Events the server reported since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Builds a new server from what the old one persisted, as after a
+    /// crash: every connection is gone. The clock keeps going.
+    pub fn restart(&mut self) {
+        self.server = Server::restore(
+            self.config.clone(),
+            self.accounts.clone(),
+            self.store.clone(),
+            self.now,
+        );
+        self.checks.clear();
+        let open: Vec<SessionId> = self.received.keys().copied().collect();
+        self.closed.extend(open);
+    }
+
+    /// Records every output; answers password checks when it should.
+    fn drain(&mut self) {
+        loop {
+            while let Some(out) = self.server.poll_output() {
+                self.record(out);
+            }
+            if !self.answer_checks {
+                return;
+            }
+            let Some(check) = self.checks.pop_front() else {
+                return;
+            };
+            let ok = check
+                .credential
+                .as_ref()
+                .and_then(|c| c.verify_plain(&check.password))
+                .unwrap_or(false);
+            self.server.handle_input(
+                self.now,
+                Input::PasswordChecked {
+                    session: check.session,
+                    check: check.check,
+                    ok,
+                },
+            );
+        }
+    }
+
+    fn record(&mut self, out: Output) {
+        match out {
+            Output::Send { session, line } => {
+                assert!(
+                    !self.closed.contains(&session),
+                    "line {line} sent to closed session {session}"
+                );
+                self.received.entry(session).or_default().push_back(line);
+            }
+            Output::Close { session } => {
+                assert!(
+                    self.closed.insert(session),
+                    "session {session} closed twice"
+                );
+            }
+            Output::Persist(op) => self.store.apply(&op),
+            Output::Event(e) => self.events.push(e),
+            Output::CheckPassword(check) => self.checks.push_back(check),
+        }
+    }
+}
+
+/// Plain-text accounts from `(name, password)` pairs.
+pub fn accounts(users: &[(&str, &str)]) -> Accounts {
+    let mut a = Accounts::new();
+    for (name, password) in users {
+        a.insert(
+            name,
+            crate::accounts::Credential::Plain((*password).to_string()),
+        )
+        .expect("valid user name");
+    }
+    a
+}

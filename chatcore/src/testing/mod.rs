@@ -1,0 +1,9 @@
+//! Tools for people writing their own tests against the core (feature
+//! `testing`): proptest strategies for lines and commands, and a harness
+//! that drives a [`crate::Server`] with a clock it jumps from deadline to
+//! deadline, so time-based rules are tested exactly and without sleeping.
+
+mod harness;
+pub mod strategies;
+
+pub use harness::{accounts, Harness, START};
