@@ -1,4 +1,95 @@
-//! chatcore
+//! The CHAT/1 chat service as a pure state machine.
+//!
+//! `chatcore` holds every rule of the chat service (login and lockout,
+//! command parsing with idle-token stripping, routing, held messages, busy
+//! status, presence, heartbeats, timeouts and delivery confirmation) and
+//! nothing else. The `chatd` server is a thin tokio shell around it; you can
+//! embed it in your own server, bot or test.
+//!
+//! # What it does not do
+//!
+//! - **No I/O.** It never touches a socket or a file. It tells you which
+//!   lines to write ([`Output::Send`]), which connections to close
+//!   ([`Output::Close`]) and which changes to make durable
+//!   ([`Output::Persist`]); you do them.
+//! - **No clock.** Every call takes the current [`Time`]; a test can jump an
+//!   hour in one call. [`Server::poll_timeout`] says when to call back.
+//! - **No threads, no slow work.** Verifying a password (argon2 is slow on
+//!   purpose) is asked for as [`Output::CheckPassword`] and answered with
+//!   [`Input::PasswordChecked`], so you decide where it runs.
+//! - **No framing policy.** [`wire::LineDecoder`] splits bytes into bounded
+//!   lines; you feed it and pass the lines in.
+//!
+//! # The run loop
+//!
+//! Feed an event, then drain [`Server::poll_output`] until it returns
+//! `None`, every time. Call [`Server::handle_timeout`] once
+//! [`Server::poll_timeout`] is reached.
+//!
+//! ```
+//! use std::net::{IpAddr, Ipv4Addr};
+//! use chatcore::{Accounts, Config, Input, Output, Server, Time};
+//!
+//! let accounts = Accounts::parse("alice secret\nbob hunter2\n").unwrap();
+//! let mut now = Time::from_unix_secs(1_795_540_321);
+//! let mut server = Server::new(Config::default(), accounts, now);
+//! let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+//!
+//! // What a driver does with each output; here we just collect the lines.
+//! fn drain(server: &mut Server, now: Time, wire: &mut Vec<String>) {
+//!     while let Some(output) = server.poll_output() {
+//!         match output {
+//!             Output::Send { session, line } => wire.push(format!("{session} {line}")),
+//!             Output::CheckPassword(check) => {
+//!                 // A real driver verifies argon2 hashes off its event loop.
+//!                 let ok = check
+//!                     .credential
+//!                     .as_ref()
+//!                     .and_then(|c| c.verify_plain(&check.password))
+//!                     .unwrap_or(false);
+//!                 let answer = Input::PasswordChecked { session: check.session, check: check.check, ok };
+//!                 server.handle_input(now, answer);
+//!             }
+//!             Output::Persist(_op) => { /* commit before writing later lines */ }
+//!             Output::Close { .. } | Output::Event(_) => {}
+//!         }
+//!     }
+//! }
+//!
+//! let mut wire = Vec::new();
+//! let alice = server.open_session(localhost, now);
+//! drain(&mut server, now, &mut wire);
+//! for line in ["alice", "secret", "whoelse"] {
+//!     server.handle_input(now, Input::Line { session: alice, line: line.into() });
+//!     drain(&mut server, now, &mut wire);
+//! }
+//! assert_eq!(
+//!     wire,
+//!     ["#1 HELLO CHAT/1", "#1 ASK username", "#1 ASK password", "#1 OK login alice", "#1 WHO"]
+//! );
+//!
+//! // Time passes only when you say so: thirty seconds later, a heartbeat.
+//! now = server.poll_timeout().unwrap();
+//! server.handle_timeout(now);
+//! wire.clear();
+//! drain(&mut server, now, &mut wire);
+//! assert_eq!(wire, ["#1 IDLE 1"]);
+//! ```
+//!
+//! # Durability
+//!
+//! Build a server from what your store gives back with [`Server::restore`].
+//! The store applies [`StoreOp`]s in order; [`Restored::apply`] is the
+//! reference for what each means. One rule ties sends to persistence: a line
+//! emitted after a `Persist` must not reach the network before that change
+//! is durable. Committing each round's changes in one transaction before
+//! writing its lines (group commit) meets it.
+//!
+//! # Testing
+//!
+//! The `testing` feature exports `testing::Harness`, which drives a server
+//! in memory with a clock that jumps from deadline to deadline, and proptest
+//! strategies for lines and commands in `testing::strategies`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
