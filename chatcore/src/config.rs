@@ -11,6 +11,14 @@ pub struct Config {
     /// Consecutive bad credentials for one (user name, address) pair that
     /// block it. PROTOCOL.md fixes it at 3.
     pub block_after: u32,
+    /// How long a pair's run of bad credentials is remembered after its
+    /// last failure. Without it, an attacker trying many names would grow
+    /// the records without bound.
+    pub failure_memory: Duration,
+    /// The most (user name, address) pairs with failures kept at once.
+    /// Past it, the oldest unblocked records are forgotten first; blocked
+    /// pairs are never forgotten before their block ends.
+    pub max_failure_records: usize,
     /// A logged-in session that sends no command (heartbeat replies aside)
     /// for this long gets `BYE timeout`.
     pub time_out: Duration,
@@ -43,6 +51,8 @@ impl Default for Config {
         Config {
             block_time: Duration::from_secs(60),
             block_after: 3,
+            failure_memory: Duration::from_secs(24 * 3600),
+            max_failure_records: 100_000,
             time_out: Duration::from_secs(1800),
             heartbeat: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(90),

@@ -745,3 +745,48 @@ fn every_login_and_departure_is_persisted_for_wholast() {
     h.send(b, "wholast 0");
     assert_eq!(h.take_replies(b), ["LAST"]);
 }
+
+#[test]
+fn failures_are_forgotten_after_failure_memory() {
+    let mut h = harness_with(Config {
+        failure_memory: secs(3600),
+        ..Config::default()
+    });
+    let s = h.connect();
+    attempt(&mut h, s, "alice", "1");
+    attempt(&mut h, s, "alice", "2");
+    h.advance(secs(3600));
+    let s = h.connect();
+    h.take(s);
+    // The two old failures are forgotten: this one is the first of a new run.
+    assert_eq!(attempt(&mut h, s, "alice", "3")[1], "ERR bad-credentials");
+}
+
+#[test]
+fn failure_records_stay_bounded_but_blocks_are_kept() {
+    let mut h = harness_with(Config {
+        max_failure_records: 8,
+        max_login_attempts: 1000,
+        ..Config::default()
+    });
+    let s = h.connect();
+    for pw in ["1", "2", "3"] {
+        attempt(&mut h, s, "alice", pw);
+    }
+    let s = h.connect();
+    for n in 0..100 {
+        attempt(&mut h, s, &format!("name{n}"), "x");
+        h.advance(Duration::from_millis(100));
+    }
+    assert!(
+        h.store.login_failures.len() <= 8,
+        "{}",
+        h.store.login_failures.len()
+    );
+    let s = h.connect();
+    h.take(s);
+    assert_eq!(
+        attempt(&mut h, s, "alice", "a-pw"),
+        ["ERR blocked 50", "BYE blocked"]
+    );
+}

@@ -9,6 +9,7 @@ use super::io::{CheckId, Event, LoginFailure, Output, PasswordCheck, SessionId};
 use super::session::{Active, Pending, Phase};
 use super::Server;
 use crate::store::{LoginFailures, StoreOp};
+use crate::time::Time;
 use crate::wire::{Ask, ByeReason, ErrorReply, ServerLine};
 
 /// The `ERR` that answers a line the decoder refused.
@@ -165,6 +166,9 @@ impl Server {
     /// the connection's budget.
     fn bad_credentials(&mut self, id: SessionId, user: String, peer: IpAddr) {
         let now = self.now;
+        if self.failures.len() >= self.config.max_failure_records {
+            self.forget_old_failures();
+        }
         let record = self
             .failures
             .entry((user.clone(), peer))
@@ -175,6 +179,9 @@ impl Server {
                 last: now,
                 blocked_until: None,
             });
+        if record.last + self.config.failure_memory <= now {
+            record.count = 0;
+        }
         record.count += 1;
         record.last = now;
         let blocked = record.count >= self.config.block_after;
@@ -234,6 +241,36 @@ impl Server {
             reason: LoginFailure::Blocked,
         });
         self.abandon_login(id, Some(ByeReason::Blocked));
+    }
+
+    /// Makes room among the failure records: drops those past
+    /// `failure_memory`, then, if that is not enough, the oldest unblocked
+    /// half. Amortised: it runs only when the records are full.
+    fn forget_old_failures(&mut self) {
+        let now = self.now;
+        let memory = self.config.failure_memory;
+        let blocked = |f: &LoginFailures| f.blocked_until.is_some_and(|u| u > now);
+        let mut forget: Vec<(String, IpAddr)> = self
+            .failures
+            .iter()
+            .filter(|(_, f)| !blocked(f) && f.last + memory <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if self.failures.len() - forget.len() >= self.config.max_failure_records {
+            let mut rest: Vec<(Time, (String, IpAddr))> = self
+                .failures
+                .iter()
+                .filter(|(_, f)| !blocked(f) && f.last + memory > now)
+                .map(|(k, f)| (f.last, k.clone()))
+                .collect();
+            rest.sort();
+            let half = rest.len().div_ceil(2);
+            forget.extend(rest.into_iter().take(half).map(|(_, k)| k));
+        }
+        for (user, ip) in forget {
+            self.failures.remove(&(user.clone(), ip));
+            self.persist(StoreOp::ClearLoginFailures { user, ip });
+        }
     }
 
     /// How long the pair stays blocked; forgets a block that has ended, so
