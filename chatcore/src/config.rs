@@ -40,6 +40,8 @@ pub struct Config {
     pub max_line_bytes: usize,
     /// The most messages one user's box holds.
     pub max_held_per_user: usize,
+    /// Flood control for logged-in sessions; `None` turns it off.
+    pub flood: Option<FloodLimit>,
     /// Lines a connection may send ahead while its password is being
     /// checked; they are answered once the check is done. More are refused
     /// with `ERR rate-limited`.
@@ -63,6 +65,33 @@ impl Default for Config {
             max_line_bytes: 4096,
             max_held_per_user: 10_000,
             max_pending_lines: 64,
+            flood: Some(FloodLimit::default()),
+        }
+    }
+}
+
+/// How fast one session may send commands. Heartbeat replies are exempt.
+///
+/// A session may send `burst` commands at once and `per_second` a second
+/// after that. Commands over the rate are delayed and run in order as the
+/// rate allows; once `backlog` commands are waiting, each further one is
+/// refused with `ERR rate-limited`. One flooder only delays itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FloodLimit {
+    /// Commands a session may send at once.
+    pub burst: u32,
+    /// The steady rate, in commands a second (at least 1).
+    pub per_second: u32,
+    /// Commands that may wait for the rate before more are refused.
+    pub backlog: usize,
+}
+
+impl Default for FloodLimit {
+    fn default() -> Self {
+        FloodLimit {
+            burst: 10,
+            per_second: 5,
+            backlog: 100,
         }
     }
 }

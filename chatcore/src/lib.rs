@@ -106,7 +106,7 @@ pub mod wire;
 pub mod testing;
 
 pub use accounts::{Accounts, Credential, UsersFileError};
-pub use config::Config;
+pub use config::{Config, FloodLimit};
 pub use message::{Message, MessageId, MessageKind};
 pub use server::{
     CheckId, Event, Input, LoginFailure, Output, PasswordCheck, Server, SessionEnd, SessionId,

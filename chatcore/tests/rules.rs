@@ -790,3 +790,92 @@ fn failure_records_stay_bounded_but_blocks_are_kept() {
         ["ERR blocked 50", "BYE blocked"]
     );
 }
+
+// Flood control ------------------------------------------------------------------
+
+#[test]
+fn commands_over_the_rate_are_delayed_in_order_not_dropped() {
+    let mut h = harness();
+    let a = h.connect_logged_in("alice", "a-pw");
+    let b = h.connect_logged_in("bob", "b-pw");
+    for n in 0..12 {
+        h.send(a, &format!("message bob n{n}"));
+    }
+    // The burst (10) is answered at once; two wait for the rate (5/s).
+    assert_eq!(h.take_replies(a).len(), 10);
+    let mut to_bob = h.take_replies(b);
+    h.send(b, "whoelse");
+    assert_eq!(
+        h.take_replies(b).last().unwrap(),
+        "WHO alice",
+        "bob is not slowed"
+    );
+    h.advance(Duration::from_millis(199));
+    assert!(h.take_replies(a).is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.take_replies(a), ["OK message bob delivered"]);
+    h.advance(Duration::from_millis(200));
+    assert_eq!(h.take_replies(a), ["OK message bob delivered"]);
+    to_bob.extend(h.take_replies(b));
+    let texts: Vec<String> = to_bob
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next().map(str::to_string))
+        .collect();
+    let expected: Vec<String> = (0..12).map(|n| format!("n{n}")).collect();
+    assert_eq!(texts, expected);
+}
+
+#[test]
+fn past_the_backlog_each_command_is_refused_with_rate_limited() {
+    let mut h = harness_with(Config {
+        flood: Some(chatcore::FloodLimit {
+            burst: 2,
+            per_second: 1,
+            backlog: 3,
+        }),
+        ..Config::default()
+    });
+    let a = h.connect_logged_in("alice", "a-pw");
+    for _ in 0..7 {
+        h.send(a, "whoelse");
+    }
+    assert_eq!(
+        h.take_replies(a),
+        [
+            "WHO",
+            "WHO",
+            "ERR rate-limited too many commands: slow down",
+            "ERR rate-limited too many commands: slow down"
+        ]
+    );
+    // Heartbeat replies skip the queue: a probe answered while commands wait
+    // still confirms, and the delayed commands still run.
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.take_replies(a), ["WHO", "WHO", "WHO"]);
+}
+
+#[test]
+fn heartbeat_replies_are_exempt_from_flood_control() {
+    let mut h = harness_with(Config {
+        flood: Some(chatcore::FloodLimit {
+            burst: 1,
+            per_second: 1,
+            backlog: 10,
+        }),
+        ..Config::default()
+    });
+    let a = h.connect_logged_in("alice", "a-pw");
+    let b = h.connect_logged_in("bob", "b-pw");
+    h.send(b, "message alice one");
+    h.advance(Duration::from_millis(200));
+    h.send(a, "whoelse");
+    h.send(a, "whoelse");
+    // The probe answer is taken at once although a command is waiting.
+    h.answer_probe(a);
+    h.close(a);
+    let a = h.connect_logged_in("alice", "a-pw");
+    assert!(
+        h.take_text(a).is_empty(),
+        "the confirmed message came again"
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::delivery::Routed;
 use super::io::{SessionEnd, SessionId};
 use super::login::decode_error_reply;
-use super::session::Pending;
+use super::session::{Parsed, Pending};
 use super::Server;
 use crate::message::{Message, MessageKind};
 use crate::wire::{
@@ -15,38 +15,85 @@ use crate::wire::{
 };
 
 impl Server {
+    /// A line from a logged-in client. Heartbeat replies are handled at
+    /// once; everything else passes flood control first.
     pub(super) fn on_command_line(&mut self, id: SessionId, input: Pending) {
         let now = self.now;
         let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
             return;
         };
         active.last_heard = now;
-        let line = match input {
-            Pending::Line(line) => line,
-            Pending::Malformed(error) => {
-                self.send(id, ServerLine::Err(decode_error_reply(error)));
-                return;
-            }
+        let parsed = match input {
+            Pending::Line(line) => Parsed::Line(Command::parse(&line)),
+            Pending::Malformed(error) => Parsed::Malformed(error),
         };
-        let command = match Command::parse(&line) {
-            Ok(Command::Idle(IdleArg::None)) => return,
-            Ok(Command::Idle(IdleArg::Seq(seq))) => return self.confirm(id, seq),
-            Ok(command) => command,
-            Err(ParseError::Blank) => return,
-            Err(ParseError::UnknownCommand(word)) => {
-                active.last_command = now;
-                self.send(id, ServerLine::Err(ErrorReply::UnknownCommand { word }));
+        match &parsed {
+            Parsed::Line(Ok(Command::Idle(IdleArg::None)) | Err(ParseError::Blank)) => return,
+            Parsed::Line(Ok(Command::Idle(IdleArg::Seq(seq)))) => return self.confirm(id, *seq),
+            Parsed::Line(_) => active.last_command = now,
+            Parsed::Malformed(_) => {}
+        }
+        let admitted = match (&mut active.bucket, &self.config.flood) {
+            (Some(bucket), Some(limit)) => active.backlog.is_empty() && bucket.take(limit, now),
+            _ => true,
+        };
+        if admitted {
+            return self.execute(id, parsed);
+        }
+        let backlog_bound = self.config.flood.as_ref().map_or(0, |f| f.backlog);
+        if active.backlog.len() < backlog_bound {
+            active.backlog.push_back(parsed);
+        } else {
+            let detail = "too many commands: slow down".to_string();
+            self.send(id, ServerLine::Err(ErrorReply::RateLimited { detail }));
+        }
+    }
+
+    /// Runs delayed commands as far as the flood rate allows.
+    pub(super) fn run_backlog(&mut self, id: SessionId) {
+        let now = self.now;
+        loop {
+            let Some(limit) = self.config.flood.as_ref() else {
+                return;
+            };
+            let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+                return;
+            };
+            if active.backlog.is_empty() {
                 return;
             }
-            Err(ParseError::Usage(of)) => {
-                active.last_command = now;
+            let Some(bucket) = active.bucket.as_mut() else {
+                return;
+            };
+            if !bucket.take(limit, now) {
+                return;
+            }
+            let Some(parsed) = active.backlog.pop_front() else {
+                return;
+            };
+            self.execute(id, parsed);
+        }
+    }
+
+    /// Answers one admitted line.
+    fn execute(&mut self, id: SessionId, parsed: Parsed) {
+        let Some(user) = self.user_of(id).map(str::to_string) else {
+            return;
+        };
+        let command = match parsed {
+            Parsed::Malformed(error) => {
+                return self.send(id, ServerLine::Err(decode_error_reply(error)));
+            }
+            Parsed::Line(Ok(command)) => command,
+            Parsed::Line(Err(ParseError::Blank)) => return,
+            Parsed::Line(Err(ParseError::UnknownCommand(word))) => {
+                return self.send(id, ServerLine::Err(ErrorReply::UnknownCommand { word }));
+            }
+            Parsed::Line(Err(ParseError::Usage(of))) => {
                 let usage = of.text(self.config.last_hour_minutes);
-                self.send(id, ServerLine::Err(ErrorReply::Usage { usage }));
-                return;
+                return self.send(id, ServerLine::Err(ErrorReply::Usage { usage }));
             }
         };
-        active.last_command = now;
-        let user = active.user.clone();
         match command {
             Command::Message { to, text } => self.message(id, &user, to, text),
             Command::Broadcast { audience, text } => self.broadcast(id, &user, audience, text),
@@ -73,7 +120,8 @@ impl Server {
                 self.deliver_box(id);
                 self.send(id, ServerLine::Status(Status::Online));
             }
-            Command::Idle(IdleArg::None | IdleArg::Seq(_)) => {}
+            Command::Idle(IdleArg::None) => {}
+            Command::Idle(IdleArg::Seq(seq)) => self.confirm(id, seq),
             Command::Logout => {
                 self.confirm_all(id);
                 self.end_session(id, SessionEnd::Logout);

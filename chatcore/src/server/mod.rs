@@ -2,6 +2,7 @@
 
 mod commands;
 mod delivery;
+mod flood;
 mod io;
 mod login;
 mod session;
@@ -305,6 +306,7 @@ impl Server {
             let seq = a.probe_seq;
             self.send(id, ServerLine::Idle { seq });
         }
+        self.run_backlog(id);
     }
 
     fn on_closed(&mut self, id: SessionId) {

@@ -4,11 +4,12 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::flood::Bucket;
 use super::io::CheckId;
 use crate::config::Config;
 use crate::message::Message;
 use crate::time::Time;
-use crate::wire::DecodeError;
+use crate::wire::{Command, DecodeError, ParseError};
 
 /// Input that arrived while a password was being checked, answered once the
 /// check is done so replies keep the order of the lines they answer.
@@ -60,11 +61,24 @@ pub(crate) struct Active {
     /// When to send the probe that confirms recent deliveries.
     pub(crate) confirm_at: Option<Time>,
     pub(crate) unconfirmed: VecDeque<Unconfirmed>,
+    /// Flood control's tokens.
+    pub(crate) bucket: Option<Bucket>,
+    /// Commands waiting for the flood rate, in arrival order.
+    pub(crate) backlog: VecDeque<Parsed>,
+}
+
+/// A line from a logged-in client, parsed once on arrival.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    Line(Result<Command, ParseError>),
+    Malformed(DecodeError),
 }
 
 impl Active {
     pub(crate) fn new(user: String, now: Time, config: &Config) -> Self {
         Active {
+            bucket: config.flood.as_ref().map(|f| Bucket::full(f, now)),
+            backlog: VecDeque::new(),
             user,
             busy: false,
             last_heard: now,
@@ -138,6 +152,10 @@ impl Session {
                     .min(a.inactivity_deadline(config));
                 if let Some(c) = a.confirm_at {
                     d = d.min(c);
+                }
+                if let (false, Some(b), Some(f)) = (a.backlog.is_empty(), &a.bucket, &config.flood)
+                {
+                    d = d.min(b.next_token(f));
                 }
                 d
             }
