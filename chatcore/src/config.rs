@@ -40,6 +40,11 @@ pub struct Config {
     pub max_line_bytes: usize,
     /// The most messages one user's box holds.
     pub max_held_per_user: usize,
+    /// Whether live deliveries are persisted (as [`crate::StoreOp::Hold`])
+    /// before they are written and released once confirmed, so that a
+    /// crash of the server loses no accepted message. Off, only messages
+    /// held for offline or busy users are durable.
+    pub persist_deliveries: bool,
     /// Flood control for logged-in sessions; `None` turns it off.
     pub flood: Option<FloodLimit>,
     /// Lines a connection may send ahead while its password is being
@@ -65,6 +70,7 @@ impl Default for Config {
             max_line_bytes: 4096,
             max_held_per_user: 10_000,
             max_pending_lines: 64,
+            persist_deliveries: true,
             flood: Some(FloodLimit::default()),
         }
     }

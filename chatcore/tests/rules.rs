@@ -879,3 +879,36 @@ fn heartbeat_replies_are_exempt_from_flood_control() {
         "the confirmed message came again"
     );
 }
+
+// Crash safety -------------------------------------------------------------------
+
+#[test]
+fn a_live_delivery_is_persisted_before_it_is_written_and_survives_a_crash() {
+    let mut h = harness();
+    let a = h.connect_logged_in("alice", "a-pw");
+    let b = h.connect_logged_in("bob", "b-pw");
+    h.send(a, "message bob in flight");
+    assert_eq!(h.take_text(a), ["OK message bob delivered"]);
+    assert_eq!(h.take_text(b).len(), 1);
+    assert_eq!(h.store.held["bob"].len(), 1);
+    h.restart();
+    let b = h.connect_logged_in("bob", "b-pw");
+    let lines = h.take_text(b);
+    assert_eq!(lines[0], "OFFLINE 1");
+    assert!(lines[1].starts_with("MSG 1 ") && lines[1].ends_with(" alice in flight"));
+    h.advance(Duration::from_millis(200));
+    h.answer_probe(b);
+    assert!(h.store.held.is_empty());
+}
+
+#[test]
+fn without_persist_deliveries_only_held_messages_are_durable() {
+    let mut h = harness_with(Config {
+        persist_deliveries: false,
+        ..Config::default()
+    });
+    let a = h.connect_logged_in("alice", "a-pw");
+    let _b = h.connect_logged_in("bob", "b-pw");
+    h.send(a, "message bob live");
+    assert!(h.store.held.is_empty());
+}

@@ -39,7 +39,14 @@ impl Server {
             .map(|a| a.busy);
         match (session, busy) {
             (Some(id), Some(false)) => {
-                self.deliver(id, Arc::clone(message), false);
+                let persist = self.config.persist_deliveries;
+                if persist {
+                    self.persist(StoreOp::Hold {
+                        user: user.to_string(),
+                        message: Arc::clone(message),
+                    });
+                }
+                self.deliver(id, Arc::clone(message), persist);
                 Routed::Delivered
             }
             (Some(_), _) => self.hold(user, message, HeldBecause::Busy),
