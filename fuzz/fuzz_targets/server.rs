@@ -1,0 +1,143 @@
+//! The whole core, fed arbitrary sequences of connections, lines, closes,
+//! password answers, clock jumps and shutdowns. It must never panic, never
+//! write to a session after closing it, never close one twice, and never
+//! ask to be woken in the past.
+#![no_main]
+
+use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+use chatcore::{
+    Accounts, Config, FloodLimit, Input, Output, PasswordCheck, Server, SessionId, Time,
+};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Connect { ip: u8 },
+    Line { session: u8, line: String },
+    Known { session: u8, which: u8, arg: u8 },
+    Close { session: u8 },
+    Answer { ok: bool },
+    Tick { millis: u32 },
+    Shutdown,
+}
+
+const LINES: &[&str] = &[
+    "alice",
+    "a-pw",
+    "bob",
+    "b-pw",
+    "whoelse",
+    "wholast 5",
+    "idle busy",
+    "idle online",
+    "logout",
+    "message bob hi",
+    "message alice yo",
+    "broadcast all x",
+    "broadcast user bob message y",
+    "broadcast hello",
+    "idle",
+    "idle 1",
+    "idle 2",
+    "idlewhoelseidle",
+    "wholast 60",
+];
+
+fuzz_target!(|ops: Vec<Op>| {
+    let accounts = Accounts::parse("alice a-pw\nbob b-pw\ncarol c-pw\n").unwrap();
+    let config = Config {
+        max_held_per_user: 3,
+        heartbeat: Duration::from_secs(2),
+        heartbeat_timeout: Duration::from_secs(5),
+        time_out: Duration::from_secs(20),
+        login_timeout: Duration::from_secs(10),
+        block_time: Duration::from_secs(5),
+        max_pending_lines: 4,
+        flood: Some(FloodLimit {
+            burst: 3,
+            per_second: 2,
+            backlog: 4,
+        }),
+        ..Config::default()
+    };
+    let mut now = Time::from_unix_secs(1_795_540_321);
+    let mut server = Server::new(config, accounts, now);
+    let mut sessions: Vec<SessionId> = Vec::new();
+    let mut closed: HashSet<SessionId> = HashSet::new();
+    let mut checks: VecDeque<PasswordCheck> = VecDeque::new();
+    let pick = |sessions: &Vec<SessionId>, n: u8| -> Option<SessionId> {
+        (!sessions.is_empty()).then(|| sessions[usize::from(n) % sessions.len()])
+    };
+    for op in ops.into_iter().take(256) {
+        match op {
+            Op::Connect { ip } => {
+                let peer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, ip % 3));
+                sessions.push(server.open_session(peer, now));
+            }
+            Op::Line { session, line } => {
+                if let Some(s) = pick(&sessions, session) {
+                    server.handle_input(now, Input::Line { session: s, line });
+                }
+            }
+            Op::Known {
+                session,
+                which,
+                arg,
+            } => {
+                if let Some(s) = pick(&sessions, session) {
+                    let line =
+                        LINES[usize::from(which) % LINES.len()].replace('1', &arg.to_string());
+                    server.handle_input(now, Input::Line { session: s, line });
+                }
+            }
+            Op::Close { session } => {
+                if let Some(s) = pick(&sessions, session) {
+                    server.handle_input(now, Input::Closed { session: s });
+                    closed.insert(s);
+                }
+            }
+            Op::Answer { ok } => {
+                if let Some(c) = checks.pop_front() {
+                    let ok = ok
+                        && c.credential
+                            .as_ref()
+                            .and_then(|k| k.verify_plain(&c.password))
+                            .unwrap_or(false);
+                    server.handle_input(
+                        now,
+                        Input::PasswordChecked {
+                            session: c.session,
+                            check: c.check,
+                            ok,
+                        },
+                    );
+                }
+            }
+            Op::Tick { millis } => {
+                now = now + Duration::from_millis(u64::from(millis % 120_000));
+                server.handle_timeout(now);
+                if let Some(next) = server.poll_timeout() {
+                    assert!(next > now, "woken for {next:?} at {now:?}");
+                }
+            }
+            Op::Shutdown => server.handle_input(now, Input::Shutdown),
+        }
+        while let Some(out) = server.poll_output() {
+            match out {
+                Output::Send { session, line } => {
+                    assert!(
+                        !closed.contains(&session),
+                        "{line} after close of {session}"
+                    );
+                }
+                Output::Close { session } => assert!(closed.insert(session), "closed twice"),
+                Output::CheckPassword(c) => checks.push_back(c),
+                Output::Persist(_) | Output::Event(_) => {}
+            }
+        }
+    }
+});
