@@ -45,7 +45,9 @@ impl Server {
         };
         match std::mem::replace(&mut session.phase, Phase::AwaitUser) {
             Phase::AwaitUser => {
-                let user = line.trim().to_string();
+                // Blanks around the name are dropped (as between command
+                // words); nothing else is changed.
+                let user = line.trim_matches([' ', '\t']).to_string();
                 if user.is_empty() {
                     self.send(id, ServerLine::Ask(Ask::Username));
                     return;

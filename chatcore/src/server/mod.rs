@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::message::{Message, MessageId};
 use crate::store::{LoginFailures, Restored, StoreOp};
 use crate::time::Time;
-use crate::wire::{Ask, ByeReason, ServerLine};
+use crate::wire::{is_forbidden_control, Ask, ByeReason, ServerLine};
 
 use session::{Pending, Phase, Session};
 use timers::Timers;
@@ -129,6 +129,13 @@ impl Server {
     pub fn handle_input(&mut self, now: Time, input: Input) {
         self.advance_clock(now);
         match input {
+            // The decoder refuses control characters; checking again here
+            // keeps a driver without one from passing escapes to others.
+            Input::Line { session, line } if line.chars().any(is_forbidden_control) => self
+                .on_line(
+                    session,
+                    Pending::Malformed(crate::wire::DecodeError::BadEncoding),
+                ),
             Input::Line { session, line } => self.on_line(session, Pending::Line(line)),
             Input::Malformed { session, error } => self.on_line(session, Pending::Malformed(error)),
             Input::Closed { session } => self.on_closed(session),

@@ -369,6 +369,8 @@ fn parse_ok(rest: &str) -> Option<ServerLine> {
 
 fn parse_err(rest: &str) -> Option<ErrorReply> {
     let (code, detail) = field(rest);
+    // `ERR usage ` with nothing after the space has no detail.
+    let detail = detail.filter(|d| !d.is_empty());
     let text = || detail.map(str::to_string);
     Some(match code {
         "line-too-long" => ErrorReply::LineTooLong {
