@@ -25,10 +25,16 @@ impl Driver {
                 Output::Send { session, line } => {
                     let who = self.names.get(&session).copied().unwrap_or("?");
                     println!("  to {who:<5} {line}");
-                    self.inbox.entry(session).or_default().push(line.to_string());
+                    self.inbox
+                        .entry(session)
+                        .or_default()
+                        .push(line.to_string());
                 }
                 Output::Close { session } => {
-                    println!("  close {}", self.names.get(&session).copied().unwrap_or("?"));
+                    println!(
+                        "  close {}",
+                        self.names.get(&session).copied().unwrap_or("?")
+                    );
                 }
                 Output::CheckPassword(check) => {
                     let ok = check

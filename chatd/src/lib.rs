@@ -1,2 +1,200 @@
-//! The CHAT/1 server.
+//! `chatd`: the CHAT/1 server (PROTOCOL.md) as a thin tokio driver around
+//! the sans-IO [`chatcore::Server`].
+//!
+//! What lives here and not in chatcore: sockets ([`conn`]), the clock and the
+//! round loop ([`server`]), the durable store ([`store`]), argon2 password
+//! checks ([`passwords`]), the command line and configuration file
+//! ([`config`]), signals and logging. Every rule of the chat service itself
+//! is chatcore's.
+//!
+//! The binary is `chatd/src/main.rs`, built as the root package's `chatd`
+//! target; it only maps the functions here onto exit statuses: 2 for a
+//! [`config::ConfigError`] (and clap's own errors), 1 for anything else.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod conn;
+pub mod passwords;
+pub mod server;
+pub mod store;
+
+use std::future::Future;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use chatcore::Accounts;
+use tokio::net::TcpListener;
+
+pub use config::{Cli, Command, ConfigError, Settings};
+pub use server::{run, RunError};
+pub use store::{MemoryStore, SqliteStore, Store, StoreError};
+
+impl Cli {
+    /// Parses the process's arguments; on a bad command line prints clap's
+    /// message and exits with status 2 (0 for `--help`/`--version`).
+    pub fn from_env() -> Cli {
+        <Cli as clap::Parser>::parse()
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Reads and checks the users file (PROTOCOL.md §10): line errors name the
+/// line, unusable argon2id hashes name the user. Logs how many accounts
+/// there are and warns about plain-text passwords.
+pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read users file {}", path.display()))?;
+    let accounts =
+        Accounts::parse(&text).with_context(|| format!("in users file {}", path.display()))?;
+    let summary = passwords::check_accounts(&accounts)?;
+    tracing::info!(
+        accounts = accounts.len(),
+        hashed = summary.hashed,
+        "loaded users file {}",
+        path.display()
+    );
+    if !summary.plain.is_empty() {
+        tracing::warn!(
+            "{} account(s) have plain-text passwords ({}); store argon2id hashes made with `chatd hash-password` instead",
+            summary.plain.len(),
+            summary.plain.join(", ")
+        );
+    }
+    Ok(accounts)
+}
+
+/// Starts the server as the binary does: users file, store, listening
+/// socket, the readiness line on stdout, then [`run`] until `shutdown`.
+pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<()> {
+    let accounts = load_accounts(&settings.users_file)?;
+    let data_dir = settings.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
+        .await
+        .context("opening the store")??;
+    tracing::info!("store {}", store.path().display());
+    let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "chatd listening on {local}")
+            .and_then(|()| stdout.flush())
+            .context("cannot write to stdout")?;
+    }
+    tracing::info!("listening on {local}");
+    run(listener, settings, accounts, Box::new(store), shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A bad password on `hash-password`'s stdin: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadPassword(pub String);
+
+/// `chatd hash-password`: one password line from `input`, its argon2id PHC
+/// string to `output`.
+pub fn hash_password_cmd(mut input: impl BufRead, mut output: impl Write) -> anyhow::Result<()> {
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line
+        .strip_suffix('\n')
+        .unwrap_or(&line)
+        .trim_end_matches('\r');
+    if password.is_empty() {
+        return Err(BadPassword("hash-password: no password on stdin".into()).into());
+    }
+    if password != password.trim() {
+        return Err(BadPassword(
+            "hash-password: the users file cannot keep blanks around a password".into(),
+        )
+        .into());
+    }
+    if password.chars().any(char::is_control) {
+        return Err(
+            BadPassword("hash-password: the password holds a control character".into()).into(),
+        );
+    }
+    let phc = passwords::hash_password(password)?;
+    writeln!(output, "{phc}")
+        .and_then(|()| output.flush())
+        .context("cannot write to stdout")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_password_cmd_prints_a_verifiable_phc() {
+        let mut out = Vec::new();
+        hash_password_cmd(&b"s3cret pw\r\n"[..], &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let phc = out.strip_suffix('\n').unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        let cred = chatcore::Credential::Argon2id(phc.to_string());
+        assert!(passwords::verify_blocking(phc, Some(&cred), "s3cret pw"));
+        assert!(!passwords::verify_blocking(phc, Some(&cred), "s3cret pw\r"));
+    }
+
+    #[test]
+    fn hash_password_cmd_refuses_what_the_users_file_cannot_hold() {
+        for bad in [&b""[..], b"\n", b" lead\n", b"a\x1bb\n"] {
+            let e = hash_password_cmd(bad, Vec::new()).unwrap_err();
+            assert!(e.downcast_ref::<BadPassword>().is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn users_file_errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, "alice a\nbob\n").unwrap();
+        let e = format!("{:#}", load_accounts(&path).unwrap_err());
+        assert!(e.contains("line 2"), "{e}");
+        let e = format!("{:#}", load_accounts(&dir.path().join("none")).unwrap_err());
+        assert!(e.contains("cannot read users file"), "{e}");
+    }
+}

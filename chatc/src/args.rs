@@ -1,0 +1,55 @@
+//! The command line: `chatc [HOST] [PORT] [--user NAME]`.
+
+use clap::Parser;
+
+/// The CHAT/1 terminal client.
+///
+/// Connects to a chatd server (waiting for it if it is not up yet), logs in
+/// and lets you chat. With standard input not a terminal it reads the login
+/// answers and then commands line by line, so it can be scripted.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chatc", version, about)]
+pub struct Args {
+    /// The server's host name or IP address.
+    #[arg(default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// The server's TCP port (1-65535).
+    #[arg(default_value_t = 4119, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+
+    /// Answer the server's first user-name question with NAME.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+}
+
+impl Args {
+    /// Parses the process's command line; on a usage error prints it and
+    /// exits with status 2 (clap's convention). Here so the binary, whose
+    /// package does not depend on clap, need not.
+    pub fn from_command_line() -> Args {
+        Args::parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let a = Args::try_parse_from(["chatc"]).unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.user), ("127.0.0.1", 4119, None));
+        let a = Args::try_parse_from(["chatc", "example.org", "7000", "--user", "bob"]).unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("example.org", 7000));
+        assert_eq!(a.user.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn bad_ports_are_usage_errors() {
+        for port in ["0", "65536", "http", "-1"] {
+            let e = Args::try_parse_from(["chatc", "localhost", port]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{port}");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Smoke tests of `chatd::run` in-process on port 0: the driver's own
+//! duties (framing, shutdown, connection limits, slow readers, the store
+//! across restarts). The protocol itself is tested end to end in the
+//! workspace's `tests/`.
+
+use std::time::Duration;
+
+use chatcore::Accounts;
+use chatd::{MemoryStore, Settings, SqliteStore, Store};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct TestServer {
+    port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), chatd::RunError>>,
+}
+
+impl TestServer {
+    async fn start(settings: Settings, store: Box<dyn Store>) -> TestServer {
+        let accounts = Accounts::parse("alice a\nbob b\ncarol c\n").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(chatd::run(
+            listener,
+            settings,
+            accounts,
+            store,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestServer {
+            port,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn connect(&self) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let (r, w) = stream.into_split();
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+struct Client {
+    r: BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+}
+
+impl Client {
+    async fn send(&mut self, text: &str) {
+        self.w.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    /// The next line, `None` at EOF.
+    async fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(WAIT, self.r.read_line(&mut line))
+            .await
+            .expect("a line in time")
+            .unwrap();
+        (n > 0).then(|| line.trim_end_matches('\n').to_string())
+    }
+
+    /// Skips heartbeat probes.
+    async fn reply(&mut self) -> Option<String> {
+        loop {
+            let line = self.line().await?;
+            if !line.starts_with("IDLE ") {
+                return Some(line);
+            }
+        }
+    }
+
+    async fn expect(&mut self, want: &str) {
+        assert_eq!(self.reply().await.as_deref(), Some(want));
+    }
+
+    async fn login(&mut self, user: &str, password: &str) {
+        self.expect("HELLO CHAT/1").await;
+        self.expect("ASK username").await;
+        self.send(&format!("{user}\n")).await;
+        self.expect("ASK password").await;
+        self.send(&format!("{password}\n")).await;
+        self.expect(&format!("OK login {user}")).await;
+    }
+}
+
+fn settings() -> Settings {
+    let mut s = Settings {
+        port: 0,
+        ..Settings::default()
+    };
+    s.core.heartbeat = Duration::from_millis(500);
+    s.core.heartbeat_timeout = Duration::from_secs(5);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_message_and_shutdown() {
+    let server = TestServer::start(settings(), Box::new(MemoryStore::default())).await;
+    let mut alice = server.connect().await;
+    alice.login("alice", "a").await;
+    let mut bob = server.connect().await;
+    bob.login("bob", "b").await;
+    // One line over several writes, and several lines in one write.
+    alice.send("mess").await;
+    alice.send("age bob hi\r").await;
+    alice.send("\nwhoelse\n").await;
+    let msg = bob.reply().await.unwrap();
+    assert!(
+        msg.starts_with("MSG ") && msg.ends_with(" alice hi"),
+        "{msg}"
+    );
+    alice.expect("OK message bob delivered").await;
+    alice.expect("WHO bob").await;
+    server.stop().await;
+    alice.expect("BYE shutdown").await;
+    assert_eq!(alice.reply().await, None);
+    bob.expect("BYE shutdown").await;
+    assert_eq!(bob.reply().await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused() {
+    let mut s = settings();
+    s.max_connections_per_ip = 2;
+    let server = TestServer::start(s, Box::new(MemoryStore::default())).await;
+    let mut one = server.connect().await;
+    one.expect("HELLO CHAT/1").await;
+    let mut two = server.connect().await;
+    two.expect("HELLO CHAT/1").await;
+    let mut three = server.connect().await;
+    three.expect("ERR rate-limited too many connections").await;
+    assert_eq!(three.line().await, None);
+    // A place frees up when a connection goes.
+    drop(one);
+    let mut four = None;
+    for _ in 0..50 {
+        let mut c = server.connect().await;
+        if c.line().await.as_deref() == Some("HELLO CHAT/1") {
+            four = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(four.is_some(), "a freed place is reused");
+    drop(two);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        TestServer::start(settings(), Box::new(SqliteStore::open(dir.path()).unwrap())).await;
+    let mut alice = server.connect().await;
+    alice.login("alice", "a").await;
+    alice.send("message bob first\nmessage bob second\n").await;
+    alice.expect("OK message bob queued offline").await;
+    alice.expect("OK message bob queued offline").await;
+    server.stop().await;
+
+    let server =
+        TestServer::start(settings(), Box::new(SqliteStore::open(dir.path()).unwrap())).await;
+    let mut bob = server.connect().await;
+    bob.login("bob", "b").await;
+    bob.expect("OFFLINE 2").await;
+    let first = bob.reply().await.unwrap();
+    let second = bob.reply().await.unwrap();
+    assert!(first.ends_with(" alice first"), "{first}");
+    assert!(second.ends_with(" alice second"), "{second}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_dropped() {
+    let mut s = settings();
+    s.max_outbound_bytes = 64 * 1024;
+    // Long enough that the core's own liveness check cannot be what drops
+    // bob: the outbound bound must.
+    s.core.heartbeat = Duration::from_secs(1);
+    s.core.heartbeat_timeout = Duration::from_secs(600);
+    s.core.flood = None;
+    let started = std::time::Instant::now();
+    let server = TestServer::start(s, Box::new(MemoryStore::default())).await;
+    let mut bob = server.connect().await;
+    bob.login("bob", "b").await;
+    // Bob stops reading. Alice sends until the server gives up on him.
+    let mut alice = server.connect().await;
+    alice.login("alice", "a").await;
+    let text = "x".repeat(3000);
+    let (mut r, mut w) = (alice.r, alice.w);
+    let writer = tokio::spawn(async move {
+        for _ in 0..20_000 {
+            let line = format!("message bob {text}\n");
+            if w.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        w
+    });
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = r.read_line(&mut line).await.unwrap();
+            assert!(n > 0, "alice stays connected");
+            if line.starts_with("OK message bob queued offline") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the server gives up on bob in time");
+    writer.abort();
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // Bob's connection was closed: reading what is left ends in EOF (or a reset).
+    let mut sink = vec![0u8; 1 << 16];
+    let mut bob_r = bob.r.into_inner();
+    let eof = tokio::time::timeout(WAIT, async {
+        loop {
+            match bob_r.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "bob's connection is closed");
+    server.stop().await;
+}
