@@ -53,6 +53,10 @@ impl Driver {
                 }
                 Output::Persist(op) => self.store.apply(&op),
                 Output::Event(event) => println!("  event {event:?}"),
+                // Lines are "written" as soon as they are sent here.
+                Output::NotifyWritten { session } => self
+                    .server
+                    .handle_input(self.now, Input::Written { session }),
             }
         }
     }

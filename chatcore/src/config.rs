@@ -45,6 +45,13 @@ pub struct Config {
     /// crash of the server loses no accepted message. Off, only messages
     /// held for offline or busy users are durable.
     pub persist_deliveries: bool,
+    /// Held messages are sent at most this many at a time: after each page
+    /// the core asks, with [`crate::Output::NotifyWritten`], to be told when
+    /// the page has reached the socket, and only then sends the next. A
+    /// login with 100 000 held messages then needs memory for one page, not
+    /// for the whole box. `None` sends the whole box at once, for drivers
+    /// that do not answer `NotifyWritten`.
+    pub held_page_size: Option<usize>,
     /// Flood control for logged-in sessions; `None` turns it off.
     pub flood: Option<FloodLimit>,
     /// Lines a connection may send ahead while its password is being
@@ -71,6 +78,7 @@ impl Default for Config {
             max_held_per_user: 10_000,
             max_pending_lines: 64,
             persist_deliveries: true,
+            held_page_size: None,
             flood: Some(FloodLimit::default()),
         }
     }

@@ -51,6 +51,9 @@
 //!                 server.handle_input(now, answer);
 //!             }
 //!             Output::Persist(_op) => { /* commit before writing later lines */ }
+//!             // Only with `Config::held_page_size` set: answer with
+//!             // `Input::Written` once the lines before it are on the socket.
+//!             Output::NotifyWritten { .. } => {}
 //!             Output::Close { .. } | Output::Event(_) => {}
 //!         }
 //!     }

@@ -912,3 +912,99 @@ fn without_persist_deliveries_only_held_messages_are_durable() {
     h.send(a, "message bob live");
     assert!(h.store.held.is_empty());
 }
+
+// Held messages sent page by page -------------------------------------------------
+
+fn paged(page: usize) -> Harness {
+    let mut h = harness_with(Config {
+        held_page_size: Some(page),
+        ..Config::default()
+    });
+    h.hold_writes();
+    h
+}
+
+#[test]
+fn a_big_box_goes_out_a_page_at_a_time_as_the_client_reads() {
+    let mut h = paged(2);
+    let b = h.connect_logged_in("bob", "b-pw");
+    for n in 1..=5 {
+        h.send(b, &format!("message alice held{n}"));
+    }
+    h.take(b);
+    let a = h.connect_logged_in("alice", "a-pw");
+    let first = h.take_text(a);
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(first[0], "OFFLINE 5");
+    // Nothing comes between the lines of the block: a live message and the
+    // reply to a command wait for it.
+    h.send(b, "message alice live");
+    assert_eq!(h.take_text(b), ["OK message alice delivered"]);
+    h.send(a, "whoelse");
+    assert!(h.take_text(a).is_empty());
+    assert_eq!(h.answer_written(), Some(a));
+    assert_eq!(h.take_text(a).len(), 2);
+    assert_eq!(h.answer_written(), Some(a));
+    let last = h.take_text(a);
+    assert!(last[0].ends_with(" bob held5"), "{last:?}");
+    assert!(last[1].ends_with(" bob live"), "{last:?}");
+    assert_eq!(last[2], "WHO bob");
+    assert_eq!(h.answer_written(), None);
+}
+
+#[test]
+fn idle_online_replies_after_a_paged_block() {
+    let mut h = paged(1);
+    let a = h.connect_logged_in("alice", "a-pw");
+    let b = h.connect_logged_in("bob", "b-pw");
+    h.send(a, "idle busy");
+    h.send(b, "message alice one");
+    h.send(b, "message alice two");
+    h.take(a);
+    h.send(a, "idle online");
+    assert_eq!(h.take_text(a).len(), 2);
+    h.answer_written();
+    let rest = h.take_text(a);
+    assert!(rest[0].ends_with(" bob two"));
+    assert_eq!(rest[1], "OK status online");
+}
+
+#[test]
+fn a_session_dying_mid_block_keeps_every_message_in_order() {
+    let mut h = paged(2);
+    let b = h.connect_logged_in("bob", "b-pw");
+    for n in 1..=5 {
+        h.send(b, &format!("message alice m{n}"));
+    }
+    let a = h.connect_logged_in("alice", "a-pw");
+    h.take(a);
+    h.send(b, "message alice live");
+    h.close(a);
+    let _ = h.answer_written(); // the page's answer comes too late
+    let a = h.connect_logged_in("alice", "a-pw");
+    let mut lines = h.take_text(a);
+    while h.answer_written().is_some() {
+        lines.extend(h.take_text(a));
+    }
+    let texts: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(lines[0], "OFFLINE 6");
+    assert_eq!(texts, ["m1", "m2", "m3", "m4", "m5", "live"]);
+}
+
+#[test]
+fn commands_waiting_for_a_paged_block_do_not_spin_the_timers() {
+    let mut h = paged(1);
+    let b = h.connect_logged_in("bob", "b-pw");
+    for n in 1..=3 {
+        h.send(b, &format!("message alice m{n}"));
+    }
+    let a = h.connect_logged_in("alice", "a-pw");
+    h.send(a, "whoelse");
+    // A timer pass while the command waits for the block must return.
+    h.advance(Duration::from_secs(1));
+    while h.answer_written().is_some() {}
+    assert_eq!(h.take_replies(a).last().unwrap(), "WHO bob");
+}

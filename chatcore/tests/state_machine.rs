@@ -1122,7 +1122,7 @@ impl Oracle {
                         _ => {}
                     }
                 }
-                Output::Event(_) => {}
+                Output::Event(_) | Output::NotifyWritten { .. } => {}
             }
         }
 

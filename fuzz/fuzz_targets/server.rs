@@ -23,6 +23,7 @@ enum Op {
     Answer { ok: bool },
     Tick { millis: u32 },
     Shutdown,
+    Written,
 }
 
 const LINES: &[&str] = &[
@@ -57,6 +58,7 @@ fuzz_target!(|ops: Vec<Op>| {
         login_timeout: Duration::from_secs(10),
         block_time: Duration::from_secs(5),
         max_pending_lines: 4,
+        held_page_size: Some(2),
         flood: Some(FloodLimit {
             burst: 3,
             per_second: 2,
@@ -69,6 +71,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut sessions: Vec<SessionId> = Vec::new();
     let mut closed: HashSet<SessionId> = HashSet::new();
     let mut checks: VecDeque<PasswordCheck> = VecDeque::new();
+    let mut written: VecDeque<SessionId> = VecDeque::new();
     let pick = |sessions: &Vec<SessionId>, n: u8| -> Option<SessionId> {
         (!sessions.is_empty()).then(|| sessions[usize::from(n) % sessions.len()])
     };
@@ -125,6 +128,11 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Shutdown => server.handle_input(now, Input::Shutdown),
+            Op::Written => {
+                if let Some(session) = written.pop_front() {
+                    server.handle_input(now, Input::Written { session });
+                }
+            }
         }
         while let Some(out) = server.poll_output() {
             match out {
@@ -136,6 +144,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
                 Output::Close { session } => assert!(closed.insert(session), "closed twice"),
                 Output::CheckPassword(c) => checks.push_back(c),
+                Output::NotifyWritten { session } => written.push_back(session),
                 Output::Persist(_) | Output::Event(_) => {}
             }
         }

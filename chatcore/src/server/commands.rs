@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::delivery::Routed;
 use super::io::{SessionEnd, SessionId};
 use super::login::decode_error_reply;
-use super::session::{Parsed, Pending};
+use super::session::{Paged, Parsed, Pending};
 use super::Server;
 use crate::message::{Message, MessageKind};
 use crate::wire::{
@@ -33,14 +33,22 @@ impl Server {
             Parsed::Line(_) => active.last_command = now,
             Parsed::Malformed(_) => {}
         }
-        let admitted = match (&mut active.bucket, &self.config.flood) {
-            (Some(bucket), Some(limit)) => active.backlog.is_empty() && bucket.take(limit, now),
-            _ => true,
-        };
+        // Replies wait while an `OFFLINE` block is being sent, and while
+        // earlier commands wait; then the flood rate decides.
+        let admitted = active.paging.is_empty()
+            && active.backlog.is_empty()
+            && match (&mut active.bucket, &self.config.flood) {
+                (Some(bucket), Some(limit)) => bucket.take(limit, now),
+                _ => true,
+            };
         if admitted {
             return self.execute(id, parsed);
         }
-        let backlog_bound = self.config.flood.as_ref().map_or(0, |f| f.backlog);
+        let backlog_bound = self
+            .config
+            .flood
+            .as_ref()
+            .map_or(self.config.max_pending_lines, |f| f.backlog);
         if active.backlog.len() < backlog_bound {
             active.backlog.push_back(parsed);
         } else {
@@ -49,24 +57,21 @@ impl Server {
         }
     }
 
-    /// Runs delayed commands as far as the flood rate allows.
+    /// Runs waiting commands as far as the flood rate allows, unless an
+    /// `OFFLINE` block is still being sent.
     pub(super) fn run_backlog(&mut self, id: SessionId) {
         let now = self.now;
         loop {
-            let Some(limit) = self.config.flood.as_ref() else {
-                return;
-            };
             let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
                 return;
             };
-            if active.backlog.is_empty() {
+            if active.backlog.is_empty() || !active.paging.is_empty() {
                 return;
             }
-            let Some(bucket) = active.bucket.as_mut() else {
-                return;
-            };
-            if !bucket.take(limit, now) {
-                return;
+            if let (Some(bucket), Some(limit)) = (active.bucket.as_mut(), &self.config.flood) {
+                if !bucket.take(limit, now) {
+                    return;
+                }
             }
             let Some(parsed) = active.backlog.pop_front() else {
                 return;
@@ -118,7 +123,11 @@ impl Server {
                     a.busy = false;
                 }
                 self.deliver_box(id);
-                self.send(id, ServerLine::Status(Status::Online));
+                let reply = ServerLine::Status(Status::Online);
+                match self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
+                    Some(a) if !a.paging.is_empty() => a.paging.push_back(Paged::Reply(reply)),
+                    _ => self.send(id, reply),
+                }
             }
             Command::Idle(IdleArg::None) => {}
             Command::Idle(IdleArg::Seq(seq)) => self.confirm(id, seq),

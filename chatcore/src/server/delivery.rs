@@ -3,8 +3,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::io::Output;
 use super::io::SessionId;
-use super::session::{Phase, Unconfirmed};
+use super::session::{Paged, Phase, Unconfirmed};
 use super::Server;
 use crate::message::Message;
 use crate::store::StoreOp;
@@ -46,7 +47,21 @@ impl Server {
                         message: Arc::clone(message),
                     });
                 }
-                self.deliver(id, Arc::clone(message), persist);
+                let paging = self
+                    .sessions
+                    .get_mut(&id)
+                    .and_then(|s| s.active_mut())
+                    .map(|a| &mut a.paging)
+                    .filter(|p| !p.is_empty());
+                if let Some(paging) = paging {
+                    // After the block still being sent, as §5 orders it.
+                    paging.push_back(Paged::Message {
+                        message: Arc::clone(message),
+                        stored: persist,
+                    });
+                } else {
+                    self.deliver(id, Arc::clone(message), persist);
+                }
                 Routed::Delivered
             }
             (Some(_), _) => self.hold(user, message, HeldBecause::Busy),
@@ -108,9 +123,62 @@ impl Server {
             return;
         }
         self.send(id, ServerLine::Offline { count: held.len() });
-        for message in held {
-            self.deliver(id, message, true);
+        if self.config.held_page_size.is_none() {
+            for message in held {
+                self.deliver(id, message, true);
+            }
+            return;
         }
+        if let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
+            active
+                .paging
+                .extend(held.into_iter().map(|message| Paged::Message {
+                    message,
+                    stored: true,
+                }));
+        }
+        self.next_page(id);
+    }
+
+    /// Sends the next page of an `OFFLINE` block. When the block is done,
+    /// commands that waited for it run; otherwise the driver is asked to
+    /// say when this page is written.
+    pub(super) fn next_page(&mut self, id: SessionId) {
+        let page = self.config.held_page_size.unwrap_or(usize::MAX).max(1);
+        let mut messages = 0;
+        while let Some(item) = self.next_paged(id, messages == page) {
+            match item {
+                Paged::Message { message, stored } => {
+                    messages += 1;
+                    self.deliver(id, message, stored);
+                }
+                Paged::Reply(line) => self.send(id, line),
+            }
+        }
+        if self.is_paging(id) {
+            self.out.push_back(Output::NotifyWritten { session: id });
+        } else {
+            self.run_backlog(id);
+        }
+    }
+
+    /// The next item of the block; once the page is full, only replies.
+    /// Replies do not count toward a page: they are small, and the person is
+    /// waiting for them.
+    fn next_paged(&mut self, id: SessionId, page_full: bool) -> Option<Paged> {
+        let paging = &mut self.sessions.get_mut(&id)?.active_mut()?.paging;
+        match paging.front()? {
+            Paged::Message { .. } if page_full => None,
+            _ => paging.pop_front(),
+        }
+    }
+
+    /// Whether an `OFFLINE` block is still being sent to the session.
+    pub(super) fn is_paging(&self, id: SessionId) -> bool {
+        self.sessions
+            .get(&id)
+            .and_then(|s| s.active())
+            .is_some_and(|a| !a.paging.is_empty())
     }
 
     /// The client answered probe `seq`: every delivery written before that
@@ -170,7 +238,21 @@ impl Server {
     /// only fills while its owner is offline or busy, and is emptied when
     /// they come back), so the box stays in id order. The box may pass
     /// `max_held_per_user` here: a delivered message is never dropped.
-    pub(super) fn requeue(&mut self, user: &str, unconfirmed: VecDeque<Unconfirmed>) -> usize {
+    pub(super) fn requeue(
+        &mut self,
+        user: &str,
+        mut unconfirmed: VecDeque<Unconfirmed>,
+        paging: VecDeque<Paged>,
+    ) -> usize {
+        // Messages of a block not sent yet come after those sent.
+        unconfirmed.extend(paging.into_iter().filter_map(|p| match p {
+            Paged::Message { message, stored } => Some(Unconfirmed {
+                after_probe: 0,
+                message,
+                stored,
+            }),
+            Paged::Reply(_) => None,
+        }));
         let n = unconfirmed.len();
         if n == 0 {
             return 0;

@@ -65,6 +65,12 @@ pub enum Input {
         /// Whether the password matched.
         ok: bool,
     },
+    /// Every line sent to the session before an
+    /// [`Output::NotifyWritten`] has been written to its socket.
+    Written {
+        /// Which connection.
+        session: SessionId,
+    },
     /// The server is shutting down: every session gets `BYE shutdown`.
     Shutdown,
 }
@@ -84,6 +90,15 @@ pub enum Output {
     /// Close the connection once the lines sent before this are written.
     /// The core has forgotten the session.
     Close {
+        /// Which connection.
+        session: SessionId,
+    },
+    /// Answer with [`Input::Written`] once every line sent to the session
+    /// before this output has been written to its socket (not merely
+    /// queued). Asked between pages of held messages, so that a big box is
+    /// paced by how fast the client reads. Only emitted when
+    /// [`crate::Config::held_page_size`] is set.
+    NotifyWritten {
         /// Which connection.
         session: SessionId,
     },

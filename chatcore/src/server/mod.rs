@@ -142,6 +142,12 @@ impl Server {
             Input::PasswordChecked { session, check, ok } => {
                 self.on_password_checked(session, check, ok)
             }
+            Input::Written { session } => {
+                if self.is_paging(session) {
+                    self.next_page(session);
+                    self.arm(session);
+                }
+            }
             Input::Shutdown => self.shutdown(),
         }
     }
@@ -159,7 +165,7 @@ impl Server {
             }
             session.armed = None;
             self.on_timer(id);
-            self.arm(id);
+            self.rearm_after_timer(id);
         }
     }
 
@@ -261,6 +267,25 @@ impl Server {
         session.armed = Some(self.timers.arm(id, session.armed, at));
     }
 
+    /// [`Server::arm`] after a session's timer ran: its next deadline must be
+    /// in the future, or `handle_timeout` would run it again at once, for
+    /// ever. A deadline that is not is a bug (tests and fuzzing catch it
+    /// through the assertion); in production it is pushed a millisecond on
+    /// rather than hanging the server.
+    fn rearm_after_timer(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let at = session.deadline(&self.config);
+        debug_assert!(
+            at > self.now,
+            "{id} re-armed at {at:?}, not after {:?}",
+            self.now
+        );
+        let at = at.max(self.now + std::time::Duration::from_millis(1));
+        session.armed = Some(self.timers.arm(id, session.armed, at));
+    }
+
     fn on_line(&mut self, id: SessionId, input: Pending) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
@@ -303,6 +328,14 @@ impl Server {
         let confirm_due = a.confirm_at.is_some_and(|c| now >= c);
         if heartbeat_due {
             a.next_heartbeat = now + config.heartbeat;
+        }
+        if !a.paging.is_empty() {
+            // Nothing may come between the lines of an `OFFLINE` block: the
+            // probe waits until it is sent.
+            if confirm_due {
+                a.confirm_at = Some(now + config.confirm_delay);
+            }
+            return;
         }
         if confirm_due {
             a.confirm_at = None;
@@ -371,7 +404,7 @@ impl Server {
         };
         let user = active.user.clone();
         self.online.remove(&user);
-        let requeued = self.requeue(&user, active.unconfirmed);
+        let requeued = self.requeue(&user, active.unconfirmed, active.paging);
         self.last_seen.insert(user.clone(), self.now);
         self.persist(StoreOp::Seen {
             user: user.clone(),

@@ -63,8 +63,21 @@ pub(crate) struct Active {
     pub(crate) unconfirmed: VecDeque<Unconfirmed>,
     /// Flood control's tokens.
     pub(crate) bucket: Option<Bucket>,
-    /// Commands waiting for the flood rate, in arrival order.
+    /// Commands waiting for the flood rate or for the held messages to be
+    /// sent, in arrival order.
     pub(crate) backlog: VecDeque<Parsed>,
+    /// The rest of an `OFFLINE` block being sent page by page, and what
+    /// must follow it before anything else.
+    pub(crate) paging: VecDeque<Paged>,
+}
+
+/// What waits in an `OFFLINE` block still being sent.
+#[derive(Debug)]
+pub(crate) enum Paged {
+    /// A message, as [`Unconfirmed::stored`] says.
+    Message { message: Arc<Message>, stored: bool },
+    /// A reply that must come after the block (`OK status online`).
+    Reply(crate::wire::ServerLine),
 }
 
 /// A line from a logged-in client, parsed once on arrival.
@@ -79,6 +92,7 @@ impl Active {
         Active {
             bucket: config.flood.as_ref().map(|f| Bucket::full(f, now)),
             backlog: VecDeque::new(),
+            paging: VecDeque::new(),
             user,
             busy: false,
             last_heard: now,
@@ -153,8 +167,10 @@ impl Session {
                 if let Some(c) = a.confirm_at {
                     d = d.min(c);
                 }
-                if let (false, Some(b), Some(f)) = (a.backlog.is_empty(), &a.bucket, &config.flood)
-                {
+                // Waiting commands run on the next token, but not while an
+                // `OFFLINE` block is being sent: `Input::Written` moves that.
+                let waiting = !a.backlog.is_empty() && a.paging.is_empty();
+                if let (true, Some(b), Some(f)) = (waiting, &a.bucket, &config.flood) {
                     d = d.min(b.next_token(f));
                 }
                 d

@@ -49,6 +49,9 @@ pub struct Harness {
     closed: BTreeSet<SessionId>,
     checks: VecDeque<PasswordCheck>,
     answer_checks: bool,
+    /// Sessions waiting for `Input::Written`.
+    written: VecDeque<SessionId>,
+    answer_written: bool,
     events: Vec<Event>,
 }
 
@@ -69,6 +72,8 @@ impl Harness {
             closed: BTreeSet::new(),
             checks: VecDeque::new(),
             answer_checks: true,
+            written: VecDeque::new(),
+            answer_written: true,
             events: Vec::new(),
         }
     }
@@ -87,6 +92,20 @@ impl Harness {
     /// [`Harness::answer_password_check`].
     pub fn hold_password_checks(&mut self) {
         self.answer_checks = false;
+    }
+
+    /// Stops answering [`Output::NotifyWritten`] by itself, as for a client
+    /// that reads slowly; answer with [`Harness::answer_written`].
+    pub fn hold_writes(&mut self) {
+        self.answer_written = false;
+    }
+
+    /// Reports the oldest page asked about as written; returns its session,
+    /// or `None` if nothing is waiting.
+    pub fn answer_written(&mut self) -> Option<SessionId> {
+        let session = self.written.pop_front()?;
+        self.input(Input::Written { session });
+        Some(session)
     }
 
     /// Answers the oldest pending password check with `ok`; returns which
@@ -243,6 +262,7 @@ impl Harness {
             self.now,
         );
         self.checks.clear();
+        self.written.clear();
         self.received.clear();
         self.closed.clear();
     }
@@ -252,6 +272,17 @@ impl Harness {
         loop {
             while let Some(out) = self.server.poll_output() {
                 self.record(out);
+            }
+            // Lines here are "written" as soon as they are recorded.
+            let next_written = if self.answer_written {
+                self.written.pop_front()
+            } else {
+                None
+            };
+            if let Some(session) = next_written {
+                self.server
+                    .handle_input(self.now, Input::Written { session });
+                continue;
             }
             if !self.answer_checks {
                 return;
@@ -293,6 +324,7 @@ impl Harness {
             Output::Persist(op) => self.store.apply(&op),
             Output::Event(e) => self.events.push(e),
             Output::CheckPassword(check) => self.checks.push_back(check),
+            Output::NotifyWritten { session } => self.written.push_back(session),
         }
     }
 }
