@@ -1,6 +1,17 @@
-//! The command line: `chatc [HOST] [PORT] [--user NAME]`.
+//! The command line: `chatc [HOST] [PORT] [--user NAME] [--tls [--ca FILE]]`.
+
+use std::path::PathBuf;
 
 use clap::Parser;
+
+/// Shown after the options in `--help`.
+const AFTER_HELP: &str = "\
+Exit status:
+  0  the session ended normally (logout, end of input, Ctrl-C, BYE from the server)
+  1  the connection was lost, or the TLS handshake failed (e.g. the server's
+     certificate is not trusted)
+  2  a usage error: bad arguments, a HOST that does not resolve, an unreadable
+     --ca file";
 
 /// The CHAT/1 terminal client.
 ///
@@ -8,7 +19,7 @@ use clap::Parser;
 /// and lets you chat. With standard input not a terminal it reads the login
 /// answers and then commands line by line, so it can be scripted.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chatc", version, about)]
+#[command(name = "chatc", version, about, after_help = AFTER_HELP)]
 pub struct Args {
     /// The server's host name or IP address.
     #[arg(default_value = "127.0.0.1")]
@@ -21,6 +32,17 @@ pub struct Args {
     /// Answer the server's first user-name question with NAME.
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
+
+    /// Connect with TLS, for a server configured with tls_cert and tls_key.
+    /// The server's certificate must be valid for HOST and signed by a
+    /// trusted authority (the built-in Mozilla roots, or --ca).
+    #[arg(long)]
+    pub tls: bool,
+
+    /// With --tls: also trust the CA certificate(s) in this PEM file, e.g.
+    /// a private CA or the server's self-signed certificate.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
 }
 
 impl Args {
@@ -43,6 +65,20 @@ mod tests {
         let a = Args::try_parse_from(["chatc", "example.org", "7000", "--user", "bob"]).unwrap();
         assert_eq!((a.host.as_str(), a.port), ("example.org", 7000));
         assert_eq!(a.user.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn tls_options() {
+        let a = Args::try_parse_from(["chatc"]).unwrap();
+        assert!(!a.tls);
+        assert_eq!(a.ca, None);
+        let a = Args::try_parse_from(["chatc", "--tls", "--ca", "ca.pem", "host"]).unwrap();
+        assert!(a.tls);
+        assert_eq!(a.ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(a.host, "host");
+        // --ca alone would silently talk plain text: refused.
+        let e = Args::try_parse_from(["chatc", "--ca", "ca.pem"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]

@@ -12,6 +12,8 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("chatc: {e:#}");
+            // Usage errors 2, everything else (a failed TLS handshake, an
+            // untrusted certificate) 1: see `chatc --help`.
             if e.downcast_ref::<chatc::UsageError>().is_some() {
                 2
             } else {

@@ -8,9 +8,7 @@
 use std::time::Duration;
 
 use chatcore::wire::{Ask, Command, DecodeError, IdleArg, LineDecoder, ServerLine};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
@@ -81,15 +79,18 @@ struct Session<'a> {
 }
 
 /// Runs the session to its end and returns the exit status: 0 after `BYE`
-/// or the person leaving, 1 when the connection is lost.
-pub async fn run(
-    stream: TcpStream,
+/// or the person leaving, 1 when the connection is lost. `stream` is a TCP
+/// stream (with `TCP_NODELAY` set by the caller) or a TLS stream over one.
+pub async fn run<S>(
+    stream: S,
     user: Option<String>,
     fe: &mut Frontend,
     interrupts: &mut Interrupts,
-) -> i32 {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, writer) = stream.into_split();
+) -> i32
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
     let (to_server, lines) = unbounded_channel();
     tokio::spawn(write_lines(writer, lines));
     let mut events = std::mem::replace(&mut fe.events, unbounded_channel().1);
@@ -154,10 +155,12 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Writes queued lines to the server. Shared by the heartbeat answers and
 /// the person's commands through the channel, so lines never interleave.
-async fn write_lines(mut writer: OwnedWriteHalf, mut lines: UnboundedReceiver<String>) {
+async fn write_lines<W: AsyncWrite>(writer: W, mut lines: UnboundedReceiver<String>) {
+    tokio::pin!(writer);
     while let Some(mut line) = lines.recv().await {
         line.push('\n');
-        if writer.write_all(line.as_bytes()).await.is_err() {
+        // The flush sends what TLS may still hold; a no-op on plain TCP.
+        if writer.write_all(line.as_bytes()).await.is_err() || writer.flush().await.is_err() {
             // The reader sees the connection end and says so.
             return;
         }
@@ -288,7 +291,7 @@ mod tests {
 
     use tokio::io::{AsyncBufReadExt, BufReader, Lines};
     use tokio::net::tcp::OwnedReadHalf;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::output::Output;

@@ -79,13 +79,16 @@ pub enum ConfigError {
         /// Why the value is refused.
         reason: String,
     },
-    /// A key this version accepts but does not implement (`tls_cert`,
-    /// `tls_key`). Refused rather than ignored, because silently ignoring a security setting would
-    /// leave an operator believing they are protected.
-    #[error("{key} is not supported by this version of chatd")]
-    Unsupported {
-        /// The key.
+    /// A key that only works together with another was given alone
+    /// (`tls_cert` without `tls_key` or the reverse). Refused rather than
+    /// ignored: serving plain text to an operator who asked for TLS would
+    /// leave them believing they are protected.
+    #[error("config key `{key}` is missing: `{with}` needs it")]
+    Missing {
+        /// The key that is missing.
         key: &'static str,
+        /// The key given without it.
+        with: &'static str,
     },
 }
 
@@ -182,9 +185,9 @@ pub struct FileConfig {
     pub max_held_per_user: Option<usize>,
     /// See [`chatcore::Config::max_pending_lines`].
     pub max_pending_lines: Option<usize>,
-    /// Not implemented yet: refused.
+    /// See [`TlsFiles::cert`]; only together with `tls_key`.
     pub tls_cert: Option<PathBuf>,
-    /// Not implemented yet: refused.
+    /// See [`TlsFiles::key`]; only together with `tls_cert`.
     pub tls_key: Option<PathBuf>,
     /// See [`chatcore::config::FloodLimit::burst`].
     pub flood_burst: Option<u32>,
@@ -198,6 +201,8 @@ pub struct FileConfig {
     pub max_failure_records: Option<usize>,
     /// See [`chatcore::Config::persist_deliveries`].
     pub persist_deliveries: Option<bool>,
+    /// See [`chatcore::Config::held_page_size`].
+    pub held_page_size: Option<usize>,
     /// See [`Settings::max_connections`].
     pub max_connections: Option<usize>,
     /// See [`Settings::max_connections_per_ip`].
@@ -266,7 +271,31 @@ pub struct Settings {
     pub max_connections: usize,
     /// Connections open at once from one IP address.
     pub max_connections_per_ip: usize,
+    /// TLS on the port, if configured; plain TCP otherwise.
+    pub tls: Option<TlsFiles>,
 }
+
+/// The PEM files that make the port speak TLS (`tls_cert`, `tls_key`).
+/// Relative paths are relative to the working directory, like the users
+/// file's. Only the paths are checked here: the files are read at startup
+/// (see [`crate::tls`]), where an unreadable file is a runtime failure like an
+/// unreadable users file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain: the server's certificate first, then any
+    /// intermediates.
+    pub cert: PathBuf,
+    /// The private key of the certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Held messages sent at a time with the default limits: as many of the
+/// longest possible delivery lines as fit in `max_outbound_bytes`.
+pub const DEFAULT_HELD_PAGE_SIZE: usize = (1 << 20) / (4096 + DELIVERY_OVERHEAD);
+
+/// What a delivery line adds to the text a client sent: `MSG`, id,
+/// timestamp, sender (at most 32 bytes) and separators, rounded up.
+const DELIVERY_OVERHEAD: usize = 128;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -275,11 +304,17 @@ impl Default for Settings {
             port: 4119,
             users_file: "user_pass.txt".into(),
             data_dir: "chatd-data".into(),
-            core: chatcore::Config::default(),
+            core: chatcore::Config {
+                // chatd answers `NotifyWritten`, so a big box goes out a
+                // page at a time, paced by the client's reading.
+                held_page_size: Some(DEFAULT_HELD_PAGE_SIZE),
+                ..chatcore::Config::default()
+            },
             max_outbound_bytes: 1 << 20,
             password_check_concurrency: 2,
             max_connections: 10_000,
             max_connections_per_ip: 64,
+            tls: None,
         }
     }
 }
@@ -296,13 +331,26 @@ impl Settings {
 
     /// Defaults, then the file, then the command line; then validation.
     pub fn merge(file: FileConfig, cli: &Cli) -> Result<Settings, ConfigError> {
-        if file.tls_cert.is_some() {
-            return Err(ConfigError::Unsupported { key: "tls_cert" });
-        }
-        if file.tls_key.is_some() {
-            return Err(ConfigError::Unsupported { key: "tls_key" });
-        }
-        let mut s = Settings::default();
+        let tls = match (file.tls_cert, file.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    key: "tls_key",
+                    with: "tls_cert",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    key: "tls_cert",
+                    with: "tls_key",
+                })
+            }
+        };
+        let mut s = Settings {
+            tls,
+            ..Settings::default()
+        };
         let c = &mut s.core;
         macro_rules! set {
             ($dst:expr, $src:expr) => {
@@ -330,6 +378,7 @@ impl Settings {
         set!(c.failure_memory, file.failure_memory.map(|d| d.0));
         set!(c.max_failure_records, file.max_failure_records);
         set!(c.persist_deliveries, file.persist_deliveries);
+        let held_page_size = file.held_page_size;
         if file.flood_burst.is_some()
             || file.flood_per_second.is_some()
             || file.flood_backlog.is_some()
@@ -359,6 +408,12 @@ impl Settings {
             s.password_check_concurrency,
             file.password_check_concurrency
         );
+        // By default a page of held messages fits in the outbound bound even
+        // if every line is as long as a line can be, so a client that reads
+        // is never mistaken for one that does not.
+        s.core.held_page_size = Some(held_page_size.unwrap_or_else(|| {
+            (s.max_outbound_bytes / (s.core.max_line_bytes + DELIVERY_OVERHEAD)).max(1)
+        }));
         set!(s.host, cli.host.clone());
         set!(s.port, cli.port);
         set!(s.users_file, cli.users.clone());
@@ -377,6 +432,14 @@ impl Settings {
         };
         if self.host.trim().is_empty() {
             return Err(invalid("host", "must not be empty"));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert.as_os_str().is_empty() {
+                return Err(invalid("tls_cert", "must not be empty"));
+            }
+            if tls.key.as_os_str().is_empty() {
+                return Err(invalid("tls_key", "must not be empty"));
+            }
         }
         // Timers below a millisecond would be rounded to zero by the core's clock.
         let ms = Duration::from_millis(1);
@@ -410,6 +473,7 @@ impl Settings {
             ("max_login_attempts", u64::from(c.max_login_attempts)),
             ("max_held_per_user", c.max_held_per_user as u64),
             ("max_pending_lines", c.max_pending_lines as u64),
+            ("held_page_size", c.held_page_size.map_or(1, |p| p as u64)),
             ("max_failure_records", c.max_failure_records as u64),
             (
                 "flood_burst",
@@ -475,7 +539,13 @@ mod tests {
         assert_eq!(s.port, 4119);
         assert_eq!(s.users_file, PathBuf::from("user_pass.txt"));
         assert_eq!(s.data_dir, PathBuf::from("chatd-data"));
-        assert_eq!(s.core, chatcore::Config::default());
+        assert_eq!(
+            s.core,
+            chatcore::Config {
+                held_page_size: Some(DEFAULT_HELD_PAGE_SIZE),
+                ..chatcore::Config::default()
+            }
+        );
         assert_eq!(s.max_outbound_bytes, 1 << 20);
         assert_eq!(s.password_check_concurrency, 2);
         assert_eq!(s.max_connections, 10_000);
@@ -640,16 +710,24 @@ persist_deliveries = false
     }
 
     #[test]
-    fn unimplemented_security_keys_are_refused() {
-        for (text, key) in [
-            ("tls_cert = \"c.pem\"", "tls_cert"),
-            ("tls_key = \"k.pem\"", "tls_key"),
+    fn tls_keys_come_in_pairs() {
+        assert_eq!(settings("", &[]).unwrap().tls, None);
+        let s = settings("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"", &[]).unwrap();
+        assert_eq!(
+            s.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        for (text, missing) in [
+            ("tls_cert = \"c.pem\"", "tls_key"),
+            ("tls_key = \"k.pem\"", "tls_cert"),
         ] {
-            let e = settings(text, &[]).unwrap_err().to_string();
-            assert_eq!(
-                e,
-                format!("{key} is not supported by this version of chatd")
-            );
+            let e = settings(text, &[]).unwrap_err();
+            assert!(matches!(e, ConfigError::Missing { key, .. } if key == missing));
+            let e = e.to_string();
+            assert!(e.contains(&format!("`{missing}` is missing")), "{e}");
         }
     }
 

@@ -1,5 +1,9 @@
 //! One TCP connection: a reader that turns bytes into core inputs and a
 //! writer that drains the connection's outbound queue, both in one task.
+//! With TLS configured, the task first completes the TLS handshake, within
+//! `login_timeout`: doing it here rather than in the accept loop means a
+//! client that never finishes its handshake holds up nobody but itself, and
+//! it holds its place in the [`ConnLimiter`] like any other connection.
 //!
 //! Connections never touch the core. Lines go to the core task over one
 //! bounded channel shared by all readers (so a flood of input waits instead
@@ -17,11 +21,12 @@ use std::time::Duration;
 
 use chatcore::wire::LineDecoder;
 use chatcore::{Input, SessionId, Time};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 /// The core's clock: wall-clock milliseconds, advanced by tokio's monotonic
 /// clock from one wall-clock reading at startup. Deadlines therefore never
@@ -134,6 +139,15 @@ impl Drop for ConnPermit {
     }
 }
 
+/// An entry of an outbound queue.
+#[derive(Debug)]
+enum Queued {
+    /// A line, with its `\n`.
+    Line(String),
+    /// Report `Input::Written` once everything before this is written.
+    Mark,
+}
+
 /// What the writer and the core share about one outbound queue.
 #[derive(Debug, Default)]
 struct OutboundShared {
@@ -146,7 +160,7 @@ struct OutboundShared {
 /// The core's end of a connection's outbound queue.
 #[derive(Debug)]
 pub struct Outbound {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<Queued>,
     shared: Arc<OutboundShared>,
     /// When the queue last went over the bound, if it is over it.
     over_since_ms: Option<u64>,
@@ -193,15 +207,21 @@ impl Outbound {
         }
         // A closed queue means the writer ended on an error; the connection
         // task reports that as `Input::Closed` itself.
-        let _ = self.tx.send(line);
+        let _ = self.tx.send(Queued::Line(line));
         Ok(())
+    }
+
+    /// Asks the writer to report [`Input::Written`] once every line queued
+    /// so far is written to the socket (the core's `NotifyWritten`).
+    pub fn mark(&self) {
+        let _ = self.tx.send(Queued::Mark);
     }
 }
 
 /// The writer's end of a connection's outbound queue.
 #[derive(Debug)]
 pub struct OutboundRx {
-    rx: mpsc::UnboundedReceiver<String>,
+    rx: mpsc::UnboundedReceiver<Queued>,
     shared: Arc<OutboundShared>,
 }
 
@@ -235,6 +255,26 @@ pub struct ConnParams {
     pub inputs: mpsc::Sender<Input>,
     /// The clock, for progress stamps.
     pub clock: Clock,
+    /// TLS, if the port speaks it.
+    pub tls: Option<TlsParams>,
+}
+
+/// How connections on a TLS port are set up.
+#[derive(Clone)]
+pub struct TlsParams {
+    /// The server's TLS configuration.
+    pub acceptor: TlsAcceptor,
+    /// How long a client may take to complete the handshake
+    /// (`login_timeout`: the handshake is the first step of logging in).
+    pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for TlsParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsParams")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long a closed connection keeps reading (and discarding) so that the
@@ -249,6 +289,12 @@ const FLUSH_AFTER_EOF: Duration = Duration::from_secs(5);
 /// Writes that are batched into one `write` at most.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// The read buffer of a quiet connection.
+const READ_MIN: usize = 512;
+
+/// The read buffer of a busy one.
+const READ_MAX: usize = 32 * 1024;
+
 /// Why the reader stopped.
 enum ReadEnd {
     /// The peer closed or the socket failed.
@@ -258,6 +304,10 @@ enum ReadEnd {
 }
 
 /// Runs one connection until it is closed, by the peer or by the core.
+///
+/// On a TLS port, the lines the core queued meanwhile (`HELLO CHAT/1`) wait
+/// for the handshake; if it fails or times out, the core is told the
+/// connection closed, as for any peer that goes away.
 pub async fn run_connection(
     stream: TcpStream,
     params: ConnParams,
@@ -265,11 +315,78 @@ pub async fn run_connection(
     permit: ConnPermit,
 ) {
     let _permit = permit;
+    match &params.tls {
+        // Plain TCP keeps the socket's own halves, which need no lock.
+        None => {
+            let (r, w) = stream.into_split();
+            serve_lines(r, w, &params, out).await;
+        }
+        Some(tls) => match handshake(stream, tls, &params).await {
+            Some(stream) => {
+                let (r, w) = tokio::io::split(stream);
+                serve_lines(r, w, &params, out).await;
+            }
+            None => {
+                let _ = params
+                    .inputs
+                    .send(Input::Closed {
+                        session: params.session,
+                    })
+                    .await;
+            }
+        },
+    }
+}
+
+/// The server side of a TLS handshake, bounded by the handshake timeout
+/// and abandoned if the core task goes away (shutdown). `None` if it did
+/// not complete.
+async fn handshake(
+    stream: TcpStream,
+    tls: &TlsParams,
+    p: &ConnParams,
+) -> Option<TlsStream<TcpStream>> {
+    let (session, peer) = (p.session, p.peer);
+    let accept = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+    tokio::select! {
+        r = accept => match r {
+            Ok(Ok(stream)) => {
+                let (_, conn) = stream.get_ref();
+                tracing::debug!(
+                    %session, %peer,
+                    version = ?conn.protocol_version(),
+                    "TLS handshake done"
+                );
+                Some(stream)
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%session, %peer, "TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::info!(
+                    %session, %peer,
+                    "TLS handshake not done within {:?}: closing",
+                    tls.handshake_timeout
+                );
+                None
+            }
+        },
+        () = p.inputs.closed() => None,
+    }
+}
+
+/// Reads lines into the core and writes the outbound queue, over either
+/// kind of stream, until the connection is closed.
+async fn serve_lines<R, W>(mut r: R, w: W, params: &ConnParams, out: OutboundRx)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let session = params.session;
-    let (mut r, w) = stream.into_split();
     let linger = {
-        let reader = read_loop(&mut r, &params);
-        let writer = write_loop(w, out, params.clock);
+        let reader = read_loop(&mut r, params);
+        let writer = write_loop(w, out, params);
         tokio::pin!(reader, writer);
         tokio::select! {
             end = &mut reader => {
@@ -304,9 +421,11 @@ pub async fn run_connection(
 }
 
 /// Decodes lines and sends them to the core until EOF or an error.
-async fn read_loop(r: &mut OwnedReadHalf, p: &ConnParams) -> ReadEnd {
+async fn read_loop<R: AsyncRead + Unpin>(r: &mut R, p: &ConnParams) -> ReadEnd {
     let mut decoder = LineDecoder::new(p.max_line_bytes);
-    let mut buf = vec![0u8; 8192];
+    // Most connections are idle most of the time: keep a small buffer, and
+    // grow it only while reads keep filling it.
+    let mut buf = vec![0u8; READ_MIN];
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => return ReadEnd::Peer,
@@ -316,6 +435,7 @@ async fn read_loop(r: &mut OwnedReadHalf, p: &ConnParams) -> ReadEnd {
                 return ReadEnd::Peer;
             }
         };
+        let full = n == buf.len();
         let mut input = &buf[..n];
         while let Some(item) = decoder.decode(&mut input) {
             let input = match item {
@@ -332,19 +452,34 @@ async fn read_loop(r: &mut OwnedReadHalf, p: &ConnParams) -> ReadEnd {
                 return ReadEnd::CoreGone;
             }
         }
+        if full && buf.len() < READ_MAX {
+            buf = vec![0u8; buf.len() * 4];
+        } else if !full && buf.len() > READ_MIN {
+            buf = vec![0u8; READ_MIN];
+        }
     }
 }
 
 /// Writes queued lines, batching whatever is queued into one write, until
-/// the core drops the queue; then shuts the socket's write side down.
-async fn write_loop(mut w: OwnedWriteHalf, mut out: OutboundRx, clock: Clock) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+/// the core drops the queue; then shuts the socket's write side down (on
+/// TLS, after a `close_notify`). A mark in the queue is answered with
+/// [`Input::Written`] once the lines before it are written.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut out: OutboundRx,
+    p: &ConnParams,
+) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
     while let Some(first) = out.rx.recv().await {
-        buf.clear();
-        buf.extend_from_slice(first.as_bytes());
-        while buf.len() < BATCH_BYTES {
+        let mut marked = false;
+        match first {
+            Queued::Line(line) => buf.extend_from_slice(line.as_bytes()),
+            Queued::Mark => marked = true,
+        }
+        while !marked && buf.len() < BATCH_BYTES {
             match out.rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(more.as_bytes()),
+                Ok(Queued::Line(more)) => buf.extend_from_slice(more.as_bytes()),
+                Ok(Queued::Mark) => marked = true,
                 Err(_) => break,
             }
         }
@@ -358,11 +493,23 @@ async fn write_loop(mut w: OwnedWriteHalf, mut out: OutboundRx, clock: Clock) ->
             out.shared.queued.fetch_sub(n, Ordering::AcqRel);
             out.shared
                 .progress_ms
-                .store(clock.elapsed_ms(), Ordering::Release);
+                .store(p.clock.elapsed_ms(), Ordering::Release);
         }
-        // Large bursts should not pin a big buffer for the connection's life.
-        if buf.capacity() > 4 * BATCH_BYTES {
-            buf = Vec::with_capacity(8192);
+        // TLS may keep encrypted records buffered after accepting the
+        // plaintext; they must leave before the writer waits for more. A
+        // no-op on plain TCP.
+        w.flush().await?;
+        if marked {
+            let written = Input::Written { session: p.session };
+            if p.inputs.send(written).await.is_err() {
+                return Ok(());
+            }
+        }
+        // An idle connection keeps no buffer; a busy one keeps a modest one.
+        if out.rx.is_empty() || buf.capacity() > 4 * BATCH_BYTES {
+            buf = Vec::new();
+        } else {
+            buf.clear();
         }
     }
     w.shutdown().await

@@ -4,7 +4,7 @@
 //! What lives here and not in chatcore: sockets ([`conn`]), the clock and the
 //! round loop ([`server`]), the durable store ([`store`]), argon2 password
 //! checks ([`passwords`]), the command line and configuration file
-//! ([`config`]), signals and logging. Every rule of the chat service itself
+//! ([`config`]), TLS ([`tls`]), signals and logging. Every rule of the chat service itself
 //! is chatcore's.
 //!
 //! The binary is `chatd/src/main.rs`, built as the root package's `chatd`
@@ -18,6 +18,7 @@ pub mod conn;
 pub mod passwords;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::io::{BufRead, IsTerminal, Write};
@@ -28,7 +29,7 @@ use chatcore::Accounts;
 use tokio::net::TcpListener;
 
 pub use config::{Cli, Command, ConfigError, Settings};
-pub use server::{run, RunError};
+pub use server::{run, run_with_tls, RunError};
 pub use store::{MemoryStore, SqliteStore, Store, StoreError};
 
 impl Cli {
@@ -75,10 +76,27 @@ pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
     Ok(accounts)
 }
 
-/// Starts the server as the binary does: users file, store, listening
-/// socket, the readiness line on stdout, then [`run`] until `shutdown`.
+/// Starts the server as the binary does: users file, TLS files, store,
+/// listening socket, the readiness line on stdout, then [`run_with_tls`]
+/// until `shutdown`.
+///
+/// An unreadable or unusable TLS certificate or key is a startup failure
+/// (exit status 1, like an unreadable users file) whose one-line cause
+/// names the file.
 pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<()> {
     let accounts = load_accounts(&settings.users_file)?;
+    let tls = match &settings.tls {
+        Some(files) => {
+            let config = tls::server_config(&files.cert, &files.key)?;
+            tracing::info!(
+                "TLS on (1.2 and 1.3): certificate {}, key {}",
+                files.cert.display(),
+                files.key.display()
+            );
+            Some(config)
+        }
+        None => None,
+    };
     let data_dir = settings.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
         .await
@@ -96,8 +114,9 @@ pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<
             .and_then(|()| stdout.flush())
             .context("cannot write to stdout")?;
     }
-    tracing::info!("listening on {local}");
-    run(listener, settings, accounts, Box::new(store), shutdown).await?;
+    let transport = if tls.is_some() { "TLS" } else { "plain TCP" };
+    tracing::info!("listening on {local} ({transport})");
+    run_with_tls(listener, tls, settings, accounts, Box::new(store), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

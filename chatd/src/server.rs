@@ -27,6 +27,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::config::Settings;
 use crate::conn::{
     outbound, run_connection, Clock, ConnLimiter, ConnParams, Dead, Outbound, OutboundLimit,
+    TlsParams,
 };
 use crate::passwords::{PasswordChecker, PasswordError};
 use crate::store::{Store, StoreError};
@@ -132,6 +133,8 @@ struct Core {
     store: StoreThread,
     limit: OutboundLimit,
     max_line_bytes: usize,
+    /// TLS for every connection, if the port speaks it.
+    tls: Option<TlsParams>,
     /// Outputs of the current round, in order.
     round: Vec<Output>,
     /// Inputs the driver itself generated (dead peers), for the next round.
@@ -145,8 +148,27 @@ struct Core {
 /// every session, commit, give connections a few seconds to flush, return.
 ///
 /// `store` is loaded here; the server carries on from what it holds.
+///
+/// Connections are plain TCP whatever `settings.tls` says: see
+/// [`run_with_tls`].
 pub async fn run(
     listener: TcpListener,
+    settings: Settings,
+    accounts: Accounts,
+    store: Box<dyn Store>,
+    shutdown: impl Future,
+) -> Result<(), RunError> {
+    run_with_tls(listener, None, settings, accounts, store, shutdown).await
+}
+
+/// [`run`], with every connection speaking TLS with `tls` if it is given
+/// (made from `settings.tls` by [`crate::tls::server_config`] at startup, so
+/// that a bad file stops the server before it says it is listening). Each
+/// handshake runs in its connection's task and must finish within
+/// `login_timeout`.
+pub async fn run_with_tls(
+    listener: TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     settings: Settings,
     accounts: Accounts,
     mut store: Box<dyn Store>,
@@ -190,6 +212,10 @@ pub async fn run(
             hard_factor: 64,
         },
         max_line_bytes: settings.core.max_line_bytes,
+        tls: tls.map(|config| TlsParams {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            handshake_timeout: settings.core.login_timeout,
+        }),
         round: Vec::new(),
         internal: VecDeque::new(),
         forget: Vec::new(),
@@ -258,7 +284,8 @@ impl Core {
             Input::Line { session, .. }
             | Input::Malformed { session, .. }
             | Input::Closed { session }
-            | Input::PasswordChecked { session, .. } => Some(*session),
+            | Input::PasswordChecked { session, .. }
+            | Input::Written { session } => Some(*session),
             Input::Shutdown => None,
         };
         if let Some(session) = session {
@@ -329,6 +356,11 @@ impl Core {
                         // queued and shut the socket down.
                         self.conns.remove(&session);
                     }
+                    Output::NotifyWritten { session } => {
+                        if let Some(conn) = self.conns.get(&session) {
+                            conn.out.mark();
+                        }
+                    }
                     Output::Persist(_) | Output::CheckPassword(_) | Output::Event(_) => {}
                 }
             }
@@ -390,6 +422,7 @@ impl Core {
             max_line_bytes: self.max_line_bytes,
             inputs: self.inputs.clone(),
             clock: self.clock,
+            tls: self.tls.clone(),
         };
         let abort = self
             .tasks
@@ -412,8 +445,17 @@ impl Core {
 
     /// Tells a connection over the limits why, and closes it, without
     /// holding up the core.
+    ///
+    /// On a TLS port the connection is closed without a word: the note
+    /// could only be sent in plain text, which a TLS client reads as a
+    /// corrupt record, and a handshake to send it properly is exactly the
+    /// work the limits are there to refuse.
     fn refuse(&self, mut stream: TcpStream) {
         use std::sync::atomic::Ordering;
+        if self.tls.is_some() {
+            drop(stream);
+            return;
+        }
         let refusals = std::sync::Arc::clone(&self.refusals);
         if refusals.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSALS_IN_FLIGHT {
             refusals.fetch_sub(1, Ordering::AcqRel);
