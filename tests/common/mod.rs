@@ -499,6 +499,20 @@ impl Client {
         Client::from_stream(socket.into())
     }
 
+    /// Connects with a small receive buffer (`SO_RCVBUF`, set before the
+    /// handshake so the window stays small): a client that stops reading
+    /// then backs up into the server after kilobytes, not after the
+    /// kernel's autotuned megabytes.
+    pub fn connect_with_rcvbuf(addr: SocketAddr, bytes: usize) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        socket
+            .connect(&addr.into())
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Client::from_stream(socket.into())
+    }
+
     fn from_stream(stream: TcpStream) -> Client {
         stream.set_nodelay(true).unwrap();
         let local = stream.local_addr().unwrap();

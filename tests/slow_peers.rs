@@ -1,0 +1,301 @@
+//! Hardening: peers that stop reading or vanish (PROTOCOL.md §6). A client
+//! that never reads while others broadcast to it costs the server bounded
+//! memory (`max_outbound_bytes`), is dropped, and gets every unconfirmed
+//! delivery again at its next login; a client that stops answering and
+//! reading is dropped after `heartbeat_timeout`, and likewise loses nothing.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const USERS: &[(&str, &str)] = &[
+    ("alice", "pw-a"),
+    ("bob", "pw-b"),
+    ("carol", "pw-c"),
+    ("sloth", "pw-s"),
+];
+
+/// A value from `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Resets the peak RSS (`VmHWM`) of `pid`, if the kernel lets us.
+fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/clear_refs"))
+        .and_then(|mut f| f.write_all(b"5"))
+        .is_ok()
+}
+
+/// Polls `observer`'s `whoelse` until `user` is no longer listed.
+fn wait_offline(observer: &mut Client, user: &str, within: Duration) {
+    poll_until(&format!("{user} to go offline"), within, || {
+        (!observer.whoelse().iter().any(|u| u == user)).then_some(())
+    });
+}
+
+#[test]
+fn a_client_that_never_reads_is_bounded_dropped_and_loses_nothing() {
+    // Broadcast texts just under max_line_bytes (4096).
+    const TEXT: usize = 4000;
+    const BATCH: usize = 25;
+    // What the broadcasts add up to, for the one that never reads.
+    const TOTAL: usize = 32 << 20;
+    let server = TestServer::with(
+        USERS,
+        &[
+            "max_outbound_bytes = 8192",
+            // The outbound stall grace is the heartbeat (at least 1 s); the
+            // heartbeat timeout is far away, so it cannot be what drops sloth.
+            "heartbeat = 1",
+            "heartbeat_timeout = 120",
+            "flood_burst = 1000000",
+            "flood_per_second = 1000000",
+            "flood_backlog = 1000000",
+        ],
+    );
+    let pid = server.pid().unwrap();
+    let mut alice = server.login("alice", "pw-a");
+    let mut bob = server.login("bob", "pw-b");
+    let mut carol = server.login("carol", "pw-c");
+    let mut sloth = Client::connect_with_rcvbuf(server.addr(), 4096);
+    sloth.login("sloth", "pw-s");
+    // From here on sloth reads nothing and answers no probe.
+
+    let reset = reset_peak_rss(pid);
+    let rss_before = proc_status_kb(pid, "VmRSS");
+    let hwm_before = proc_status_kb(pid, "VmHWM");
+
+    let filler = "z".repeat(TEXT - 12);
+    // Everything accepted for sloth, in the order the server accepted it.
+    let mut for_sloth: Vec<String> = Vec::new();
+    let mut sent_bytes = 0usize;
+    let mut dropped_after: Option<usize> = None;
+    let mut max_round_trip = Duration::ZERO;
+    let mut hwm_at_drop = None;
+    let mut i = 0usize;
+    let started = Instant::now();
+    while sent_bytes < TOTAL {
+        let mut batch = String::new();
+        let texts: Vec<String> = (i..i + BATCH)
+            .map(|n| format!("b{n:07} {filler}"))
+            .collect();
+        for t in &texts {
+            batch.push_str("broadcast message ");
+            batch.push_str(t);
+            batch.push('\n');
+        }
+        let t = Instant::now();
+        alice.send_raw(batch.as_bytes());
+        for text in &texts {
+            let own = alice.expect_delivery();
+            assert_eq!(&own.text, text);
+            let ok = alice.line();
+            match ok.as_str() {
+                "OK broadcast 4 0" => {
+                    assert!(dropped_after.is_none(), "sloth came back?");
+                    for_sloth.push(text.clone());
+                    sent_bytes += text.len();
+                }
+                "OK broadcast 3 0" => {
+                    dropped_after.get_or_insert(sent_bytes);
+                }
+                other => panic!("alice: unexpected reply {other:?}"),
+            }
+            assert_eq!(&carol.expect_delivery().text, text, "carol missed one");
+            assert_eq!(&bob.expect_delivery().text, text, "bob missed one");
+        }
+        // bob keeps writing to sloth privately, too.
+        let private = format!("p{i:07}");
+        bob.send(&format!("message sloth {private}"));
+        match bob.line().as_str() {
+            "OK message sloth delivered" => assert!(dropped_after.is_none()),
+            // Dropped after the batch's last broadcast was queued for it.
+            "OK message sloth queued offline" => {
+                dropped_after.get_or_insert(sent_bytes);
+            }
+            other => panic!("bob: unexpected reply {other:?}"),
+        }
+        for_sloth.push(private);
+        max_round_trip = max_round_trip.max(t.elapsed());
+        i += BATCH;
+        // After the drop, the broadcasts no longer go to sloth; count them
+        // anyway up to TOTAL so that the memory bound means something.
+        if dropped_after.is_some() {
+            sent_bytes += BATCH * TEXT;
+            hwm_at_drop.get_or_insert_with(|| proc_status_kb(pid, "VmHWM"));
+        }
+    }
+    let took = started.elapsed();
+    let dropped_after = dropped_after.expect("sloth was never dropped although it never read");
+    let hwm_after = proc_status_kb(pid, "VmHWM");
+    let hwm_at_drop = hwm_at_drop.unwrap_or(hwm_after);
+    let base = if reset {
+        rss_before
+    } else {
+        rss_before.max(hwm_before)
+    };
+    let grown_kb = hwm_after.saturating_sub(base);
+    eprintln!(
+        "{i} broadcasts in {took:?} (slowest batch {max_round_trip:?}); sloth dropped after \
+         {dropped_after} bytes; RSS {rss_before} kB, peak {hwm_at_drop} kB at the drop, \
+         {hwm_after} kB at the end (reset: {reset})"
+    );
+    // Everyone else kept receiving (checked above, each broadcast); the
+    // server's memory stayed well below what was sent to sloth...
+    assert!(
+        (grown_kb as usize) * 1024 < TOTAL / 2,
+        "the server's peak RSS grew by {grown_kb} kB while {TOTAL} bytes were broadcast to a \
+         client that never reads (max_outbound_bytes 8192)"
+    );
+    // ...and did not grow with what was broadcast after the drop.
+    let after_drop = TOTAL - dropped_after;
+    assert!(
+        after_drop > TOTAL / 2,
+        "sloth was dropped only after {dropped_after} bytes"
+    );
+    let grown_after_kb = hwm_after.saturating_sub(hwm_at_drop);
+    assert!(
+        grown_after_kb < 4 * 1024,
+        "peak RSS grew by {grown_after_kb} kB after sloth was dropped, over {after_drop} \
+         more bytes of broadcasts"
+    );
+    // sloth shows as offline to the others.
+    assert_eq!(carol.whoelse(), ["alice", "bob"]);
+    assert_eq!(alice.barrier(), ["bob", "carol"]);
+    // The old connection was closed by the server, without BYE.
+    let mut seen_old = 0;
+    loop {
+        match sloth.recv(Duration::from_secs(10)) {
+            Recv::Line(l) => {
+                assert!(!l.starts_with("BYE"), "a dropped peer gets no BYE: {l:?}");
+                seen_old += 1;
+            }
+            Recv::Closed => break,
+            Recv::TimedOut => panic!("sloth's old connection is still open"),
+        }
+    }
+    drop(sloth);
+    assert!(seen_old > 0);
+
+    // At its next login sloth gets every message accepted for it, in order:
+    // the unconfirmed deliveries held again, then what was queued offline.
+    let mut sloth = server.client();
+    let held = sloth.login("sloth", "pw-s");
+    let got: Vec<&str> = held
+        .iter()
+        .map(|d| d.text.split(' ').next().unwrap())
+        .collect();
+    let want: Vec<&str> = for_sloth
+        .iter()
+        .map(|t| t.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len(), "held messages lost or added");
+    assert_eq!(got, want);
+    assert!(held.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    // And it is a normal session now.
+    alice.send("message sloth welcome back");
+    alice.expect("OK message sloth delivered");
+    assert_eq!(sloth.expect_delivery().text, "welcome back");
+    assert_eq!(sloth.barrier(), ["alice", "bob", "carol"]);
+}
+
+#[test]
+fn a_peer_that_stops_answering_and_reading_is_dropped_and_loses_nothing() {
+    let server = TestServer::with(
+        USERS,
+        &["heartbeat = 0.2", "heartbeat_timeout = 1", "time_out = 60"],
+    );
+    let mut alice = server.login("alice", "pw-a");
+    let mut ghost = server.login("bob", "pw-b");
+    // From here on the ghost neither reads nor answers probes: a peer whose
+    // host vanished, as far as the server can tell.
+    for n in 0..5 {
+        alice.send(&format!("message bob live {n}"));
+        alice.expect("OK message bob delivered");
+    }
+    alice.send("broadcast message everyone");
+    let bcast = alice.expect_delivery();
+    alice.expect("OK broadcast 2 0");
+    let silent_since = Instant::now();
+    wait_offline(&mut alice, "bob", Duration::from_secs(10));
+    let took = silent_since.elapsed();
+    assert!(
+        took >= Duration::from_millis(700),
+        "dropped after only {took:?} with heartbeat_timeout 1 s"
+    );
+    for n in 0..2 {
+        alice.send(&format!("message bob offline {n}"));
+        alice.expect("OK message bob queued offline");
+    }
+    // What the ghost's socket got before the server closed it: the live
+    // deliveries and probes, no BYE.
+    ghost.set_idle_mode(IdleMode::Show);
+    let mut live = Vec::new();
+    loop {
+        match ghost.recv(Duration::from_secs(10)) {
+            Recv::Line(l) if probe_seq(&l).is_some() => {}
+            Recv::Line(l) => {
+                live.push(Delivery::parse(&l).unwrap_or_else(|| panic!("ghost got {l:?}")))
+            }
+            Recv::Closed => break,
+            Recv::TimedOut => panic!("the ghost's connection is still open"),
+        }
+    }
+    assert_eq!(live.len(), 6, "{live:?}");
+    assert_eq!(live[5], bcast);
+
+    let mut bob = server.client();
+    let held = bob.login("bob", "pw-b");
+    assert_eq!(held.len(), 8, "{held:?}");
+    assert_eq!(held[..6], live[..], "same ids, timestamps and texts");
+    let texts: Vec<&str> = held[6..].iter().map(|d| d.text.as_str()).collect();
+    assert_eq!(texts, ["offline 0", "offline 1"]);
+    assert_eq!(bob.barrier(), ["alice"]);
+}
+
+#[test]
+fn a_big_offline_box_reaches_a_client_that_reads_it() {
+    // max_outbound_bytes bounds what waits for a peer that stops reading;
+    // a peer that reads its OFFLINE block as fast as it comes must get all
+    // of it, however much bigger than the bound the block is.
+    const N: usize = 300;
+    let server = TestServer::with(
+        USERS,
+        &[
+            "max_outbound_bytes = 8192",
+            "flood_burst = 1000000",
+            "flood_per_second = 1000000",
+            "flood_backlog = 1000000",
+        ],
+    );
+    let mut alice = server.login("alice", "pw-a");
+    let filler = "q".repeat(4000);
+    let mut batch = String::new();
+    for n in 0..N {
+        batch.push_str(&format!("message bob h{n:04} {filler}\n"));
+    }
+    alice.send_raw(batch.as_bytes());
+    for _ in 0..N {
+        alice.expect("OK message bob queued offline");
+    }
+    let mut bob = server.client();
+    let held = bob.login("bob", "pw-b");
+    let got: Vec<String> = held
+        .iter()
+        .map(|d| d.text.split(' ').next().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = (0..N).map(|n| format!("h{n:04}")).collect();
+    assert_eq!(got, want);
+    assert_eq!(bob.barrier(), ["alice"]);
+}
