@@ -14,10 +14,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use thiserror::Error;
 
-/// `chatd [HOST] [PORT] [--config FILE] [--users FILE] [--data-dir DIR]`.
-///
-/// clap reports a bad PORT (not an integer in 0–65535) itself, naming the
-/// value, with exit status 2.
+// clap reports a bad PORT (not an integer in 0–65535) itself, naming the
+// value, with exit status 2.
+/// The CHAT/1 chat server.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "chatd",

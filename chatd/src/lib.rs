@@ -102,6 +102,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<
         .await
         .context("opening the store")??;
     tracing::info!("store {}", store.path().display());
+    let prepared = server::prepare(settings.clone(), accounts, Box::new(store)).await?;
     let listener = TcpListener::bind((settings.host.as_str(), settings.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
@@ -116,7 +117,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<
     }
     let transport = if tls.is_some() { "TLS" } else { "plain TCP" };
     tracing::info!("listening on {local} ({transport})");
-    run_with_tls(listener, tls, settings, accounts, Box::new(store), shutdown).await?;
+    server::run_prepared(listener, tls, prepared, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

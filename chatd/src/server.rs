@@ -171,9 +171,38 @@ pub async fn run_with_tls(
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     settings: Settings,
     accounts: Accounts,
-    mut store: Box<dyn Store>,
+    store: Box<dyn Store>,
     shutdown: impl Future,
 ) -> Result<(), RunError> {
+    let prepared = prepare(settings, accounts, store).await?;
+    run_prepared(listener, tls, prepared, shutdown).await
+}
+
+/// What the server needs before it may say it is listening: the store read
+/// back and the password checker ready. Doing this first means a large or
+/// broken store is dealt with before the readiness line, not after.
+pub struct Prepared {
+    settings: Settings,
+    accounts: Accounts,
+    store: Box<dyn Store>,
+    restored: chatcore::Restored,
+    checker: PasswordChecker,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("accounts", &self.accounts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the store and builds the password checker (see [`Prepared`]).
+pub async fn prepare(
+    settings: Settings,
+    accounts: Accounts,
+    mut store: Box<dyn Store>,
+) -> Result<Prepared, RunError> {
     let (store, restored) = tokio::task::spawn_blocking(move || {
         let r = store.load();
         (store, r)
@@ -188,6 +217,29 @@ pub async fn run_with_tls(
             .await
             .map_err(|e| RunError::Internal(format!("making the dummy password hash: {e}")))??
     };
+    Ok(Prepared {
+        settings,
+        accounts,
+        store,
+        restored,
+        checker,
+    })
+}
+
+/// [`run_with_tls`] once [`prepare`] is done.
+pub async fn run_prepared(
+    listener: TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    prepared: Prepared,
+    shutdown: impl Future,
+) -> Result<(), RunError> {
+    let Prepared {
+        settings,
+        accounts,
+        store,
+        restored,
+        checker,
+    } = prepared;
     let clock = Clock::start();
     let server = Server::restore(settings.core.clone(), accounts, restored, clock.now());
     let (inputs, mut rx) = mpsc::channel(INPUT_CHANNEL);
