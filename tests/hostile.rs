@@ -21,42 +21,6 @@ const NO_FLOOD: &[&str] = &[
     "flood_backlog = 1000000",
 ];
 
-/// A small deterministic generator (SplitMix64): the same bytes every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// A value from `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// Resets the peak RSS (`VmHWM`) of `pid`, if the kernel lets us.
-fn reset_peak_rss(pid: u32) -> bool {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pid}/clear_refs"))
-        .and_then(|mut f| f.write_all(b"5"))
-        .is_ok()
-}
-
 /// What the server must answer to one complete line (PROTOCOL.md §1, §4):
 /// `None` for a line it ignores (empty or all blank).
 fn expected_reply(line: &[u8]) -> Option<String> {
@@ -139,7 +103,7 @@ fn random_bytes_each_get_one_error_and_the_session_stays_usable() {
     let server = TestServer::with(USERS, NO_FLOOD);
     let mut alice = server.login("alice", "pw-a");
     let mut bob = server.login("bob", "pw-b");
-    let mut rng = Rng(0x5EED_0001);
+    let mut rng = Rng::new(0x5EED_0001);
 
     // A few KB of hostile lines, one of them too long, sent in pieces
     // split at arbitrary byte positions.

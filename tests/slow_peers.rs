@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,25 +16,6 @@ const USERS: &[(&str, &str)] = &[
     ("carol", "pw-c"),
     ("sloth", "pw-s"),
 ];
-
-/// A value from `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// Resets the peak RSS (`VmHWM`) of `pid`, if the kernel lets us.
-fn reset_peak_rss(pid: u32) -> bool {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pid}/clear_refs"))
-        .and_then(|mut f| f.write_all(b"5"))
-        .is_ok()
-}
 
 /// Polls `observer`'s `whoelse` until `user` is no longer listed.
 fn wait_offline(observer: &mut Client, user: &str, within: Duration) {

@@ -924,40 +924,55 @@ impl Delivery {
     }
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SSZ` (exactly that form) into Unix seconds.
+/// Parses `YYYY-MM-DDTHH:MM:SSZ` (exactly that form) into Unix seconds,
+/// with the same parser the server and client use.
 pub fn rfc3339_to_unix(ts: &str) -> Option<i64> {
-    let b = ts.as_bytes();
-    if b.len() != 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'Z'
-    {
-        return None;
+    chatcore::Time::parse_rfc3339(ts).and_then(|t| i64::try_from(t.unix_secs()).ok())
+}
+
+/// A small deterministic generator (SplitMix64): the same choices every run.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator started from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        let mut r = Rng(seed);
+        r.next();
+        r
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = &ts[r];
-        if !s.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    };
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
+
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A value from `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Resets the peak RSS (`VmHWM`) of `pid`, if the kernel lets us.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/clear_refs"))
+        .and_then(|mut f| f.write_all(b"5"))
+        .is_ok()
 }
 
 /// Now, in Unix seconds.
