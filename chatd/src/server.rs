@@ -137,6 +137,8 @@ struct Core {
     tls: Option<TlsParams>,
     /// Outputs of the current round, in order.
     round: Vec<Output>,
+    /// The round's store changes, committed before its lines go out.
+    round_ops: Vec<StoreOp>,
     /// Inputs the driver itself generated (dead peers), for the next round.
     internal: VecDeque<Input>,
     /// Sessions to forget once the round's lines are dispatched.
@@ -269,6 +271,7 @@ pub async fn run_prepared(
             handshake_timeout: settings.core.login_timeout,
         }),
         round: Vec::new(),
+        round_ops: Vec::new(),
         internal: VecDeque::new(),
         forget: Vec::new(),
     };
@@ -375,6 +378,7 @@ impl Core {
                     }
                     self.round.push(Output::Close { session });
                 }
+                Output::Persist(op) => self.round_ops.push(op),
                 other => self.round.push(other),
             }
         }
@@ -384,13 +388,7 @@ impl Core {
     async fn finish_round(&mut self) -> Result<(), RunError> {
         loop {
             let round = std::mem::take(&mut self.round);
-            let ops: Vec<StoreOp> = round
-                .iter()
-                .filter_map(|o| match o {
-                    Output::Persist(op) => Some(op.clone()),
-                    _ => None,
-                })
-                .collect();
+            let ops = std::mem::take(&mut self.round_ops);
             if !ops.is_empty() {
                 // A failed commit is fatal; the caller reports it.
                 self.store.commit(ops).await?;
