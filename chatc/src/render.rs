@@ -117,6 +117,13 @@ pub fn error_words(e: &ErrorReply) -> String {
         ErrorReply::RateLimited { detail } => {
             format!("too many commands: slow down ({})", sanitize(detail))
         }
+        ErrorReply::Unavailable { detail } if detail.is_empty() => {
+            "the server cannot store messages right now: nothing was sent, try again later".into()
+        }
+        ErrorReply::Unavailable { detail } => format!(
+            "the server cannot store messages right now ({}): nothing was sent, try again later",
+            sanitize(detail)
+        ),
     }
 }
 

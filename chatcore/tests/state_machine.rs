@@ -673,6 +673,7 @@ fn label(l: &ServerLine) -> &'static str {
             ErrorReply::UnknownUser { .. } => "ERR-unknown-user",
             ErrorReply::QueueFull { .. } => "ERR-queue-full",
             ErrorReply::RateLimited { .. } => "ERR-rate-limited",
+            ErrorReply::Unavailable { .. } => "ERR-unavailable",
         },
         ServerLine::Bye(r) => match r {
             ByeReason::Logout => "BYE-logout",

@@ -297,7 +297,9 @@ const READ_MAX: usize = 32 * 1024;
 
 /// Why the reader stopped.
 enum ReadEnd {
-    /// The peer closed or the socket failed.
+    /// The peer closed its sending half (EOF); it may still be reading.
+    Eof,
+    /// The socket failed.
     Peer,
     /// The core task is gone (shutdown).
     CoreGone,
@@ -389,16 +391,32 @@ where
         let writer = write_loop(w, out, params);
         tokio::pin!(reader, writer);
         tokio::select! {
-            end = &mut reader => {
-                if let ReadEnd::Peer = end {
-                    tracing::debug!(%session, peer = %params.peer, "peer closed");
-                    let _ = params.inputs.send(Input::Closed { session }).await;
+            end = &mut reader => match end {
+                ReadEnd::Eof => {
+                    // The peer may still read: the core handles what it sent
+                    // before (flood control may space that out), then closes
+                    // the session, and the writer flushes and shuts down.
+                    tracing::debug!(%session, peer = %params.peer, "peer sent EOF");
+                    let _ = params.inputs.send(Input::InputEnded { session }).await;
+                    if let Err(e) = writer.await {
+                        tracing::debug!(%session, peer = %params.peer, "write failed: {e}");
+                        let _ = params.inputs.send(Input::Closed { session }).await;
+                    }
+                    false
                 }
-                // The core drops the queue once it has seen `Closed`; flush
-                // what it queued until then, within bounds.
-                let _ = tokio::time::timeout(FLUSH_AFTER_EOF, writer).await;
-                false
-            }
+                ReadEnd::Peer => {
+                    tracing::debug!(%session, peer = %params.peer, "peer gone");
+                    let _ = params.inputs.send(Input::Closed { session }).await;
+                    // The core drops the queue once it has seen `Closed`;
+                    // flush what it queued until then, within bounds.
+                    let _ = tokio::time::timeout(FLUSH_AFTER_EOF, writer).await;
+                    false
+                }
+                ReadEnd::CoreGone => {
+                    let _ = tokio::time::timeout(FLUSH_AFTER_EOF, writer).await;
+                    false
+                }
+            },
             res = &mut writer => match res {
                 Ok(()) => true,
                 Err(e) => {
@@ -428,7 +446,7 @@ async fn read_loop<R: AsyncRead + Unpin>(r: &mut R, p: &ConnParams) -> ReadEnd {
     let mut buf = vec![0u8; READ_MIN];
     loop {
         let n = match r.read(&mut buf).await {
-            Ok(0) => return ReadEnd::Peer,
+            Ok(0) => return ReadEnd::Eof,
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(session = %p.session, "read failed: {e}");

@@ -335,15 +335,7 @@ impl Core {
 
     /// Feeds one input unless it is for a session the core has forgotten.
     fn feed(&mut self, now: chatcore::Time, input: Input) {
-        let session = match &input {
-            Input::Line { session, .. }
-            | Input::Malformed { session, .. }
-            | Input::Closed { session }
-            | Input::PasswordChecked { session, .. }
-            | Input::Written { session } => Some(*session),
-            Input::Shutdown => None,
-        };
-        if let Some(session) = session {
+        if let Some(session) = input.session() {
             let Some(conn) = self.conns.get_mut(&session) else {
                 return;
             };

@@ -153,6 +153,9 @@ impl Server {
             self.send(id, ServerLine::Err(ErrorReply::UnknownUser { user: to }));
             return;
         }
+        if self.refuse_if_unavailable(id) {
+            return;
+        }
         let deliverable = self.online.get(&to).is_some_and(|s| !self.is_busy(*s));
         if !deliverable && !self.box_has_room(&to) {
             self.send(id, ServerLine::Err(ErrorReply::QueueFull { user: to }));
@@ -186,6 +189,9 @@ impl Server {
                 (unique, true)
             }
         };
+        if self.refuse_if_unavailable(id) {
+            return;
+        }
         let message = self.new_message(from, MessageKind::Broadcast, text);
         let (mut delivered, mut queued, mut full) = (0, 0, Vec::new());
         for user in recipients {
@@ -205,6 +211,16 @@ impl Server {
                 full,
             },
         );
+    }
+
+    /// `ERR unavailable` while the store cannot commit: a message is only
+    /// accepted when it can be made durable.
+    fn refuse_if_unavailable(&mut self, id: SessionId) -> bool {
+        let Some(detail) = self.store_unavailable.clone() else {
+            return false;
+        };
+        self.send(id, ServerLine::Err(ErrorReply::Unavailable { detail }));
+        true
     }
 
     fn wholast(&mut self, id: SessionId, user: &str, minutes: u64) {

@@ -56,6 +56,26 @@ pub enum Input {
         /// Which connection.
         session: SessionId,
     },
+    /// The peer closed its sending half (EOF) but may still read. Lines it
+    /// sent before are still handled, in order, at the flood rate (a piped
+    /// `printf ... | nc` does this); then the session ends: with `BYE
+    /// logout` if one of them was `logout`, otherwise as [`Input::Closed`]
+    /// does (unconfirmed deliveries are held again), followed by
+    /// [`Output::Close`] so the driver flushes and closes the socket.
+    InputEnded {
+        /// Which connection.
+        session: SessionId,
+    },
+    /// The store cannot make changes durable right now (a full disk, say):
+    /// until [`Input::StoreAvailable`], commands whose effect must be
+    /// durable (`message`, `broadcast`) are refused with `ERR unavailable
+    /// <detail>` and change nothing; everything else goes on.
+    StoreUnavailable {
+        /// Why, for the `ERR unavailable` detail (for people).
+        detail: String,
+    },
+    /// The store commits again: durable commands are accepted again.
+    StoreAvailable,
     /// The answer to an [`Output::CheckPassword`].
     PasswordChecked {
         /// The connection that asked.
@@ -73,6 +93,21 @@ pub enum Input {
     },
     /// The server is shutting down: every session gets `BYE shutdown`.
     Shutdown,
+}
+
+impl Input {
+    /// The session the input is about, if it is about one.
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Input::Line { session, .. }
+            | Input::Malformed { session, .. }
+            | Input::Closed { session }
+            | Input::InputEnded { session }
+            | Input::PasswordChecked { session, .. }
+            | Input::Written { session } => Some(*session),
+            Input::StoreUnavailable { .. } | Input::StoreAvailable | Input::Shutdown => None,
+        }
+    }
 }
 
 /// Work for the driver. Drain them with [`crate::Server::poll_output`]
@@ -151,6 +186,9 @@ pub enum SessionEnd {
     HeartbeatTimeout,
     /// The connection closed without `logout`.
     Closed,
+    /// The peer closed its sending half without `logout`, and every line it
+    /// sent before was handled.
+    InputEnded,
     /// The server shut down.
     Shutdown,
 }

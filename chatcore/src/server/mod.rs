@@ -60,6 +60,8 @@ pub struct Server {
     timers: Timers,
     out: VecDeque<Output>,
     shut_down: bool,
+    /// Why the store cannot commit, while it cannot (`ERR unavailable`).
+    store_unavailable: Option<String>,
 }
 
 impl Server {
@@ -103,6 +105,7 @@ impl Server {
             timers: Timers::default(),
             out: VecDeque::new(),
             shut_down: false,
+            store_unavailable: None,
         }
     }
 
@@ -128,6 +131,7 @@ impl Server {
     /// returned as errors; input for a session the core has closed is ignored.
     pub fn handle_input(&mut self, now: Time, input: Input) {
         self.advance_clock(now);
+        let session = input.session();
         match input {
             // The decoder refuses control characters; checking again here
             // keeps a driver without one from passing escapes to others.
@@ -139,6 +143,13 @@ impl Server {
             Input::Line { session, line } => self.on_line(session, Pending::Line(line)),
             Input::Malformed { session, error } => self.on_line(session, Pending::Malformed(error)),
             Input::Closed { session } => self.on_closed(session),
+            Input::InputEnded { session } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.input_ended = true;
+                }
+            }
+            Input::StoreUnavailable { detail } => self.store_unavailable = Some(detail),
+            Input::StoreAvailable => self.store_unavailable = None,
             Input::PasswordChecked { session, check, ok } => {
                 self.on_password_checked(session, check, ok)
             }
@@ -149,6 +160,9 @@ impl Server {
                 }
             }
             Input::Shutdown => self.shutdown(),
+        }
+        if let Some(id) = session {
+            self.end_if_input_ended(id);
         }
     }
 
@@ -165,6 +179,7 @@ impl Server {
             }
             session.armed = None;
             self.on_timer(id);
+            self.end_if_input_ended(id);
             self.rearm_after_timer(id);
         }
     }
@@ -349,6 +364,26 @@ impl Server {
         self.run_backlog(id);
     }
 
+    /// Ends a session whose peer sent EOF once nothing it sent is left to
+    /// handle: no password check, no waiting command, no `OFFLINE` block.
+    fn end_if_input_ended(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        if !session.input_ended {
+            return;
+        }
+        match &session.phase {
+            Phase::Checking { .. } => {}
+            Phase::Active(a) if !a.backlog.is_empty() || !a.paging.is_empty() => {}
+            Phase::Active(_) => self.end_session(id, SessionEnd::InputEnded),
+            Phase::AwaitUser | Phase::AwaitPassword { .. } => {
+                self.abandon_login(id, None);
+                self.out.push_back(Output::Close { session: id });
+            }
+        }
+    }
+
     fn on_closed(&mut self, id: SessionId) {
         let Some(session) = self.sessions.get(&id) else {
             return;
@@ -414,7 +449,7 @@ impl Server {
             SessionEnd::Logout => Some(ByeReason::Logout),
             SessionEnd::Timeout => Some(ByeReason::Timeout),
             SessionEnd::Shutdown => Some(ByeReason::Shutdown),
-            SessionEnd::HeartbeatTimeout | SessionEnd::Closed => None,
+            SessionEnd::HeartbeatTimeout | SessionEnd::Closed | SessionEnd::InputEnded => None,
         };
         if let Some(reason) = bye {
             self.send(id, ServerLine::Bye(reason));

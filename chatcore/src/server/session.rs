@@ -129,6 +129,9 @@ pub(crate) struct Session {
     pub(crate) phase: Phase,
     /// This session's entry in the timer set.
     pub(crate) armed: Option<Time>,
+    /// The peer sent EOF ([`super::Input::InputEnded`]): the session ends
+    /// once what it sent before is handled.
+    pub(crate) input_ended: bool,
 }
 
 impl Session {
@@ -139,6 +142,7 @@ impl Session {
             failed_attempts: 0,
             phase: Phase::AwaitUser,
             armed: None,
+            input_ended: false,
         }
     }
 

@@ -194,6 +194,8 @@ pub fn error_reply() -> impl Strategy<Value = ErrorReply> {
         user_name().prop_map(|user| ErrorReply::QueueFull { user }),
         prop_oneof![Just(String::new()), free_text()]
             .prop_map(|detail| ErrorReply::RateLimited { detail }),
+        prop_oneof![Just(String::new()), free_text()]
+            .prop_map(|detail| ErrorReply::Unavailable { detail }),
     ]
 }
 

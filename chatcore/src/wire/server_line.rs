@@ -121,6 +121,12 @@ pub enum ErrorReply {
         /// What was refused, for people.
         detail: String,
     },
+    /// `ERR unavailable [<detail>]`: the server cannot make the command's
+    /// effect durable right now (its disk is full); nothing was done.
+    Unavailable {
+        /// Why, for people.
+        detail: String,
+    },
 }
 
 impl ErrorReply {
@@ -137,6 +143,7 @@ impl ErrorReply {
             ErrorReply::UnknownUser { .. } => "unknown-user",
             ErrorReply::QueueFull { .. } => "queue-full",
             ErrorReply::RateLimited { .. } => "rate-limited",
+            ErrorReply::Unavailable { .. } => "unavailable",
         }
     }
 }
@@ -259,7 +266,8 @@ impl fmt::Display for ServerLine {
                     | ErrorReply::Usage { usage: d }
                     | ErrorReply::UnknownUser { user: d }
                     | ErrorReply::QueueFull { user: d }
-                    | ErrorReply::RateLimited { detail: d } => {
+                    | ErrorReply::RateLimited { detail: d }
+                    | ErrorReply::Unavailable { detail: d } => {
                         if d.is_empty() {
                             Ok(())
                         } else {
@@ -387,6 +395,9 @@ fn parse_err(rest: &str) -> Option<ErrorReply> {
         "unknown-user" => ErrorReply::UnknownUser { user: text()? },
         "queue-full" => ErrorReply::QueueFull { user: text()? },
         "rate-limited" => ErrorReply::RateLimited {
+            detail: text().unwrap_or_default(),
+        },
+        "unavailable" => ErrorReply::Unavailable {
             detail: text().unwrap_or_default(),
         },
         _ => return None,
