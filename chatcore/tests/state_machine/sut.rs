@@ -1,0 +1,421 @@
+//! The system under test: a `Server` and a driver around it that does what
+//! chatd does (bytes through a `LineDecoder`, every `Persist` applied to a
+//! store a restart is built from, `handle_timeout` at every deadline), with
+//! password checks and `NotifyWritten` answered at once or left pending for
+//! transitions to answer, as the case's [`Setup`] says.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chatcore::wire::LineDecoder;
+use chatcore::{Config, Input, Output, PasswordCheck, Restored, Server, Time};
+
+use crate::model::{accounts, fresh_ip, ip, password, Setup, Transition, START_MS, USERS};
+use crate::oracle::{rel, Key, Kind, Oracle, Stage};
+
+pub struct Sut {
+    setup: Setup,
+    cfg: Config,
+    server: Server,
+    now: Time,
+    restored: Restored,
+    /// Session ordinal -> key.
+    sessions: Vec<Key>,
+    decoders: BTreeMap<Key, LineDecoder>,
+    /// Sessions whose peer sent EOF: nothing more comes from them.
+    ended: BTreeSet<Key>,
+    /// Password checks asked for and not answered, oldest first.
+    checks: Vec<PasswordCheck>,
+    /// Sessions with a `NotifyWritten` not answered, oldest first.
+    notify: Vec<Key>,
+    pub oracle: Oracle,
+}
+
+/// Breaks the server's output on purpose, to see the oracle notice
+/// (`CHAT_SM_MUTATE=<name>`; a sanity check of this test, not of the core).
+fn mutate(how: &str, outputs: &mut Vec<Output>) {
+    use chatcore::wire::ServerLine;
+    use chatcore::StoreOp;
+    let is_deliver = |o: &Output| {
+        matches!(
+            o,
+            Output::Send {
+                line: ServerLine::Deliver(_),
+                ..
+            }
+        )
+    };
+    match how {
+        "drop-deliver" => {
+            if let Some(i) = outputs.iter().position(is_deliver) {
+                outputs.remove(i);
+            }
+        }
+        "dup-deliver" => {
+            if let Some(i) = outputs.iter().position(is_deliver) {
+                let o = outputs[i].clone();
+                outputs.insert(i, o);
+            }
+        }
+        "swap-deliver" => {
+            let idx: Vec<usize> = outputs
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| is_deliver(o))
+                .map(|(i, _)| i)
+                .collect();
+            if idx.len() >= 2 {
+                outputs.swap(idx[0], idx[1]);
+            }
+        }
+        "drop-reply" => {
+            if let Some(i) = outputs.iter().position(|o| matches!(o, Output::Send { line, .. } if matches!(line, ServerLine::Who(_) | ServerLine::Delivered { .. } | ServerLine::Last(_)))) {
+                outputs.remove(i);
+            }
+        }
+        "drop-release" => {
+            outputs.retain(|o| !matches!(o, Output::Persist(StoreOp::Release { .. })))
+        }
+        "drop-hold" => outputs.retain(|o| !matches!(o, Output::Persist(StoreOp::Hold { .. }))),
+        "drop-probe" => outputs.retain(|o| {
+            !matches!(
+                o,
+                Output::Send {
+                    line: ServerLine::Idle { .. },
+                    ..
+                }
+            )
+        }),
+        "drop-close" => outputs.retain(|o| !matches!(o, Output::Close { .. })),
+        "drop-notify" => outputs.retain(|o| !matches!(o, Output::NotifyWritten { .. })),
+        "dup-reply" => {
+            if let Some(i) = outputs.iter().position(|o| matches!(o, Output::Send { line, .. } if matches!(line, ServerLine::Who(_) | ServerLine::Status(_)))) {
+                let o = outputs[i].clone();
+                outputs.insert(i, o);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Sut {
+    pub fn new(setup: Setup) -> Self {
+        let now = Time::from_unix_millis(START_MS);
+        let cfg = setup.config();
+        let mut sut = Sut {
+            server: Server::new(cfg.clone(), accounts(), now),
+            oracle: Oracle::new(cfg.clone()),
+            setup,
+            cfg,
+            now,
+            restored: Restored::default(),
+            sessions: Vec::new(),
+            decoders: BTreeMap::new(),
+            ended: BTreeSet::new(),
+            checks: Vec::new(),
+            notify: Vec::new(),
+        };
+        sut.settle(Kind::Restore);
+        sut
+    }
+
+    /// Drains every output of one input (applying store changes, keeping
+    /// password checks and `NotifyWritten` requests) and hands the round to
+    /// the oracle.
+    fn round(&mut self, kind: Kind) {
+        let mut outputs = Vec::new();
+        while let Some(o) = self.server.poll_output() {
+            outputs.push(o);
+            assert!(outputs.len() < 100_000, "the server does not stop talking");
+        }
+        // Before the driver acts on them, so that the store sees a mutation too.
+        if let Ok(m) = std::env::var("CHAT_SM_MUTATE") {
+            mutate(&m, &mut outputs);
+        }
+        let epoch = self.oracle.epoch;
+        for o in &outputs {
+            match o {
+                Output::Persist(op) => self.restored.apply(op),
+                Output::CheckPassword(pc) => self.checks.push(pc.clone()),
+                Output::NotifyWritten { session } => self.notify.push((epoch, *session)),
+                _ => {}
+            }
+        }
+        self.oracle.round(self.now, kind, &outputs);
+        if let Some(t) = self.server.poll_timeout() {
+            self.oracle
+                .check(self.oracle.skip("past-timeout") || t >= self.now, || {
+                    format!(
+                        "poll_timeout {} is in the past (now {})",
+                        rel(t),
+                        rel(self.now)
+                    )
+                });
+        }
+    }
+
+    /// One round, then whatever the driver answers at once.
+    fn settle(&mut self, kind: Kind) {
+        self.round(kind);
+        self.pump();
+    }
+
+    /// Answers the `i`-th pending password check, with the right `ok`.
+    fn answer_check(&mut self, i: usize) {
+        let pc = self.checks.remove(i);
+        let key = (self.oracle.epoch, pc.session);
+        let ok = pc
+            .credential
+            .as_ref()
+            .and_then(|c| c.verify_plain(&pc.password))
+            == Some(true);
+        self.server.handle_input(
+            self.now,
+            Input::PasswordChecked {
+                session: pc.session,
+                check: pc.check,
+                ok,
+            },
+        );
+        self.round(Kind::Answer {
+            key,
+            check: pc.check,
+            ok,
+        });
+    }
+
+    /// Reports the `i`-th pending `NotifyWritten` as written (those of
+    /// closed sessions are dropped, as a driver drops their sockets).
+    fn written(&mut self, i: usize) {
+        let key = self.notify.remove(i);
+        if !self.oracle.is_open(key) {
+            return;
+        }
+        self.server
+            .handle_input(self.now, Input::Written { session: key.1 });
+        self.round(Kind::Written(key));
+    }
+
+    /// The open session `s`, if its peer may still send.
+    fn key(&self, s: usize) -> Option<Key> {
+        let key = *self.sessions.get(s)?;
+        (self.oracle.is_open(key) && !self.ended.contains(&key)).then_some(key)
+    }
+
+    fn connect(&mut self, ip: std::net::IpAddr) -> usize {
+        let id = self.server.open_session(ip, self.now);
+        let key = (self.oracle.epoch, id);
+        self.oracle.open(key, ip, self.now);
+        self.decoders
+            .insert(key, LineDecoder::new(self.cfg.max_line_bytes));
+        self.settle(Kind::Open(key));
+        self.sessions.push(key);
+        self.sessions.len() - 1
+    }
+
+    fn feed(&mut self, key: Key, bytes: &[u8]) {
+        let mut input = bytes;
+        loop {
+            if !self.oracle.is_open(key) {
+                return;
+            }
+            let Some(item) = self.decoders.get_mut(&key).unwrap().decode(&mut input) else {
+                return;
+            };
+            let (input_value, kind) = match item {
+                Ok(line) => (
+                    Input::Line {
+                        session: key.1,
+                        line: line.clone(),
+                    },
+                    Kind::Line(key, line),
+                ),
+                Err(error) => (
+                    Input::Malformed {
+                        session: key.1,
+                        error,
+                    },
+                    Kind::Malformed(key, error),
+                ),
+            };
+            self.server.handle_input(self.now, input_value);
+            self.settle(kind);
+        }
+    }
+
+    fn send_line(&mut self, key: Key, line: &str) {
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        self.feed(key, &bytes);
+    }
+
+    fn tick(&mut self, millis: u64) {
+        let target = self.now + Duration::from_millis(millis);
+        let mut n = 0;
+        while let Some(d) = self.server.poll_timeout() {
+            if d > target {
+                break;
+            }
+            self.now = self.now.max(d);
+            self.server.handle_timeout(self.now);
+            self.settle(Kind::Timeout);
+            if let Some(next) = self.server.poll_timeout() {
+                self.oracle.check(next > self.now, || {
+                    format!(
+                        "after handle_timeout({}) poll_timeout is {}: a driver would spin",
+                        rel(self.now),
+                        rel(next)
+                    )
+                });
+            }
+            n += 1;
+            assert!(n < 10_000, "too many deadlines in one tick");
+        }
+        self.now = target;
+        self.oracle.note(format!("@{} <time>", rel(self.now)));
+        self.oracle.check_not_late(self.now);
+    }
+
+    fn restart(&mut self) {
+        self.oracle.restart(self.now, &self.restored);
+        self.server = Server::restore(
+            self.cfg.clone(),
+            accounts(),
+            self.restored.clone(),
+            self.now,
+        );
+        self.checks.clear();
+        self.notify.clear();
+        self.ended.clear();
+        self.settle(Kind::Restore);
+    }
+
+    fn login(&mut self, key: Key, user: &str, right: bool) {
+        if self.oracle.s(key).stage == Stage::AwaitUser {
+            self.send_line(key, user);
+        }
+        if self.oracle.is_open(key) && matches!(self.oracle.s(key).stage, Stage::AwaitPassword(_)) {
+            self.send_line(key, &password(user, right));
+        }
+    }
+
+    pub fn apply(&mut self, t: Transition) {
+        match t {
+            Transition::Connect { ip: i } => {
+                self.connect(ip(i));
+            }
+            Transition::Login { s, user, right } => {
+                if let Some(key) = self.key(s) {
+                    self.login(key, user, right);
+                }
+            }
+            Transition::Parallel { ip: i, user, right } => {
+                self.oracle.count("parallel-logins");
+                for right in right {
+                    let s = self.connect(ip(i));
+                    let key = self.sessions[s];
+                    self.login(key, user, right);
+                }
+            }
+            Transition::Send { s, line } => {
+                if let Some(key) = self.key(s) {
+                    self.send_line(key, &line);
+                }
+            }
+            Transition::SendBytes { s, bytes } => {
+                if let Some(key) = self.key(s) {
+                    self.feed(key, &bytes.0);
+                }
+            }
+            Transition::Close { s } => {
+                if let Some(key) = self.sessions.get(s).copied() {
+                    if self.oracle.is_open(key) {
+                        self.server
+                            .handle_input(self.now, Input::Closed { session: key.1 });
+                        self.settle(Kind::Closed(key));
+                    }
+                }
+            }
+            Transition::EndInput { s } => {
+                if let Some(key) = self.key(s) {
+                    self.ended.insert(key);
+                    self.server
+                        .handle_input(self.now, Input::InputEnded { session: key.1 });
+                    self.settle(Kind::InputEnded(key));
+                }
+            }
+            Transition::AnswerProbe { s } => {
+                if let Some(key) = self.key(s) {
+                    if self.oracle.logged_in(key) {
+                        let line = match self.oracle.s(key).probes.last() {
+                            Some((seq, _)) => format!("idle {seq}"),
+                            None => "idle".to_string(),
+                        };
+                        self.send_line(key, &line);
+                    }
+                }
+            }
+            Transition::AnswerCheck { pick } => {
+                if !self.checks.is_empty() {
+                    let i = pick % self.checks.len();
+                    self.oracle.count("answer-later");
+                    if i > 0 {
+                        self.oracle.count("answer-reordered");
+                    }
+                    self.answer_check(i);
+                    self.pump();
+                }
+            }
+            Transition::Written { pick } => {
+                if !self.notify.is_empty() {
+                    let i = pick % self.notify.len();
+                    self.oracle.count("written-later");
+                    self.written(i);
+                    self.pump();
+                }
+            }
+            Transition::Tick { millis } => self.tick(millis),
+            Transition::Shutdown => {
+                self.server.handle_input(self.now, Input::Shutdown);
+                self.settle(Kind::Shutdown);
+                self.restart();
+            }
+            Transition::Crash => self.restart(),
+        }
+    }
+
+    /// What the driver answers at once (in the setups that do).
+    fn pump(&mut self) {
+        loop {
+            if !self.setup.checks_later && !self.checks.is_empty() {
+                self.answer_check(0);
+            } else if !self.setup.written_later && !self.notify.is_empty() {
+                self.written(0);
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The last word on loss: crash, restart, and log every user in from a
+    /// fresh address, answering everything at once; each must get exactly
+    /// what it is owed.
+    pub fn drain_everything(&mut self) {
+        self.restart();
+        for (user, _) in USERS {
+            let s = self.connect(fresh_ip());
+            let key = self.sessions[s];
+            self.login(key, user, true);
+            while !self.checks.is_empty() {
+                self.answer_check(0);
+            }
+            while let Some(i) = self.notify.iter().position(|k| *k == key) {
+                self.written(i);
+            }
+            self.oracle.check(
+                matches!(&self.oracle.s(key).stage, Stage::LoggedIn(u) if u == user),
+                || format!("{user} could not log in for the final drain"),
+            );
+        }
+    }
+}
