@@ -52,6 +52,16 @@ pub struct Config {
     /// for the whole box. `None` sends the whole box at once, for drivers
     /// that do not answer `NotifyWritten`.
     pub held_page_size: Option<usize>,
+    /// The most deliveries one session keeps waiting for confirmation
+    /// (`idle <seq>`), which bounds a session's memory. A client that never
+    /// confirms (one that answers probes with a bare `idle`) would otherwise
+    /// grow the list for as long as it stays online. Past the bound, the
+    /// oldest unconfirmed delivery is taken as confirmed: such a client is
+    /// redelivered only its latest `max_unconfirmed` messages after a drop.
+    /// Held messages are sent no faster than they are confirmed, so a
+    /// client that does confirm never loses the guarantee (pages are at
+    /// most this long, and the next page waits until the list is below it).
+    pub max_unconfirmed: usize,
     /// Flood control for logged-in sessions; `None` turns it off.
     pub flood: Option<FloodLimit>,
     /// Lines a connection may send ahead while its password is being
@@ -79,6 +89,7 @@ impl Default for Config {
             max_pending_lines: 64,
             persist_deliveries: true,
             held_page_size: None,
+            max_unconfirmed: 1000,
             flood: Some(FloodLimit::default()),
         }
     }

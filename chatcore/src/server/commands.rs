@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::delivery::Routed;
 use super::io::{SessionEnd, SessionId};
 use super::login::decode_error_reply;
-use super::session::{Paged, Parsed, Pending};
+use super::session::{Parsed, Pending};
 use super::Server;
 use crate::message::{Message, MessageKind};
 use crate::wire::{
@@ -29,7 +29,12 @@ impl Server {
         };
         match &parsed {
             Parsed::Line(Ok(Command::Idle(IdleArg::None)) | Err(ParseError::Blank)) => return,
-            Parsed::Line(Ok(Command::Idle(IdleArg::Seq(seq)))) => return self.confirm(id, *seq),
+            Parsed::Line(Ok(Command::Idle(IdleArg::Seq(seq)))) => {
+                let seq = *seq;
+                self.confirm(id, seq);
+                // The block may have ended: commands waiting for it run.
+                return self.run_backlog(id);
+            }
             Parsed::Line(_) => active.last_command = now,
             Parsed::Malformed(_) => {}
         }
@@ -122,12 +127,7 @@ impl Server {
                 if let Some(a) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
                     a.busy = false;
                 }
-                self.deliver_box(id);
-                let reply = ServerLine::Status(Status::Online);
-                match self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
-                    Some(a) if !a.paging.is_empty() => a.paging.push_back(Paged::Reply(reply)),
-                    _ => self.send(id, reply),
-                }
+                self.deliver_box(id, Some(ServerLine::Status(Status::Online)));
             }
             Command::Idle(IdleArg::None) => {}
             Command::Idle(IdleArg::Seq(seq)) => self.confirm(id, seq),

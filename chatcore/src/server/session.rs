@@ -69,6 +69,8 @@ pub(crate) struct Active {
     /// The rest of an `OFFLINE` block being sent page by page, and what
     /// must follow it before anything else.
     pub(crate) paging: VecDeque<Paged>,
+    /// A page was sent and the driver has not yet said it is written.
+    pub(crate) page_in_flight: bool,
 }
 
 /// What waits in an `OFFLINE` block still being sent.
@@ -93,6 +95,7 @@ impl Active {
             bucket: config.flood.as_ref().map(|f| Bucket::full(f, now)),
             backlog: VecDeque::new(),
             paging: VecDeque::new(),
+            page_in_flight: false,
             user,
             busy: false,
             last_heard: now,
