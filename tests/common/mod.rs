@@ -795,8 +795,20 @@ impl Client {
                     .parse()
                     .unwrap_or_else(|_| panic!("bad OFFLINE line {line:?}"));
                 assert!(n > 0, "{}: `OFFLINE 0` must not be sent", self.label);
-                for _ in 0..n {
-                    held.push(self.expect_delivery());
+                // Probes may come between the block's lines (§5); in
+                // `IdleMode::Show` they are kept for the test, in order.
+                while held.len() < n {
+                    let line = self.line();
+                    if probe_seq(&line).is_some() {
+                        early.push(line);
+                        continue;
+                    }
+                    held.push(Delivery::parse(&line).unwrap_or_else(|| {
+                        panic!(
+                            "{}: expected MSG or BCAST in the OFFLINE block, got {line:?}\nreceived: {:#?}",
+                            self.label, self.seen
+                        )
+                    }));
                 }
             } else if line == "WHO" || line.starts_with("WHO ") {
                 break;
