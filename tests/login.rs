@@ -241,10 +241,9 @@ fn a_connection_gets_max_login_attempts_then_login_failed() {
     assert_eq!(c.login_attempt("nobody", "x"), "ERR bad-credentials");
     c.expect("ASK username");
     c.send("bob");
-    if c.line() == "ASK password" {
-        c.send("wrong");
-        c.expect("ERR bad-credentials");
-    }
+    c.expect("ASK password");
+    c.send("wrong");
+    c.expect("ERR bad-credentials");
     c.expect("BYE login-failed");
     c.expect_closed();
 }
@@ -372,11 +371,11 @@ fn parallel_guesses_from_one_address_are_answered_bad_credentials_at_most_twice(
         c.send("alice");
         c.expect("ASK password");
     }
-    // Every guess is on its way before any answer comes back; the last one
-    // is the right password.
-    let last = clients.len() - 1;
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(if i == last { "alice-pw" } else { "wrong" });
+    // Every guess is on its way before any answer comes back. (Whether a
+    // right password in flight is refused depends on which check ends
+    // first, so that case is the core's test, where the order is chosen.)
+    for c in &mut clients {
+        c.send("wrong");
     }
     let mut bad = 0;
     for mut c in clients {
@@ -393,7 +392,7 @@ fn parallel_guesses_from_one_address_are_answered_bad_credentials_at_most_twice(
         c.expect_closed();
     }
     assert_eq!(bad, 2, "the lockout promises a block at the third failure");
-    // The right password among them did not unblock the pair.
+    // Even the right password is refused now.
     let mut c = server.client();
     c.expect_ask_username();
     c.send("alice");

@@ -911,6 +911,15 @@ fn without_persist_deliveries_only_held_messages_are_durable() {
     let _b = h.connect_logged_in("bob", "b-pw");
     h.send(a, "message bob live");
     assert!(h.store.held.is_empty());
+    // A message for someone offline is still committed before its `OK`.
+    h.send(a, "message carol held");
+    assert_eq!(
+        h.take_replies(a).last().unwrap(),
+        "OK message carol queued offline"
+    );
+    let held = &h.store.held["carol"];
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].text, "held");
 }
 
 // Held messages sent page by page -------------------------------------------------
