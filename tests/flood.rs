@@ -65,16 +65,12 @@ fn a_flood_is_delayed_in_order_then_refused_and_others_stay_fast() {
     let t0 = Instant::now();
     fred.send_raw(bytes.as_bytes());
 
-    // Meanwhile olive's round trips stay fast.
+    // Meanwhile olive's round trips go on: they must all be answered before
+    // fred's backlog has drained (checked below), which takes seconds at
+    // the flood rate, however loaded the machine.
     let mut olive_done = t0;
     for _ in 0..5 {
-        let t = Instant::now();
         assert_eq!(olive.barrier(), ["bob", "fred"]);
-        let took = t.elapsed();
-        assert!(
-            took < Duration::from_secs(2),
-            "olive's round trip took {took:?} while fred flooded"
-        );
         olive_done = Instant::now();
     }
 
