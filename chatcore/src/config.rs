@@ -58,9 +58,13 @@ pub struct Config {
     /// grow the list for as long as it stays online. Past the bound, the
     /// oldest unconfirmed delivery is taken as confirmed: such a client is
     /// redelivered only its latest `max_unconfirmed` messages after a drop.
-    /// Held messages are sent no faster than they are confirmed, so a
-    /// client that does confirm never loses the guarantee (pages are at
-    /// most this long, and the next page waits until the list is below it).
+    /// Held messages go to a client that confirms no faster than it
+    /// confirms them (pages are at most this long, and the next page waits
+    /// until the list is below it), so it keeps the guarantee for its whole
+    /// box; only more than this many live messages arriving between two of
+    /// its answers would pass the bound. A client seen answering a probe
+    /// with a bare `idle`, and never with `idle <seq>`, gets its box paced
+    /// by its reading alone, trimmed like its live messages.
     pub max_unconfirmed: usize,
     /// Flood control for logged-in sessions; `None` turns it off.
     pub flood: Option<FloodLimit>,

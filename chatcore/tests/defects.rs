@@ -488,3 +488,35 @@ fn the_reply_to_idle_online_comes_before_the_reply_to_a_later_command() {
         ]
     );
 }
+
+#[test]
+fn a_client_that_never_confirms_still_gets_a_box_bigger_than_max_unconfirmed() {
+    let mut h = harness_with(Config {
+        max_unconfirmed: 5,
+        held_page_size: Some(2),
+        ..Config::default()
+    });
+    hold_for_alice(&mut h, 20);
+    let a = h.connect_logged_in("alice", "a-pw");
+    h.send(a, "whoelse");
+    let mut got = Vec::new();
+    let mut replies = Vec::new();
+    for _ in 0..100 {
+        for line in h.take_text(a) {
+            if line.starts_with("IDLE ") {
+                // The original design's client: a bare `idle` to each probe.
+                h.send(a, "idle");
+            } else if line.starts_with("MSG ") {
+                got.push(line.rsplit(' ').next().unwrap().to_string());
+            } else {
+                replies.push(line);
+            }
+        }
+        h.advance(secs(1));
+    }
+    let want: Vec<String> = (1..=20).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    assert_eq!(replies, ["OFFLINE 20", "WHO"]);
+    // Its memory stays bounded: only the newest five are still owed.
+    assert_eq!(h.store.held["alice"].len(), 5);
+}

@@ -28,9 +28,20 @@ impl Server {
             Pending::Malformed(error) => Parsed::Malformed(error),
         };
         match &parsed {
-            Parsed::Line(Ok(Command::Idle(IdleArg::None)) | Err(ParseError::Blank)) => return,
+            Parsed::Line(Err(ParseError::Blank)) => return,
+            Parsed::Line(Ok(Command::Idle(IdleArg::None))) => {
+                if active.probe_seq > 0 && !active.bare_answers {
+                    // A client that answers probes this way confirms
+                    // nothing: a held block waiting for room below
+                    // `max_unconfirmed` must not wait for it.
+                    active.bare_answers = true;
+                    self.next_page(id);
+                }
+                return;
+            }
             Parsed::Line(Ok(Command::Idle(IdleArg::Seq(seq)))) => {
                 let seq = *seq;
+                active.seq_answers = true;
                 self.confirm(id, seq);
                 // The block may have ended: commands waiting for it run.
                 return self.run_backlog(id);

@@ -111,9 +111,9 @@ impl Server {
         self.arm(id);
     }
 
-    /// A live delivery past [`crate::Config::max_unconfirmed`] takes the
-    /// oldest unconfirmed one as confirmed, so a client that never confirms
-    /// holds bounded memory (see there).
+    /// A live delivery past [`crate::Config::max_unconfirmed`] (or a held
+    /// page, for a client that never confirms) takes the oldest unconfirmed
+    /// one as confirmed, so such a client holds bounded memory (see there).
     fn trim_unconfirmed(&mut self, id: SessionId) {
         let max = self.config.max_unconfirmed.max(1);
         let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
@@ -189,12 +189,18 @@ impl Server {
         if active.page_in_flight || active.paging.is_empty() {
             return;
         }
-        let room = self
-            .config
-            .max_unconfirmed
-            .max(1)
-            .saturating_sub(active.unconfirmed.len());
         let page = self.config.held_page_size.unwrap_or(usize::MAX).max(1);
+        // A client that never confirms is paced by its reading alone, and
+        // its list is trimmed like for live deliveries.
+        let never_confirms = active.never_confirms();
+        let room = if never_confirms {
+            usize::MAX
+        } else {
+            self.config
+                .max_unconfirmed
+                .max(1)
+                .saturating_sub(active.unconfirmed.len())
+        };
         let page = page.min(room);
         let mut messages = 0;
         while let Some(item) = self.next_paged(id, messages == page) {
@@ -205,6 +211,9 @@ impl Server {
                 }
                 Paged::Reply(line) => self.send(id, line),
             }
+        }
+        if never_confirms {
+            self.trim_unconfirmed(id);
         }
         if messages == 0 || !self.is_paging(id) {
             return;
