@@ -325,3 +325,64 @@ fn the_wait_for_a_server_is_announced_on_stderr() {
         "Ctrl-C while waiting exits 0"
     );
 }
+
+#[test]
+fn a_connect_that_gets_no_answer_is_announced_and_retried() {
+    use socket2::{Domain, Socket, Type};
+    // A listener whose accept queue is full drops further SYNs unanswered,
+    // as a host behind a packet-dropping firewall does, without any traffic
+    // leaving loopback. Backlog 0 holds one connection: `filler`.
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let listener: TcpListener = listener.into();
+    let port = listener.local_addr().unwrap().port();
+    let filler = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatc"))
+        .args(["127.0.0.1", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chatc");
+    let (tx, err_lines) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    // Without a connect timeout the first attempt would hang for minutes
+    // (the kernel's SYN retries) with nothing said.
+    assert_eq!(
+        err_lines.recv_timeout(LINE_TIMEOUT).as_deref(),
+        Ok(format!("waiting for the server at 127.0.0.1:{port}...").as_str())
+    );
+    // Make room: chatc's next attempt gets through.
+    let (queued, _) = listener.accept().unwrap();
+    drop((queued, filler));
+    let (conn, _) = listener.accept().unwrap();
+    assert_eq!(
+        err_lines.recv_timeout(LINE_TIMEOUT).as_deref(),
+        Ok(format!("connected to 127.0.0.1:{port}").as_str())
+    );
+    drop(conn);
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "chatc did not exit");
+        // Polling a process for exit: bounded, not a synchronisation sleep.
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(1), "a lost connection exits 1");
+    assert_eq!(
+        err_lines.try_iter().count(),
+        0,
+        "the wait was announced once"
+    );
+}

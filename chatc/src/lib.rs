@@ -52,7 +52,9 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         false => None,
     };
     let mut interrupts = interrupt::Interrupts::new()?;
-    let Some(stream) = connect::connect(&args.host, args.port, &mut interrupts).await? else {
+    let waits = connect::Waits::default();
+    let Some(stream) = connect::connect(&args.host, args.port, &mut interrupts, &waits).await?
+    else {
         return Ok(0);
     };
     let _ = stream.set_nodelay(true);
