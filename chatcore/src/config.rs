@@ -9,7 +9,7 @@ pub struct Config {
     /// [`Config::block_after`] consecutive bad credentials.
     pub block_time: Duration,
     /// Consecutive bad credentials for one (user name, address) pair that
-    /// block it. PROTOCOL.md fixes it at 3.
+    /// block it (PROTOCOL.md §3; default 3).
     pub block_after: u32,
     /// How long a pair's run of bad credentials is remembered after its
     /// last failure. Without it, an attacker trying many names would grow
