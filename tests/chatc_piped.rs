@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,12 +20,15 @@ const USERS: &[(&str, &str)] = &[
     ("carol", "carol-pw"),
 ];
 
-/// `chatc` with piped stdin and stdout, its stdout lines read as they come.
+/// `chatc` with piped stdin, stdout and stderr, its stdout lines read as
+/// they come.
 struct Piped {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Piped {
@@ -38,9 +41,20 @@ impl Piped {
             .env("TZ", "UTC")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn chatc");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let err = child.stderr.take().unwrap();
+        let stderr_reader = thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -54,7 +68,15 @@ impl Piped {
             child,
             lines,
             seen: Vec::new(),
+            stderr,
+            stderr_reader: Some(stderr_reader),
         }
+    }
+
+    /// What chatc wrote to stderr so far (all of it once it has exited and
+    /// [`Piped::finish`] has returned).
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     fn write(&mut self, text: &str) {
@@ -84,7 +106,14 @@ impl Piped {
     }
 
     /// Waits for the exit and returns the status and the rest of stdout.
-    fn finish(mut self) -> (ExitStatus, Vec<String>) {
+    fn finish(self) -> (ExitStatus, Vec<String>) {
+        let (status, rest, _) = self.finish_with_stderr();
+        (status, rest)
+    }
+
+    /// Waits for the exit and returns the status, the rest of stdout and
+    /// all of stderr.
+    fn finish_with_stderr(mut self) -> (ExitStatus, Vec<String>, String) {
         self.close_stdin();
         let deadline = Instant::now() + LINE_TIMEOUT;
         let status = loop {
@@ -99,8 +128,13 @@ impl Piped {
             // Polling a process for exit: bounded, not a synchronisation sleep.
             thread::sleep(Duration::from_millis(10));
         };
+        // Both pipes reach their end once the process is gone and the
+        // reader threads have drained them.
         let rest: Vec<String> = self.lines.iter().collect();
-        (status, rest)
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().unwrap();
+        }
+        (status, rest, self.stderr())
     }
 }
 
@@ -256,6 +290,120 @@ fn server_shutdown_ends_a_script_with_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// `n` numbered `message bob` lines.
+fn messages_to_bob(n: usize) -> String {
+    (0..n).map(|i| format!("message bob n{i}\n")).collect()
+}
+
+/// Reads `n` deliveries from alice to bob, checking they come in order.
+fn expect_numbered_deliveries(bob: &mut Client, n: usize) {
+    for i in 0..n {
+        let d = bob.expect_delivery();
+        assert_eq!(
+            (d.from.as_str(), d.text.as_str()),
+            ("alice", format!("n{i}").as_str())
+        );
+    }
+}
+
+/// Checks a whole script's stdout: logged in, `n` replies to `message bob`,
+/// logged out.
+fn assert_all_delivered(rest: &[String], n: usize, stderr: &str) {
+    assert_eq!(rest.first().map(String::as_str), Some("logged in as alice"));
+    assert_eq!(
+        rest.iter().filter(|l| *l == "delivered to bob").count(),
+        n,
+        "{rest:#?}\nstderr: {stderr}"
+    );
+    assert_eq!(rest.last().map(String::as_str), Some("logged out"));
+    assert_eq!(rest.len(), n + 2, "{rest:#?}\nstderr: {stderr}");
+}
+
+#[test]
+fn a_script_over_the_flood_rate_gets_every_command_through() {
+    // 3 at once, then 20 a second: 60 commands take about 3 s to run, longer
+    // than the 2 s chatc waits for `BYE` after `logout`.
+    let server = TestServer::with(USERS, &["flood_burst = 3", "flood_per_second = 20"]);
+    let mut bob = server.login("bob", "bob-pw");
+    let mut c = Piped::spawn(&server, &["--user", "alice"]);
+    c.write(&format!("alice-pw\n{}", messages_to_bob(60)));
+    let (status, rest, stderr) = c.finish_with_stderr();
+    assert_eq!(status.code(), Some(0), "{rest:#?}\nstderr: {stderr}");
+    assert_all_delivered(&rest, 60, &stderr);
+    expect_numbered_deliveries(&mut bob, 60);
+}
+
+#[test]
+fn a_script_longer_than_the_flood_backlog_is_paced() {
+    // The server refuses commands once 20 wait for the flood rate; chatc
+    // must not have that many unanswered at once.
+    let server = TestServer::with(
+        USERS,
+        &[
+            "flood_burst = 3",
+            "flood_per_second = 20",
+            "flood_backlog = 20",
+        ],
+    );
+    let mut bob = server.login("bob", "bob-pw");
+    let mut c = Piped::spawn(&server, &["--user", "alice"]);
+    c.write(&format!("alice-pw\n{}", messages_to_bob(60)));
+    let (status, rest, stderr) = c.finish_with_stderr();
+    assert_eq!(status.code(), Some(0), "{rest:#?}\nstderr: {stderr}");
+    assert_all_delivered(&rest, 60, &stderr);
+    expect_numbered_deliveries(&mut bob, 60);
+}
+
+#[test]
+fn commands_left_unanswered_by_a_dying_server_fail_the_script() {
+    // 5 a second after a burst of 3: the script is far from done when the
+    // server dies.
+    let mut server = TestServer::with(USERS, &["flood_burst = 3", "flood_per_second = 5"]);
+    let _bob = server.login("bob", "bob-pw");
+    let mut c = Piped::spawn(&server, &["--user", "alice"]);
+    c.write(&format!("alice-pw\n{}", messages_to_bob(60)));
+    c.close_stdin();
+    c.expect("logged in as alice");
+    for _ in 0..5 {
+        c.expect("delivered to bob");
+    }
+    server.kill();
+    let (status, rest, stderr) = c.finish_with_stderr();
+    assert_eq!(status.code(), Some(1), "{rest:#?}\nstderr: {stderr}");
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("the connection to the server was lost"),
+        "{rest:#?}"
+    );
+    // Commands chatc had sent and not seen answered; the rest of the script
+    // was never sent.
+    let answered = 5 + rest.iter().filter(|l| *l == "delivered to bob").count();
+    let unanswered: usize = stderr
+        .strip_prefix("chatc: ")
+        .and_then(|s| s.split_once(" commands got no answer from the server"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of unanswered commands on stderr: {stderr}"));
+    assert!(
+        (1..=60 - answered).contains(&unanswered),
+        "{unanswered} unanswered, {answered} answered"
+    );
+}
+
+#[test]
+fn a_full_server_is_explained() {
+    let server = TestServer::with(USERS, &["max_connections = 1"]);
+    let _bob = server.login("bob", "bob-pw");
+    let mut c = Piped::spawn(&server, &["--user", "alice"]);
+    c.write("alice-pw\n");
+    let (status, rest, stderr) = c.finish_with_stderr();
+    assert_eq!(status.code(), Some(1), "{rest:#?}\nstderr: {stderr}");
+    assert_eq!(
+        rest,
+        ["the server is full (too many connections): try again later"],
+        "stderr: {stderr}"
+    );
+}
+
 /// Runs chatc with these arguments and no input; returns status and stderr.
 fn run_chatc(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatc"))
@@ -323,5 +471,66 @@ fn the_wait_for_a_server_is_announced_on_stderr() {
         child.wait().unwrap().code(),
         Some(0),
         "Ctrl-C while waiting exits 0"
+    );
+}
+
+#[test]
+fn a_connect_that_gets_no_answer_is_announced_and_retried() {
+    use socket2::{Domain, Socket, Type};
+    // A listener whose accept queue is full drops further SYNs unanswered,
+    // as a host behind a packet-dropping firewall does, without any traffic
+    // leaving loopback. Backlog 0 holds one connection: `filler`.
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let listener: TcpListener = listener.into();
+    let port = listener.local_addr().unwrap().port();
+    let filler = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatc"))
+        .args(["127.0.0.1", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chatc");
+    let (tx, err_lines) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    // Without a connect timeout the first attempt would hang for minutes
+    // (the kernel's SYN retries) with nothing said.
+    assert_eq!(
+        err_lines.recv_timeout(LINE_TIMEOUT).as_deref(),
+        Ok(format!("waiting for the server at 127.0.0.1:{port}...").as_str())
+    );
+    // Make room: chatc's next attempt gets through.
+    let (queued, _) = listener.accept().unwrap();
+    drop((queued, filler));
+    let (conn, _) = listener.accept().unwrap();
+    assert_eq!(
+        err_lines.recv_timeout(LINE_TIMEOUT).as_deref(),
+        Ok(format!("connected to 127.0.0.1:{port}").as_str())
+    );
+    drop(conn);
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "chatc did not exit");
+        // Polling a process for exit: bounded, not a synchronisation sleep.
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(1), "a lost connection exits 1");
+    assert_eq!(
+        err_lines.try_iter().count(),
+        0,
+        "the wait was announced once"
     );
 }

@@ -110,7 +110,10 @@ fn over_the_limits_a_connection_gets_one_error_and_is_closed() {
 
 #[test]
 fn idle_connections_and_a_slowloris_cannot_starve_users_and_time_out() {
-    const LOGIN_TIMEOUT: f64 = 2.0;
+    // Long enough that opening the siege and serving alice and bob fit in
+    // it on a loaded machine: that they are served before it ends is the
+    // check.
+    const LOGIN_TIMEOUT: f64 = 4.0;
     const IPS: usize = 10;
     const PER_IP: usize = 30;
     let timeout = format!("login_timeout = {LOGIN_TIMEOUT}");
@@ -159,24 +162,21 @@ fn idle_connections_and_a_slowloris_cannot_starve_users_and_time_out() {
         PER_IP + 1
     );
 
-    // alice's round trips keep working, and bob can log in.
+    // alice's round trips keep working, and bob can log in, while the siege
+    // lasts: the first siege connection is still open afterwards (it ends
+    // at login_timeout), so none of this waited for the siege to end.
     for _ in 0..5 {
-        let t = Instant::now();
         alice.barrier();
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "alice's round trip took {:?} during the siege",
-            t.elapsed()
-        );
     }
-    let t = Instant::now();
     let mut bob = server.login("bob", "pw-b");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "bob's login took {:?}",
-        t.elapsed()
-    );
     assert_eq!(alice.barrier(), ["bob"]);
+    siege[0].expect("HELLO CHAT/1");
+    siege[0].expect("ASK username");
+    assert_eq!(
+        siege[0].recv(Duration::ZERO),
+        Recv::TimedOut,
+        "the siege ended before alice and bob were served"
+    );
 
     // The slowloris gets `BYE login-timeout` in time, however many bytes it
     // trickled in.
@@ -187,6 +187,10 @@ fn idle_connections_and_a_slowloris_cannot_starve_users_and_time_out() {
     let slow_life = slow_since.elapsed();
     stop.store(true, Ordering::Release);
     let trickled = trickle.join().unwrap();
+    // A server that reset the timeout per byte would never close it (the
+    // trickle runs until it is closed) and the expect above would fail; the
+    // bound adds that the timeout is not stretched, with 3 s for timers
+    // running late on a loaded machine.
     assert!(
         slow_life < Duration::from_secs_f64(LOGIN_TIMEOUT + 3.0),
         "the slowloris lived {slow_life:?} with login_timeout {LOGIN_TIMEOUT} s"
@@ -194,9 +198,11 @@ fn idle_connections_and_a_slowloris_cannot_starve_users_and_time_out() {
     assert!(trickled >= 10, "the slowloris sent only {trickled} bytes");
 
     // So does every siege connection, after its greeting.
-    for c in &mut siege {
-        c.expect("HELLO CHAT/1");
-        c.expect("ASK username");
+    for (i, c) in siege.iter_mut().enumerate() {
+        if i > 0 {
+            c.expect("HELLO CHAT/1");
+            c.expect("ASK username");
+        }
         c.expect("BYE login-timeout");
         c.expect_closed();
     }

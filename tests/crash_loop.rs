@@ -25,6 +25,9 @@ const ROUNDS: usize = 6;
 /// Commands each client sends per round.
 const OPS: usize = 40;
 const SEED: u64 = 0xC0FF_EE00_2026;
+/// Commands each crash round must have seen acknowledged before its kill,
+/// so that every crash hits real traffic.
+const MIN_ACKS_PER_CRASH: usize = CLIENTS * 4;
 
 fn user(i: usize) -> String {
     format!("u{i:02}")
@@ -192,8 +195,8 @@ fn no_accepted_message_is_lost_or_reordered_across_crashes() {
     );
     let mut rng = Rng::new(SEED);
     let started = Instant::now();
-    // Per user, everything received in order across rounds.
-    let mut received: HashMap<String, Vec<Delivery>> = HashMap::new();
+    // Per user, everything received in order across rounds, with its round.
+    let mut received: HashMap<String, Vec<(usize, Delivery)>> = HashMap::new();
     let mut sent: Vec<(String, Sent)> = Vec::new();
     let mut kills = Vec::new();
     for round in 0..ROUNDS {
@@ -218,7 +221,8 @@ fn no_accepted_message_is_lost_or_reordered_across_crashes() {
                 .collect();
             if !last {
                 // SIGKILL once a seeded number of commands were answered.
-                let target = 1 + rng.below(CLIENTS * OPS * 3 / 4);
+                let target =
+                    MIN_ACKS_PER_CRASH + rng.below(CLIENTS * OPS * 3 / 4 - MIN_ACKS_PER_CRASH);
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while shared.acks.load(Ordering::Acquire) < target
                     && shared.finished.load(Ordering::Acquire) < CLIENTS
@@ -237,7 +241,10 @@ fn no_accepted_message_is_lost_or_reordered_across_crashes() {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for (me, log) in logs.into_iter().enumerate() {
-            received.entry(user(me)).or_default().extend(log.received);
+            received
+                .entry(user(me))
+                .or_default()
+                .extend(log.received.into_iter().map(|d| (round, d)));
             sent.extend(log.sent.into_iter().map(|s| (user(me), s)));
         }
     }
@@ -248,16 +255,33 @@ fn no_accepted_message_is_lost_or_reordered_across_crashes() {
         sent.len(),
         started.elapsed()
     );
-    assert!(
-        acked >= CLIENTS * OPS,
-        "too little traffic to prove anything"
-    );
+    for (round, (target, acks)) in kills.iter().enumerate() {
+        assert!(
+            *acks >= MIN_ACKS_PER_CRASH,
+            "round {round} was killed after {acks} acknowledgements (target {target}): \
+             too little traffic to prove anything"
+        );
+    }
+
+    // A repeat is a redelivery after a crash: within one round (one
+    // session per user) no id may come twice, the final, crash-free round
+    // included. A server that sends every delivery twice fails here.
+    for (who, deliveries) in &received {
+        let mut in_round = HashSet::new();
+        for (round, d) in deliveries {
+            assert!(
+                in_round.insert((*round, d.id)),
+                "{who} got id {} twice in round {round}",
+                d.id
+            );
+        }
+    }
 
     // No id was given to two different messages, and a message kept its id
     // through redeliveries (every copy of a broadcast shares one).
     let mut text_of: HashMap<u64, (String, String)> = HashMap::new();
     let mut id_of: HashMap<(String, String), u64> = HashMap::new();
-    for d in received.values().flatten() {
+    for (_, d) in received.values().flatten() {
         let key = (d.from.clone(), d.text.clone());
         let prev = text_of.entry(d.id).or_insert_with(|| key.clone());
         assert_eq!(*prev, key, "id {} given to two different messages", d.id);
@@ -270,7 +294,7 @@ fn no_accepted_message_is_lost_or_reordered_across_crashes() {
     for (who, deliveries) in &received {
         let mut seen_ids = HashSet::new();
         let mut last_seq: HashMap<&str, usize> = HashMap::new();
-        for d in deliveries {
+        for (_, d) in deliveries {
             if !seen_ids.insert(d.id) {
                 repeats += 1;
                 continue;
@@ -293,7 +317,7 @@ fn no_accepted_message_is_lost_or_reordered_across_crashes() {
             (
                 u.as_str(),
                 ds.iter()
-                    .map(|d| (d.from.as_str(), d.text.as_str()))
+                    .map(|(_, d)| (d.from.as_str(), d.text.as_str()))
                     .collect(),
             )
         })

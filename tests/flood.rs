@@ -65,16 +65,12 @@ fn a_flood_is_delayed_in_order_then_refused_and_others_stay_fast() {
     let t0 = Instant::now();
     fred.send_raw(bytes.as_bytes());
 
-    // Meanwhile olive's round trips stay fast.
+    // Meanwhile olive's round trips go on: they must all be answered before
+    // fred's backlog has drained (checked below), which takes seconds at
+    // the flood rate, however loaded the machine.
     let mut olive_done = t0;
     for _ in 0..5 {
-        let t = Instant::now();
         assert_eq!(olive.barrier(), ["bob", "fred"]);
-        let took = t.elapsed();
-        assert!(
-            took < Duration::from_secs(2),
-            "olive's round trip took {took:?} while fred flooded"
-        );
         olive_done = Instant::now();
     }
 
@@ -183,4 +179,62 @@ fn a_flooder_recovers_once_it_slows_down() {
         }
     }
     assert_eq!(fred.barrier(), ["bob"]);
+}
+
+#[test]
+fn a_pipelined_script_that_closes_its_sending_half_gets_every_line_handled() {
+    // `printf 'alice\npw\nmessage bob ...\n...logout\n' | nc host port`:
+    // nc closes its sending half at the end of its input, long before flood
+    // control has let every command through.
+    let server = TestServer::with(
+        &[("alice", "pw-a"), ("bob", "pw-b")],
+        &["flood_burst = 3", "flood_per_second = 20"],
+    );
+    let mut bob = server.login("bob", "pw-b");
+    let mut script = String::from("alice\npw-a\n");
+    for i in 0..60 {
+        script.push_str(&format!("message bob n{i}\n"));
+    }
+    script.push_str("logout\n");
+    let mut nc = server.client();
+    nc.send_raw(script.as_bytes());
+    nc.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    nc.expect("HELLO CHAT/1");
+    nc.expect("ASK username");
+    nc.expect("ASK password");
+    nc.expect("OK login alice");
+    for _ in 0..60 {
+        nc.expect("OK message bob delivered");
+    }
+    nc.expect("BYE logout");
+    nc.expect_closed();
+    let got: Vec<String> = (0..60).map(|_| bob.expect_delivery().text).collect();
+    let want: Vec<String> = (0..60).map(|i| format!("n{i}")).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_script_without_logout_gets_every_line_handled_then_the_connection_closes() {
+    let server = TestServer::with(
+        &[("alice", "pw-a"), ("bob", "pw-b")],
+        &["flood_burst = 3", "flood_per_second = 20"],
+    );
+    let mut script = String::from("alice\npw-a\n");
+    for _ in 0..20 {
+        script.push_str("whoelse\n");
+    }
+    let mut nc = server.client();
+    nc.send_raw(script.as_bytes());
+    nc.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    nc.expect("HELLO CHAT/1");
+    nc.expect("ASK username");
+    nc.expect("ASK password");
+    nc.expect("OK login alice");
+    for _ in 0..20 {
+        nc.expect("WHO");
+    }
+    nc.expect_closed();
+    // The session is over: alice can log in again at once.
+    let alice = server.login("alice", "pw-a");
+    alice.logout();
 }

@@ -206,7 +206,7 @@ fn a_bad_users_file_line_is_a_startup_error_naming_the_line() {
         "expected a startup failure: {out:#?}"
     );
     assert!(
-        out.stderr.contains('3'),
+        out.stderr.contains("line 3"),
         "stderr must name line 3: {out:#?}"
     );
     assert!(!out.stdout.contains("listening"), "{out:#?}");

@@ -199,7 +199,9 @@ fn a_peer_that_stops_answering_and_reading_is_dropped_and_loses_nothing() {
     let mut alice = server.login("alice", "pw-a");
     let mut ghost = server.login("bob", "pw-b");
     // From here on the ghost neither reads nor answers probes: a peer whose
-    // host vanished, as far as the server can tell.
+    // host vanished, as far as the server can tell. The server last heard
+    // from it just before this (its login's `whoelse`).
+    let silent_since = Instant::now();
     for n in 0..5 {
         alice.send(&format!("message bob live {n}"));
         alice.expect("OK message bob delivered");
@@ -207,9 +209,11 @@ fn a_peer_that_stops_answering_and_reading_is_dropped_and_loses_nothing() {
     alice.send("broadcast message everyone");
     let bcast = alice.expect_delivery();
     alice.expect("OK broadcast 2 0");
-    let silent_since = Instant::now();
     wait_offline(&mut alice, "bob", Duration::from_secs(10));
     let took = silent_since.elapsed();
+    // A lower bound, which load cannot break (load only delays the drop);
+    // the 300 ms below heartbeat_timeout cover the time between the server
+    // reading the ghost's last line and silent_since.
     assert!(
         took >= Duration::from_millis(700),
         "dropped after only {took:?} with heartbeat_timeout 1 s"
@@ -278,4 +282,87 @@ fn a_big_offline_box_reaches_a_client_that_reads_it() {
     let want: Vec<String> = (0..N).map(|n| format!("h{n:04}")).collect();
     assert_eq!(got, want);
     assert_eq!(bob.barrier(), ["alice"]);
+}
+
+/// Fills `user`'s box with `n` messages of about `size` bytes from `from`
+/// (already logged in), numbered `h00000`, `h00001`... in their text.
+fn fill_box(from: &mut Client, user: &str, n: usize, size: usize) {
+    let filler = "q".repeat(size);
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!("message {user} h{i:05} {filler}\n"));
+    }
+    from.send_raw(batch.as_bytes());
+    for _ in 0..n {
+        from.expect(&format!("OK message {user} queued offline"));
+    }
+}
+
+/// Reads a login's `OFFLINE` block at about `bytes_per_sec`, answering the
+/// probes inside it as it meets them; stops after `limit` messages. Returns
+/// the block's count and the numbers of the messages read. The pauses are
+/// the slow link being simulated, not a wait for the server.
+fn read_block_slowly(c: &mut Client, bytes_per_sec: usize, limit: usize) -> (usize, Vec<usize>) {
+    let start = Instant::now();
+    let header = c.expect_prefix("OFFLINE ");
+    let n: usize = header["OFFLINE ".len()..].parse().unwrap();
+    let mut got = Vec::new();
+    let mut bytes = 0;
+    while got.len() < n.min(limit) {
+        let line = c.line(); // answers and skips probes
+        bytes += line.len() + 1;
+        let d = Delivery::parse(&line).unwrap_or_else(|| panic!("not a delivery: {line:?}"));
+        got.push(d.text[1..6].parse().unwrap());
+        let due = Duration::from_secs_f64(bytes as f64 / bytes_per_sec as f64);
+        if let Some(ahead) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+    (n, got)
+}
+
+#[test]
+fn a_slow_reader_gets_a_big_box_whole_and_a_drop_mid_drain_costs_one_page() {
+    // 10,000 held messages of ~330 bytes read at ~600 KB/s take about 5 s,
+    // longer than heartbeat_timeout: the probes after each page keep the
+    // reader alive while it drains.
+    const N: usize = 10_000;
+    let server = TestServer::with(
+        USERS,
+        &[
+            "heartbeat = 1",
+            "heartbeat_timeout = 3",
+            "max_outbound_bytes = 65536",
+            "flood_burst = 1000000",
+            "flood_per_second = 1000000",
+            "flood_backlog = 1000000",
+        ],
+    );
+    let mut alice = server.login("alice", "pw-a");
+    fill_box(&mut alice, "bob", N, 300);
+    alice.logout();
+    // First login: read 4,000 slowly, then vanish.
+    let mut bob = Client::connect_with_rcvbuf(server.addr(), 32 * 1024);
+    assert_eq!(bob.login_attempt("bob", "pw-b"), "OK login bob");
+    let (n, first) = read_block_slowly(&mut bob, 600_000, 4_000);
+    assert_eq!(n, N);
+    assert_eq!(first, (0..4_000).collect::<Vec<_>>());
+    bob.abort();
+    // What was confirmed page by page stays gone: at most the unconfirmed
+    // pages come back (a page is at most 64 KiB of these lines, ~190).
+    let mut bob = poll_until("bob's next login", Duration::from_secs(10), || {
+        let mut c = Client::connect_with_rcvbuf(server.addr(), 32 * 1024);
+        // `already-online` until the server has seen the reset.
+        (c.login_attempt("bob", "pw-b") == "OK login bob").then_some(c)
+    });
+    let (n, rest) = read_block_slowly(&mut bob, 600_000, N);
+    assert!(n < N - 4_000 + 600, "{} messages came back", n);
+    assert_eq!(rest.last(), Some(&(N - 1)));
+    let first_again = rest[0];
+    assert!(
+        first_again <= 4_000,
+        "nothing is lost: resumed at {first_again}"
+    );
+    assert_eq!(rest, (first_again..N).collect::<Vec<_>>());
+    assert_eq!(bob.barrier(), Vec::<String>::new());
 }

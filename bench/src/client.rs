@@ -315,6 +315,15 @@ impl LoggedIn {
     pub async fn next_line_for_test(&mut self) -> String {
         self.reader.next_line().await.unwrap().unwrap()
     }
+
+    /// Sends one line (a `\n` is added), for tests that drive a session
+    /// by hand.
+    pub async fn send_line_for_test(&mut self, line: &str) {
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
 }
 
 impl<H: Handler> Session<H> {

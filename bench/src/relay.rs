@@ -213,9 +213,8 @@ async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Arc<s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{connect_login, Handler, Kind, Out};
+    use crate::client::{connect_login, Kind};
     use crate::users;
-    use chatcore::wire::ServerLine;
     use std::net::SocketAddr;
     use std::time::Duration;
     use tokio::io::AsyncBufReadExt;
@@ -225,14 +224,6 @@ mod tests {
         let addr = l.local_addr().unwrap();
         tokio::spawn(serve(l));
         addr
-    }
-
-    #[derive(Default)]
-    struct Collect(Vec<String>);
-    impl Handler for Collect {
-        fn on_line(&mut self, line: &ServerLine, _: &Out) {
-            self.0.push(line.to_string());
-        }
     }
 
     fn strip_ids(lines: &[String]) -> Vec<String> {
@@ -250,26 +241,27 @@ mod tests {
 
     #[tokio::test]
     async fn relays_private_broadcast_and_held_lines() {
+        // Sessions are read by hand, line by line: each expected line is a
+        // barrier, so nothing waits on a sleep.
         let addr = start().await;
         let acc = users::plain("r", 3);
-        let a = connect_login(Kind::Relay, addr, &acc[0]).await.unwrap();
-        let b = connect_login(Kind::Relay, addr, &acc[1]).await.unwrap();
-        let a = a.spawn(Collect::default());
-        let b = b.spawn(Collect::default());
-        a.out.send(Kind::Relay.private("r00001", "hello b"));
-        a.out.send(Kind::Relay.private("r00002", "held for c"));
-        a.out.send(Kind::Relay.broadcast("to all"));
-        a.out.send("idle 3".into());
-        a.out.send("dance".into());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let c = connect_login(Kind::Relay, addr, &acc[2]).await.unwrap();
-        let c = c.spawn(Collect::default());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let (a, _) = a.close(Duration::from_secs(2)).await.unwrap();
-        let (b, _) = b.close(Duration::from_secs(2)).await.unwrap();
-        let (c, _) = c.close(Duration::from_secs(2)).await.unwrap();
+        let mut a = connect_login(Kind::Relay, addr, &acc[0]).await.unwrap();
+        let mut b = connect_login(Kind::Relay, addr, &acc[1]).await.unwrap();
+        for line in [
+            Kind::Relay.private("r00001", "hello b"),
+            Kind::Relay.private("r00002", "held for c"),
+            Kind::Relay.broadcast("to all"),
+            "idle 3".into(),
+            "dance".into(),
+        ] {
+            a.send_line_for_test(&line).await;
+        }
+        let mut got_a = Vec::new();
+        for _ in 0..5 {
+            got_a.push(a.next_line_for_test().await);
+        }
         assert_eq!(
-            strip_ids(&a.0),
+            strip_ids(&got_a),
             [
                 "OK message r00001 delivered",
                 "OK message r00002 queued offline",
@@ -278,15 +270,19 @@ mod tests {
                 "ERR unknown-command dance",
             ]
         );
+        let got_b = vec![b.next_line_for_test().await, b.next_line_for_test().await];
         assert_eq!(
-            strip_ids(&b.0),
+            strip_ids(&got_b),
             [
                 format!("MSG # {TS} r00000 hello b"),
                 format!("BCAST # {TS} r00000 to all"),
             ]
         );
+        // c logs in after the message for it was held.
+        let mut c = connect_login(Kind::Relay, addr, &acc[2]).await.unwrap();
+        let got_c = vec![c.next_line_for_test().await, c.next_line_for_test().await];
         assert_eq!(
-            strip_ids(&c.0),
+            strip_ids(&got_c),
             [
                 "OFFLINE 1".to_string(),
                 format!("MSG # {TS} r00000 held for c")
@@ -314,6 +310,9 @@ mod tests {
         ] {
             alice.write_all(part).await.unwrap();
             alice.flush().await.unwrap();
+            // Not a wait for anything: it only makes the relay likely to see
+            // each part in a read of its own. The assertions hold however
+            // the parts are merged, so a loaded machine cannot fail this.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut got = Vec::new();

@@ -8,8 +8,9 @@ use clap::Parser;
 const AFTER_HELP: &str = "\
 Exit status:
   0  the session ended normally (logout, end of input, Ctrl-C, BYE from the server)
-  1  the connection was lost, or the TLS handshake failed (e.g. the server's
-     certificate is not trusted)
+  1  the connection was lost, the server was full, the TLS handshake failed
+     (e.g. the server's certificate is not trusted), or with standard input
+     not a terminal, a command got no answer from the server (said on stderr)
   2  a usage error: bad arguments, a HOST that does not resolve, an unreadable
      --ca file";
 
@@ -17,7 +18,8 @@ Exit status:
 ///
 /// Connects to a chatd server (waiting for it if it is not up yet), logs in
 /// and lets you chat. With standard input not a terminal it reads the login
-/// answers and then commands line by line, so it can be scripted.
+/// answers and then commands line by line, so it can be scripted; at the
+/// end of input it waits for the reply to every command, then logs out.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chatc", version, about, after_help = AFTER_HELP)]
 pub struct Args {

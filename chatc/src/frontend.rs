@@ -2,13 +2,21 @@
 //! script on stdin: answers to login questions, typed lines, and a place to
 //! show lines.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 use crate::output::Output;
+
+/// How many input events may wait for the session. The input thread blocks
+/// when they are not taken (a script far ahead of the server's replies), so
+/// a long piped file is read as the session goes, not into memory at once.
+pub const INPUT_QUEUE: usize = 64;
+
+/// How long the end of a session waits for queued lines to be shown.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 /// What the session asks the input side for. Input is read only on
 /// request, so that login answers and commands are taken from stdin in
@@ -39,6 +47,14 @@ pub enum InputEvent {
     Interrupt,
 }
 
+/// How the session's last words reach the screen.
+pub enum Screen {
+    /// Lines go to stdout as they are (piped mode).
+    Plain,
+    /// The line editor holds the terminal.
+    Editor(crate::terminal::EditorEnd),
+}
+
 /// The person's side of a session.
 pub struct Frontend {
     /// Where lines are shown.
@@ -46,31 +62,31 @@ pub struct Frontend {
     /// Requests to the input thread.
     pub requests: mpsc::Sender<Request>,
     /// What the input thread produced.
-    pub events: UnboundedReceiver<InputEvent>,
-    /// The terminal settings from before the line editor touched them, to
-    /// put back when the process exits while the editor still holds the
-    /// terminal in raw mode (or the password prompt holds echo off): the
-    /// editor thread cannot be interrupted, so the process exits around it.
-    #[cfg(unix)]
-    pub saved_termios: Option<nix::sys::termios::Termios>,
+    pub events: Receiver<InputEvent>,
+    /// Standard input is a script rather than a person: the session waits
+    /// for the reply to every command before it logs out, and fails when
+    /// one never comes, since nobody is watching.
+    pub scripted: bool,
+    /// How the session ends on screen.
+    pub screen: Screen,
 }
 
 impl Frontend {
-    /// Shows every queued line, then gives the terminal back as it was.
-    pub fn finish(&self) {
-        self.output.flush(Duration::from_secs(1));
-        #[cfg(unix)]
-        if let Some(saved) = &self.saved_termios {
-            use nix::sys::termios::{tcsetattr, SetArg};
-            let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, saved);
-            let mut out = std::io::stdout();
-            if out.is_terminal() {
-                // The editor redraws its prompt (and any half-typed text)
-                // under the last line shown; erase it so the shell's prompt
-                // starts on a clean line.
-                let _ = out.write_all(b"\r\x1b[K");
-                let _ = out.flush();
+    /// Shows every queued line and then `last_words` (why the session
+    /// ended), and gives the terminal back as it was.
+    pub fn finish(self, last_words: Option<&str>) {
+        match self.screen {
+            Screen::Plain => {
+                if let Some(words) = last_words {
+                    self.output.line(words);
+                }
+                self.output.flush(FLUSH_WAIT);
+            }
+            Screen::Editor(end) => {
+                self.output.flush(FLUSH_WAIT);
+                end.finish(&self.output, last_words);
             }
         }
+        let _ = std::io::stdout().flush();
     }
 }

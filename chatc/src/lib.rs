@@ -34,7 +34,8 @@ pub use tls::TlsFailure;
 pub struct UsageError(pub String);
 
 /// Runs the client to its end and returns the process exit status: 0 after
-/// a normal end (`BYE`, logout, Ctrl-C), 1 when the connection was lost.
+/// a normal end (`BYE`, logout, Ctrl-C), 1 when the connection was lost or
+/// refused (the server is full), or a script's command got no answer.
 /// Errors are [`UsageError`]s (status 2) or anything else (status 1, e.g. a
 /// [`TlsFailure`]).
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -52,7 +53,9 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         false => None,
     };
     let mut interrupts = interrupt::Interrupts::new()?;
-    let Some(stream) = connect::connect(&args.host, args.port, &mut interrupts).await? else {
+    let waits = connect::Waits::default();
+    let Some(stream) = connect::connect(&args.host, args.port, &mut interrupts, &waits).await?
+    else {
         return Ok(0);
     };
     let _ = stream.set_nodelay(true);
@@ -73,12 +76,31 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
     } else {
         piped::start()?
     };
-    let code = match stream {
-        Connected::Plain(s) => session::run(s, args.user, &mut frontend, &mut interrupts).await,
-        Connected::Tls(s) => session::run(*s, args.user, &mut frontend, &mut interrupts).await,
+    let limits = session::Limits::default();
+    let ending = match stream {
+        Connected::Plain(s) => {
+            session::run(s, args.user, &mut frontend, &mut interrupts, &limits).await
+        }
+        Connected::Tls(s) => {
+            session::run(*s, args.user, &mut frontend, &mut interrupts, &limits).await
+        }
     };
-    frontend.finish();
-    Ok(code)
+    frontend.finish(ending.words.as_deref());
+    if ending.unanswered > 0 {
+        eprintln!("chatc: {}", unanswered_words(ending.unanswered));
+    }
+    Ok(ending.code)
+}
+
+/// The stderr line for commands a script sent that the server never
+/// answered: they may or may not have been carried out.
+fn unanswered_words(n: usize) -> String {
+    match n {
+        1 => "1 command got no answer from the server (it may not have been carried out)".into(),
+        n => format!(
+            "{n} commands got no answer from the server (they may not have been carried out)"
+        ),
+    }
 }
 
 /// How long a plain connection waits for `HELLO` before chatc suggests

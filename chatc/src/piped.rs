@@ -5,9 +5,9 @@ use std::io::{BufRead, Write};
 use std::sync::mpsc;
 use std::thread;
 
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::channel;
 
-use crate::frontend::{Frontend, InputEvent, Request};
+use crate::frontend::{Frontend, InputEvent, Request, Screen, INPUT_QUEUE};
 use crate::output::Output;
 
 /// Starts the stdin reader thread and a plain stdout printer.
@@ -20,7 +20,7 @@ pub fn start() -> anyhow::Result<Frontend> {
         let _ = out.flush();
     }));
     let (requests, rx) = mpsc::channel::<Request>();
-    let (events_tx, events) = unbounded_channel();
+    let (events_tx, events) = channel(INPUT_QUEUE);
     thread::Builder::new()
         .name("chatc-stdin".into())
         .spawn(move || {
@@ -30,17 +30,17 @@ pub fn start() -> anyhow::Result<Frontend> {
                     Request::Username | Request::Password => {
                         let e = read_line(&mut stdin).map_or(InputEvent::Eof, InputEvent::Answer);
                         let end = e == InputEvent::Eof;
-                        if events_tx.send(e).is_err() || end {
+                        if events_tx.blocking_send(e).is_err() || end {
                             return;
                         }
                     }
                     Request::Commands { .. } => {
                         while let Some(line) = read_line(&mut stdin) {
-                            if events_tx.send(InputEvent::Line(line)).is_err() {
+                            if events_tx.blocking_send(InputEvent::Line(line)).is_err() {
                                 return;
                             }
                         }
-                        let _ = events_tx.send(InputEvent::Eof);
+                        let _ = events_tx.blocking_send(InputEvent::Eof);
                         return;
                     }
                 }
@@ -50,8 +50,8 @@ pub fn start() -> anyhow::Result<Frontend> {
         output,
         requests,
         events,
-        #[cfg(unix)]
-        saved_termios: None,
+        scripted: true,
+        screen: Screen::Plain,
     })
 }
 

@@ -88,6 +88,9 @@ pub fn bye_words(reason: ByeReason) -> &'static str {
     }
 }
 
+/// The words for flood control's `ERR rate-limited`.
+const SLOW_DOWN: &str = "too many commands: slow down";
+
 /// An `ERR` line as a short sentence.
 pub fn error_words(e: &ErrorReply) -> String {
     match e {
@@ -111,11 +114,14 @@ pub fn error_words(e: &ErrorReply) -> String {
         ErrorReply::QueueFull { user } => {
             format!("{}'s box is full: message not sent", sanitize(user))
         }
-        ErrorReply::RateLimited { detail } if detail.is_empty() => {
-            "too many commands: slow down".into()
+        // chatd's own detail is these very words: not said twice.
+        ErrorReply::RateLimited { detail }
+            if detail.is_empty() || detail.eq_ignore_ascii_case(SLOW_DOWN) =>
+        {
+            SLOW_DOWN.into()
         }
         ErrorReply::RateLimited { detail } => {
-            format!("too many commands: slow down ({})", sanitize(detail))
+            format!("{SLOW_DOWN} ({})", sanitize(detail))
         }
         ErrorReply::Unavailable { detail } if detail.is_empty() => {
             "the server cannot store messages right now: nothing was sent, try again later".into()
@@ -263,6 +269,10 @@ mod tests {
                 Some("bob's box is full: message not sent"),
             ),
             ("ERR rate-limited", Some("too many commands: slow down")),
+            (
+                "ERR rate-limited too many commands: slow down",
+                Some("too many commands: slow down"),
+            ),
             (
                 "ERR rate-limited later",
                 Some("too many commands: slow down (later)"),

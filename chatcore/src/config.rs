@@ -9,7 +9,7 @@ pub struct Config {
     /// [`Config::block_after`] consecutive bad credentials.
     pub block_time: Duration,
     /// Consecutive bad credentials for one (user name, address) pair that
-    /// block it. PROTOCOL.md fixes it at 3.
+    /// block it (PROTOCOL.md §3; default 3).
     pub block_after: u32,
     /// How long a pair's run of bad credentials is remembered after its
     /// last failure. Without it, an attacker trying many names would grow
@@ -52,6 +52,20 @@ pub struct Config {
     /// for the whole box. `None` sends the whole box at once, for drivers
     /// that do not answer `NotifyWritten`.
     pub held_page_size: Option<usize>,
+    /// The most deliveries one session keeps waiting for confirmation
+    /// (`idle <seq>`), which bounds a session's memory. A client that never
+    /// confirms (one that answers probes with a bare `idle`) would otherwise
+    /// grow the list for as long as it stays online. Past the bound, the
+    /// oldest unconfirmed delivery is taken as confirmed: such a client is
+    /// redelivered only its latest `max_unconfirmed` messages after a drop.
+    /// Held messages go to a client that confirms no faster than it
+    /// confirms them (pages are at most this long, and the next page waits
+    /// until the list is below it), so it keeps the guarantee for its whole
+    /// box; only more than this many live messages arriving between two of
+    /// its answers would pass the bound. A client seen answering a probe
+    /// with a bare `idle`, and never with `idle <seq>`, gets its box paced
+    /// by its reading alone, trimmed like its live messages.
+    pub max_unconfirmed: usize,
     /// Flood control for logged-in sessions; `None` turns it off.
     pub flood: Option<FloodLimit>,
     /// Lines a connection may send ahead while its password is being
@@ -79,6 +93,7 @@ impl Default for Config {
             max_pending_lines: 64,
             persist_deliveries: true,
             held_page_size: None,
+            max_unconfirmed: 1000,
             flood: Some(FloodLimit::default()),
         }
     }

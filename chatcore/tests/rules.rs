@@ -911,6 +911,15 @@ fn without_persist_deliveries_only_held_messages_are_durable() {
     let _b = h.connect_logged_in("bob", "b-pw");
     h.send(a, "message bob live");
     assert!(h.store.held.is_empty());
+    // A message for someone offline is still committed before its `OK`.
+    h.send(a, "message carol held");
+    assert_eq!(
+        h.take_replies(a).last().unwrap(),
+        "OK message carol queued offline"
+    );
+    let held = &h.store.held["carol"];
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].text, "held");
 }
 
 // Held messages sent page by page -------------------------------------------------
@@ -934,18 +943,20 @@ fn a_big_box_goes_out_a_page_at_a_time_as_the_client_reads() {
     h.take(b);
     let a = h.connect_logged_in("alice", "a-pw");
     let first = h.take_text(a);
-    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(first.len(), 4, "{first:?}");
     assert_eq!(first[0], "OFFLINE 5");
-    // Nothing comes between the lines of the block: a live message and the
-    // reply to a command wait for it.
+    // Each page ends with a probe (§5 lets probes into the block)...
+    assert!(first[3].starts_with("IDLE "), "{first:?}");
+    // ...but nothing else comes between the lines of the block: a live
+    // message and the reply to a command wait for it.
     h.send(b, "message alice live");
     assert_eq!(h.take_text(b), ["OK message alice delivered"]);
     h.send(a, "whoelse");
     assert!(h.take_text(a).is_empty());
     assert_eq!(h.answer_written(), Some(a));
-    assert_eq!(h.take_text(a).len(), 2);
+    assert_eq!(h.take_replies(a).len(), 2);
     assert_eq!(h.answer_written(), Some(a));
-    let last = h.take_text(a);
+    let last = h.take_replies(a);
     assert!(last[0].ends_with(" bob held5"), "{last:?}");
     assert!(last[1].ends_with(" bob live"), "{last:?}");
     assert_eq!(last[2], "WHO bob");
@@ -962,9 +973,9 @@ fn idle_online_replies_after_a_paged_block() {
     h.send(b, "message alice two");
     h.take(a);
     h.send(a, "idle online");
-    assert_eq!(h.take_text(a).len(), 2);
+    assert_eq!(h.take_replies(a).len(), 2);
     h.answer_written();
-    let rest = h.take_text(a);
+    let rest = h.take_replies(a);
     assert!(rest[0].ends_with(" bob two"));
     assert_eq!(rest[1], "OK status online");
 }
@@ -982,9 +993,9 @@ fn a_session_dying_mid_block_keeps_every_message_in_order() {
     h.close(a);
     let _ = h.answer_written(); // the page's answer comes too late
     let a = h.connect_logged_in("alice", "a-pw");
-    let mut lines = h.take_text(a);
+    let mut lines = h.take_replies(a);
     while h.answer_written().is_some() {
-        lines.extend(h.take_text(a));
+        lines.extend(h.take_replies(a));
     }
     let texts: Vec<&str> = lines[1..]
         .iter()

@@ -576,7 +576,10 @@ fn log_event(event: &Event) {
                 LoginFailure::AlreadyOnline => "already online",
                 LoginFailure::Blocked => "blocked",
             };
-            tracing::warn!(%session, %user, %peer, reason, "failed login");
+            // Text that is no user name is never logged: it may be
+            // anything, even a password typed into the wrong prompt.
+            let user = user.as_deref().unwrap_or("(not a user name)");
+            tracing::warn!(%session, user, %peer, reason, "failed login");
         }
         Event::Blocked { user, peer, until } => {
             tracing::warn!(%user, %peer, until = %until.to_rfc3339(), "login blocked");

@@ -1,5 +1,6 @@
 //! The whole core, fed arbitrary sequences of connections, lines, closes,
-//! password answers, clock jumps and shutdowns. It must never panic, never
+//! end-of-input, password answers, clock jumps, store outages and
+//! shutdowns. It must never panic, never
 //! write to a session after closing it, never close one twice, and never
 //! ask to be woken in the past.
 #![no_main]
@@ -48,6 +49,13 @@ const LINES: &[&str] = &[
     "wholast 60",
 ];
 
+/// `Op::Line` with this text is the peer's end of input.
+const EOF: &str = "\u{4}";
+/// `Op::Line` with this text: the store stops committing.
+const STORE_DOWN: &str = "\u{15}";
+/// `Op::Line` with this text: the store commits again.
+const STORE_UP: &str = "\u{6}";
+
 fuzz_target!(|ops: Vec<Op>| {
     let accounts = Accounts::parse("alice a-pw\nbob b-pw\ncarol c-pw\n").unwrap();
     let config = Config {
@@ -81,9 +89,25 @@ fuzz_target!(|ops: Vec<Op>| {
                 let peer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, ip % 3));
                 sessions.push(server.open_session(peer, now));
             }
+            // Driver events the first `Op`s did not have ride on three
+            // reserved lines, so that the corpus keeps decoding as it did.
+            Op::Line { line, .. } if line == STORE_DOWN => server.handle_input(
+                now,
+                Input::StoreUnavailable {
+                    detail: "disk full".into(),
+                },
+            ),
+            Op::Line { line, .. } if line == STORE_UP => {
+                server.handle_input(now, Input::StoreAvailable)
+            }
             Op::Line { session, line } => {
                 if let Some(s) = pick(&sessions, session) {
-                    server.handle_input(now, Input::Line { session: s, line });
+                    let input = if line == EOF {
+                        Input::InputEnded { session: s }
+                    } else {
+                        Input::Line { session: s, line }
+                    };
+                    server.handle_input(now, input);
                 }
             }
             Op::Known {

@@ -795,8 +795,20 @@ impl Client {
                     .parse()
                     .unwrap_or_else(|_| panic!("bad OFFLINE line {line:?}"));
                 assert!(n > 0, "{}: `OFFLINE 0` must not be sent", self.label);
-                for _ in 0..n {
-                    held.push(self.expect_delivery());
+                // Probes may come between the block's lines (§5); in
+                // `IdleMode::Show` they are kept for the test, in order.
+                while held.len() < n {
+                    let line = self.line();
+                    if probe_seq(&line).is_some() {
+                        early.push(line);
+                        continue;
+                    }
+                    held.push(Delivery::parse(&line).unwrap_or_else(|| {
+                        panic!(
+                            "{}: expected MSG or BCAST in the OFFLINE block, got {line:?}\nreceived: {:#?}",
+                            self.label, self.seen
+                        )
+                    }));
                 }
             } else if line == "WHO" || line.starts_with("WHO ") {
                 break;
@@ -924,10 +936,25 @@ impl Delivery {
     }
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SSZ` (exactly that form) into Unix seconds,
-/// with the same parser the server and client use.
+/// Parses `YYYY-MM-DDTHH:MM:SSZ` (exactly that form, as PROTOCOL.md §2
+/// fixes it) into Unix seconds. It uses chrono, not chatcore's own parser,
+/// so that the end-to-end tests do not check the server's timestamps with
+/// the server's code.
 pub fn rfc3339_to_unix(ts: &str) -> Option<i64> {
-    chatcore::Time::parse_rfc3339(ts).and_then(|t| i64::try_from(t.unix_secs()).ok())
+    let shape = ts.len() == 20
+        && ts.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    if !shape {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%SZ")
+        .ok()
+        .map(|t| t.and_utc().timestamp())
 }
 
 /// A small deterministic generator (SplitMix64): the same choices every run.

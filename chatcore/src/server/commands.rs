@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::delivery::Routed;
 use super::io::{SessionEnd, SessionId};
 use super::login::decode_error_reply;
-use super::session::{Paged, Parsed, Pending};
+use super::session::{Parsed, Pending};
 use super::Server;
 use crate::message::{Message, MessageKind};
 use crate::wire::{
@@ -28,8 +28,24 @@ impl Server {
             Pending::Malformed(error) => Parsed::Malformed(error),
         };
         match &parsed {
-            Parsed::Line(Ok(Command::Idle(IdleArg::None)) | Err(ParseError::Blank)) => return,
-            Parsed::Line(Ok(Command::Idle(IdleArg::Seq(seq)))) => return self.confirm(id, *seq),
+            Parsed::Line(Err(ParseError::Blank)) => return,
+            Parsed::Line(Ok(Command::Idle(IdleArg::None))) => {
+                if active.probe_seq > 0 && !active.bare_answers {
+                    // A client that answers probes this way confirms
+                    // nothing: a held block waiting for room below
+                    // `max_unconfirmed` must not wait for it.
+                    active.bare_answers = true;
+                    self.next_page(id);
+                }
+                return;
+            }
+            Parsed::Line(Ok(Command::Idle(IdleArg::Seq(seq)))) => {
+                let seq = *seq;
+                active.seq_answers = true;
+                self.confirm(id, seq);
+                // The block may have ended: commands waiting for it run.
+                return self.run_backlog(id);
+            }
             Parsed::Line(_) => active.last_command = now,
             Parsed::Malformed(_) => {}
         }
@@ -122,12 +138,7 @@ impl Server {
                 if let Some(a) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
                     a.busy = false;
                 }
-                self.deliver_box(id);
-                let reply = ServerLine::Status(Status::Online);
-                match self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
-                    Some(a) if !a.paging.is_empty() => a.paging.push_back(Paged::Reply(reply)),
-                    _ => self.send(id, reply),
-                }
+                self.deliver_box(id, Some(ServerLine::Status(Status::Online)));
             }
             Command::Idle(IdleArg::None) => {}
             Command::Idle(IdleArg::Seq(seq)) => self.confirm(id, seq),

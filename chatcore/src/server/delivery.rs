@@ -61,6 +61,7 @@ impl Server {
                     });
                 } else {
                     self.deliver(id, Arc::clone(message), persist);
+                    self.trim_unconfirmed(id);
                 }
                 Routed::Delivered
             }
@@ -110,22 +111,55 @@ impl Server {
         self.arm(id);
     }
 
+    /// A live delivery past [`crate::Config::max_unconfirmed`] (or a held
+    /// page, for a client that never confirms) takes the oldest unconfirmed
+    /// one as confirmed, so such a client holds bounded memory (see there).
+    fn trim_unconfirmed(&mut self, id: SessionId) {
+        let max = self.config.max_unconfirmed.max(1);
+        let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+            return;
+        };
+        let mut released = Vec::new();
+        while active.unconfirmed.len() > max {
+            match active.unconfirmed.pop_front() {
+                Some(u) if u.stored => released.push(u.message.id),
+                _ => {}
+            }
+        }
+        let user = active.user.clone();
+        for id in released {
+            self.persist(StoreOp::Release {
+                user: user.clone(),
+                id,
+            });
+        }
+    }
+
     /// Sends the user's held messages (`OFFLINE <n>` and then each, oldest
-    /// first). They stay in the store until confirmed.
-    pub(super) fn deliver_box(&mut self, id: SessionId) {
+    /// first), then `then` (the reply that must follow the block). The
+    /// messages stay in the store until confirmed.
+    ///
+    /// It does not run commands waiting behind the block: whoever called it
+    /// is in the middle of something (a login, a command), and running
+    /// others here would answer them before it is done.
+    pub(super) fn deliver_box(&mut self, id: SessionId, then: Option<ServerLine>) {
         let Some(user) = self.user_of(id).map(str::to_string) else {
             return;
         };
-        let Some(held) = self.boxes.remove(&user) else {
+        let held = self.boxes.remove(&user).filter(|held| !held.is_empty());
+        let Some(held) = held else {
+            if let Some(line) = then {
+                self.send(id, line);
+            }
             return;
         };
-        if held.is_empty() {
-            return;
-        }
         self.send(id, ServerLine::Offline { count: held.len() });
         if self.config.held_page_size.is_none() {
             for message in held {
                 self.deliver(id, message, true);
+            }
+            if let Some(line) = then {
+                self.send(id, line);
             }
             return;
         }
@@ -136,15 +170,38 @@ impl Server {
                     message,
                     stored: true,
                 }));
+            active.paging.extend(then.map(Paged::Reply));
         }
         self.next_page(id);
     }
 
-    /// Sends the next page of an `OFFLINE` block. When the block is done,
-    /// commands that waited for it run; otherwise the driver is asked to
-    /// say when this page is written.
+    /// Sends the next page of an `OFFLINE` block, unless one is still being
+    /// written. A page ends with a probe, so the client confirms the block
+    /// page by page and a drop mid-drain sends back only what is
+    /// unconfirmed; the driver is asked to say when the page is written.
+    /// A page is never more than the room below
+    /// [`crate::Config::max_unconfirmed`]: with no room, the block waits
+    /// for confirmations ([`Server::confirm`] resumes it).
     pub(super) fn next_page(&mut self, id: SessionId) {
+        let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+            return;
+        };
+        if active.page_in_flight || active.paging.is_empty() {
+            return;
+        }
         let page = self.config.held_page_size.unwrap_or(usize::MAX).max(1);
+        // A client that never confirms is paced by its reading alone, and
+        // its list is trimmed like for live deliveries.
+        let never_confirms = active.never_confirms();
+        let room = if never_confirms {
+            usize::MAX
+        } else {
+            self.config
+                .max_unconfirmed
+                .max(1)
+                .saturating_sub(active.unconfirmed.len())
+        };
+        let page = page.min(room);
         let mut messages = 0;
         while let Some(item) = self.next_paged(id, messages == page) {
             match item {
@@ -155,11 +212,17 @@ impl Server {
                 Paged::Reply(line) => self.send(id, line),
             }
         }
-        if self.is_paging(id) {
-            self.out.push_back(Output::NotifyWritten { session: id });
-        } else {
-            self.run_backlog(id);
+        if never_confirms {
+            self.trim_unconfirmed(id);
         }
+        if messages == 0 || !self.is_paging(id) {
+            return;
+        }
+        self.probe(id);
+        if let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
+            active.page_in_flight = true;
+        }
+        self.out.push_back(Output::NotifyWritten { session: id });
     }
 
     /// The next item of the block; once the page is full, only replies.
@@ -203,12 +266,14 @@ impl Server {
             }
         }
         let user = active.user.clone();
-        for id in released {
+        for released in released {
             self.persist(StoreOp::Release {
                 user: user.clone(),
-                id,
+                id: released,
             });
         }
+        // A block that waited for room below `max_unconfirmed` goes on.
+        self.next_page(id);
     }
 
     /// Confirms every delivery of the session (`logout`).

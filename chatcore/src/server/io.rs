@@ -220,8 +220,10 @@ pub enum Event {
     LoginFailed {
         /// The connection.
         session: SessionId,
-        /// The name tried.
-        user: String,
+        /// The name tried; `None` when what was sent is no valid user name
+        /// (PROTOCOL.md §3). Such text may be anything a client pipelined,
+        /// even a password, so it is never handed out to be logged.
+        user: Option<String>,
         /// From where.
         peer: IpAddr,
         /// Why.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::io::{CheckId, Event, LoginFailure, Output, PasswordCheck, SessionId};
 use super::session::{Active, Pending, Phase};
 use super::Server;
+use crate::names::is_valid_user_name;
 use crate::store::{LoginFailures, StoreOp};
 use crate::time::Time;
 use crate::wire::{Ask, ByeReason, ErrorReply, ServerLine};
@@ -53,6 +54,8 @@ impl Server {
                     return;
                 }
                 let peer = session.peer;
+                // A name that is no user name cannot be blocked: it is
+                // never recorded (see `bad_credentials`).
                 if let Some(left) = self.block_left(&user, peer) {
                     self.refuse_blocked(id, user, peer, left);
                     return;
@@ -111,13 +114,19 @@ impl Server {
             return;
         };
         let peer = session.peer;
-        if !ok {
+        if let Some(left) = self.block_left(&user, peer) {
+            // Other connections' failures blocked the pair while this check
+            // ran: whatever its answer, it is refused like any attempt on a
+            // blocked pair, neither counted nor extending the block. (A right
+            // answer must not clear a block that guesses in flight caused.)
+            self.refuse_blocked(id, user, peer, left);
+        } else if !ok {
             self.bad_credentials(id, user, peer);
         } else if self.online.contains_key(&user) {
             self.send(id, ServerLine::Err(ErrorReply::AlreadyOnline));
             self.event(Event::LoginFailed {
                 session: id,
-                user,
+                user: Some(user),
                 peer,
                 reason: LoginFailure::AlreadyOnline,
             });
@@ -161,12 +170,26 @@ impl Server {
             user,
             peer,
         });
-        self.deliver_box(id);
+        self.deliver_box(id, None);
     }
 
     /// A wrong password or unknown name: counts toward the pair's block and
-    /// the connection's budget.
+    /// the connection's budget. Text that is no valid user name gets the
+    /// same answer but only counts toward the budget: recording it would let
+    /// anyone fill the records (and the store and the logs) with whatever
+    /// they send, including lines pipelined after a wrong password.
     fn bad_credentials(&mut self, id: SessionId, user: String, peer: IpAddr) {
+        if !is_valid_user_name(&user) {
+            self.send(id, ServerLine::Err(ErrorReply::BadCredentials));
+            self.event(Event::LoginFailed {
+                session: id,
+                user: None,
+                peer,
+                reason: LoginFailure::BadCredentials,
+            });
+            self.failed_attempt(id);
+            return;
+        }
         let now = self.now;
         if self.failures.len() >= self.config.max_failure_records {
             self.forget_old_failures();
@@ -206,7 +229,7 @@ impl Server {
         self.send(id, ServerLine::Err(ErrorReply::BadCredentials));
         self.event(Event::LoginFailed {
             session: id,
-            user,
+            user: Some(user),
             peer,
             reason: LoginFailure::BadCredentials,
         });
@@ -238,7 +261,7 @@ impl Server {
         );
         self.event(Event::LoginFailed {
             session: id,
-            user,
+            user: Some(user),
             peer,
             reason: LoginFailure::Blocked,
         });
@@ -278,6 +301,9 @@ impl Server {
     /// How long the pair stays blocked; forgets a block that has ended, so
     /// the pair starts counting again from zero.
     fn block_left(&mut self, user: &str, peer: IpAddr) -> Option<Duration> {
+        if !is_valid_user_name(user) {
+            return None; // never recorded, so never blocked
+        }
         let key = (user.to_string(), peer);
         let until = self.failures.get(&key)?.blocked_until?;
         if until > self.now {

@@ -115,14 +115,15 @@ impl Server {
         self.advance_clock(now);
         let id = SessionId(self.next_session);
         self.next_session += 1;
-        self.send(id, ServerLine::Hello);
         if self.shut_down {
-            self.send(id, ServerLine::Bye(ByeReason::Shutdown));
+            self.send_final(id, ServerLine::Hello);
+            self.send_final(id, ServerLine::Bye(ByeReason::Shutdown));
             self.out.push_back(Output::Close { session: id });
             return id;
         }
-        self.send(id, ServerLine::Ask(Ask::Username));
         self.sessions.insert(id, Session::new(peer, self.now));
+        self.send(id, ServerLine::Hello);
+        self.send(id, ServerLine::Ask(Ask::Username));
         self.arm(id);
         id
     }
@@ -153,12 +154,7 @@ impl Server {
             Input::PasswordChecked { session, check, ok } => {
                 self.on_password_checked(session, check, ok)
             }
-            Input::Written { session } => {
-                if self.is_paging(session) {
-                    self.next_page(session);
-                    self.arm(session);
-                }
-            }
+            Input::Written { session } => self.on_written(session),
             Input::Shutdown => self.shutdown(),
         }
         if let Some(id) = session {
@@ -245,7 +241,22 @@ impl Server {
         self.now = self.now.max(now);
     }
 
+    /// Queues a line for a session the core has. Work that outlives its
+    /// session (a command waiting behind flood control or an `OFFLINE`
+    /// block, a reply computed after a nested call ended the session) must
+    /// never reach the wire after `Close`: tests and fuzzing catch such a
+    /// bug through the assertion, and a release build drops the line.
     fn send(&mut self, session: SessionId, line: ServerLine) {
+        let known = self.sessions.contains_key(&session);
+        debug_assert!(known, "{line} for {session}, which the core has forgotten");
+        if known {
+            self.out.push_back(Output::Send { session, line });
+        }
+    }
+
+    /// The last lines of a session the core has just forgotten (its `BYE`),
+    /// or of a connection it never takes on.
+    fn send_final(&mut self, session: SessionId, line: ServerLine) {
         self.out.push_back(Output::Send { session, line });
     }
 
@@ -344,24 +355,50 @@ impl Server {
         if heartbeat_due {
             a.next_heartbeat = now + config.heartbeat;
         }
-        if !a.paging.is_empty() {
-            // Nothing may come between the lines of an `OFFLINE` block: the
-            // probe waits until it is sent.
-            if confirm_due {
-                a.confirm_at = Some(now + config.confirm_delay);
-            }
-            return;
-        }
         if confirm_due {
             a.confirm_at = None;
         }
-        if heartbeat_due || (confirm_due && a.needs_probe()) {
-            a.probe_seq += 1;
-            a.confirm_at = None;
-            let seq = a.probe_seq;
-            self.send(id, ServerLine::Idle { seq });
+        // Probes may come between the lines of an `OFFLINE` block (§5): a
+        // long block still hears heartbeats. Pages are written whole, so a
+        // probe never splits a message line.
+        let probe = heartbeat_due || (confirm_due && a.needs_probe());
+        if heartbeat_due {
+            // So that after a crash, a user online for hours counts for
+            // `wholast` as seen up to the crash, give or take one period.
+            let user = a.user.clone();
+            self.last_seen.insert(user.clone(), now);
+            self.persist(StoreOp::Seen { user, at: now });
+        }
+        if probe {
+            self.probe(id);
         }
         self.run_backlog(id);
+    }
+
+    /// Sends the next `IDLE <seq>`; answering it confirms every delivery
+    /// written before it.
+    fn probe(&mut self, id: SessionId) {
+        let Some(a) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+            return;
+        };
+        a.probe_seq += 1;
+        a.confirm_at = None;
+        let seq = a.probe_seq;
+        self.send(id, ServerLine::Idle { seq });
+    }
+
+    /// A page of the `OFFLINE` block reached the socket: the peer is
+    /// reading (a sign of life), and the next page may go.
+    fn on_written(&mut self, id: SessionId) {
+        let now = self.now;
+        let Some(a) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+            return;
+        };
+        a.page_in_flight = false;
+        a.last_heard = now;
+        self.next_page(id);
+        self.run_backlog(id);
+        self.arm(id);
     }
 
     /// Ends a session whose peer sent EOF once nothing it sent is left to
@@ -416,7 +453,7 @@ impl Server {
         };
         self.timers.disarm(id, session.armed);
         if let Some(reason) = bye {
-            self.send(id, ServerLine::Bye(reason));
+            self.send_final(id, ServerLine::Bye(reason));
             self.out.push_back(Output::Close { session: id });
         }
         self.event(Event::LoginAbandoned {
@@ -452,7 +489,7 @@ impl Server {
             SessionEnd::HeartbeatTimeout | SessionEnd::Closed | SessionEnd::InputEnded => None,
         };
         if let Some(reason) = bye {
-            self.send(id, ServerLine::Bye(reason));
+            self.send_final(id, ServerLine::Bye(reason));
         }
         if how != SessionEnd::Closed {
             self.out.push_back(Output::Close { session: id });

@@ -69,6 +69,12 @@ pub(crate) struct Active {
     /// The rest of an `OFFLINE` block being sent page by page, and what
     /// must follow it before anything else.
     pub(crate) paging: VecDeque<Paged>,
+    /// A page was sent and the driver has not yet said it is written.
+    pub(crate) page_in_flight: bool,
+    /// The client answered a probe with a bare `idle`...
+    pub(crate) bare_answers: bool,
+    /// ...and never with `idle <seq>`.
+    pub(crate) seq_answers: bool,
 }
 
 /// What waits in an `OFFLINE` block still being sent.
@@ -93,6 +99,9 @@ impl Active {
             bucket: config.flood.as_ref().map(|f| Bucket::full(f, now)),
             backlog: VecDeque::new(),
             paging: VecDeque::new(),
+            page_in_flight: false,
+            bare_answers: false,
+            seq_answers: false,
             user,
             busy: false,
             last_heard: now,
@@ -102,6 +111,12 @@ impl Active {
             confirm_at: None,
             unconfirmed: VecDeque::new(),
         }
+    }
+
+    /// Whether the client answers probes without confirming anything (the
+    /// original design's client: a bare `idle`, never `idle <seq>`).
+    pub(crate) fn never_confirms(&self) -> bool {
+        self.bare_answers && !self.seq_answers
     }
 
     /// Whether a delivery is waiting for a probe sent after it.
