@@ -447,3 +447,54 @@ fn example_crash_keeps_online_users_in_wholast() {
     ]);
     run(ts);
 }
+
+/// A command refused by flood control while an `OFFLINE` block is being
+/// sent is answered after the block (nothing else comes inside it, §5), not
+/// between its messages.
+#[test]
+fn example_flood_refusal_waits_for_the_block() {
+    let stats = run_with(
+        Setup {
+            page: Some(1),
+            written_later: true,
+            ..flood(2, 1, 1)
+        },
+        vec![
+            Connect { ip: 1 },
+            login(0, "ann"),
+            send(0, "message bob #1 a"),
+            send(0, "message bob #2 b"),
+            Connect { ip: 2 },
+            login(1, "bob"),
+            send(1, "whoelse"),
+            send(1, "wholast 5"),
+            Written { pick: 0 },
+        ],
+    );
+    assert_eq!(stat(&stats, "ERR-rate-limited"), 1, "{stats:?}");
+    assert_eq!(stat(&stats, "cmd-delayed"), 1, "{stats:?}");
+}
+
+/// When an `OFFLINE` block ends and a command waited behind it, the next
+/// deadline the core names is not in the past (a driver would spin on it).
+#[test]
+fn example_no_deadline_in_the_past_after_a_block() {
+    run_with(
+        Setup {
+            page: Some(1),
+            written_later: true,
+            ..flood(2, 1, 1)
+        },
+        vec![
+            Connect { ip: 1 },
+            login(0, "ann"),
+            send(0, "message cat #1 a"),
+            send(0, "message cat #2 b"),
+            Connect { ip: 1 },
+            login(1, "cat"),
+            Tick { millis: 1 },
+            send(1, "message ann #3 c"),
+            Written { pick: 0 },
+        ],
+    );
+}

@@ -501,13 +501,15 @@ impl Oracle {
             }
             Kind::Answer { key, check, ok } => self.answer(*key, *check, *ok),
             Kind::Written(key) => {
+                // A page taken by the client's socket is a sign of life
+                // (docs/PROTOCOL.md §5, §6).
                 let s = self.sm(*key);
                 s.notify = false;
                 s.page_count = 0;
+                s.last_rx = now;
             }
             Kind::Timeout | Kind::Shutdown | Kind::Restore => {}
         }
-        let _ = now;
     }
 
     /// A line reached the core from `key`.

@@ -109,6 +109,14 @@ impl Oracle {
                 key.1, s.closed, s.block, s.notify
             )
         });
+        // A page that leaves more of the block to come ends with a probe,
+        // so that the client can confirm the block page by page.
+        self.check(s.unprobed_since.is_none(), || {
+            format!(
+                "session {}: a page of the OFFLINE block ({:?} to come) without a probe after it",
+                key.1, s.block
+            )
+        });
         self.sm(key).notify = true;
     }
 
