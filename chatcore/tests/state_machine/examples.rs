@@ -241,7 +241,7 @@ fn example_lockout_race_wrong_answer_after_the_block() {
     let stats = run_with(slow_checks(), ts);
     assert_eq!(stat(&stats, "ERR-bad-credentials"), 2, "{stats:?}");
     assert_eq!(stat(&stats, "ERR-blocked"), 2, "{stats:?}");
-    assert_eq!(stat(&stats, "blocked-at-answer"), 1, "{stats:?}");
+    assert_eq!(stat(&stats, "answer-while-blocked"), 1, "{stats:?}");
 }
 
 /// The lockout race with the right password last: a block is a block, the

@@ -28,7 +28,7 @@ impl Oracle {
 
     /// Whether failures of this name are recorded per (name, address).
     fn recorded(&self, user: &str) -> bool {
-        is_valid_user_name(user) || self.skip("invalid-names")
+        is_valid_user_name(user)
     }
 
     fn refuse_blocked(&mut self, key: Key, secs: u64) {
@@ -132,16 +132,10 @@ impl Oracle {
         self.sm(key).answering = Some(user.clone());
         let valid = self.recorded(user);
         let pair = (user.clone(), s.ip);
-        if self.blocked_secs(user, s.ip).is_some() {
-            self.count("answer-while-blocked");
-        }
-        let race = self
-            .blocked_secs(user, s.ip)
-            .filter(|_| !self.skip("lockout-race"));
-        if let Some(secs) = race {
+        if let Some(secs) = self.blocked_secs(user, s.ip) {
             // Blocked while the check was in flight (by another connection's
             // failures): refused, not counted, the block not extended.
-            self.count("blocked-at-answer");
+            self.count("answer-while-blocked");
             self.refuse_blocked(key, secs);
         } else if !ok {
             let mut blocks = false;
@@ -254,9 +248,6 @@ impl Oracle {
     /// while the pair is blocked, and never block a name that is not a
     /// valid user name.
     pub(super) fn ledger(&mut self, key: Key, name: &str, line: &ServerLine) {
-        if self.skip("lockout-race") {
-            return;
-        }
         let ip = self.s(key).ip;
         let now = self.now;
         let block_after = self.cfg.block_after;
@@ -289,7 +280,7 @@ impl Oracle {
                 self.count("ledger-bad");
             }
             ServerLine::Err(ErrorReply::Blocked { .. }) => {
-                self.check(valid || self.skip("invalid-names"), || {
+                self.check(valid, || {
                     format!(
                         "lockout: {name:?} is no valid user name, yet ({name:?}, {ip}) was blocked"
                     )

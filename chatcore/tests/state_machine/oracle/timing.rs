@@ -66,8 +66,7 @@ impl Oracle {
                             rel(now)
                         )
                     });
-                    let skip = self.skip("probe-timing");
-                    self.check(skip || (s.last_probe + self.cfg.heartbeat) > now, || {
+                    self.check((s.last_probe + self.cfg.heartbeat) > now, || {
                         format!(
                             "{u} ({key:?}): no IDLE probe since {} at {} (heartbeat {:?}; OFFLINE block in progress: {:?})",
                             rel(s.last_probe),
@@ -77,7 +76,7 @@ impl Oracle {
                         )
                     });
                     if let Some(d) = s.unprobed_since {
-                        self.check(skip || (d + Duration::from_secs(1)) > now, || {
+                        self.check((d + Duration::from_secs(1)) > now, || {
                             format!(
                                 "{u} ({key:?}): deliveries at {} still unprobed at {} (OFFLINE block in progress: {:?})",
                                 rel(d),
@@ -128,7 +127,7 @@ impl Oracle {
             let login_at = self.s(key).login_at;
             let lo = login_at.max(now - lag);
             let seen = restored.last_seen.get(&u).copied();
-            self.check(self.skip("seen-at-crash") || seen.is_some_and(|t| t >= lo), || {
+            self.check(seen.is_some_and(|t| t >= lo), || {
                 format!(
                     "{u} was online until the crash at {} (logged in at {}), but the store last saw them at {:?}: wholast would forget them",
                     rel(now),
