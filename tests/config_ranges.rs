@@ -72,6 +72,7 @@ const ROWS: &[Row] = &[
     },
     row("max_held_per_user", "1", "1000000", "", "0", "1000001"),
     row("max_pending_lines", "1", "10000", "", "-1", "10001"),
+    row("max_unconfirmed", "1", "1000000", "", "0", "1000001"),
     Row {
         with_max: &["max_line_bytes = 64"],
         ..row("held_page_size", "1", "100000", "", "0", "100001")

@@ -316,6 +316,10 @@ pub mod ranges {
     pub const MAX_HELD_PER_USER: Range = Range::count("max_held_per_user", 1, 1_000_000);
     /// Lines buffered while a password is checked.
     pub const MAX_PENDING_LINES: Range = Range::count("max_pending_lines", 1, 10_000);
+    /// Deliveries waiting for confirmation per session: at least one, or
+    /// nothing could be delivered; a million of the longest lines is
+    /// gigabytes per session.
+    pub const MAX_UNCONFIRMED: Range = Range::count("max_unconfirmed", 1, 1_000_000);
     /// Also bounded by the outbound hard cap (checked apart).
     pub const HELD_PAGE_SIZE: Range = Range::count("held_page_size", 1, 100_000);
     /// A million is "no limit" (load tests use it).
@@ -354,6 +358,7 @@ pub const RANGES: &[Range] = &[
     ranges::MAX_LINE_BYTES,
     ranges::MAX_HELD_PER_USER,
     ranges::MAX_PENDING_LINES,
+    ranges::MAX_UNCONFIRMED,
     ranges::HELD_PAGE_SIZE,
     ranges::FLOOD_BURST,
     ranges::FLOOD_PER_SECOND,
@@ -408,6 +413,8 @@ pub struct FileConfig {
     pub max_held_per_user: Option<Number>,
     /// See [`chatcore::Config::max_pending_lines`].
     pub max_pending_lines: Option<Number>,
+    /// See [`chatcore::Config::max_unconfirmed`].
+    pub max_unconfirmed: Option<Number>,
     /// See [`TlsFiles::cert`]; only together with `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// See [`TlsFiles::key`]; only together with `tls_cert`.
@@ -624,6 +631,10 @@ impl Settings {
             r::MAX_PENDING_LINES.count_of(file.max_pending_lines)?
         );
         set!(
+            c.max_unconfirmed,
+            r::MAX_UNCONFIRMED.count_of(file.max_unconfirmed)?
+        );
+        set!(
             c.failure_memory,
             r::FAILURE_MEMORY.duration(file.failure_memory)?
         );
@@ -721,6 +732,7 @@ impl Settings {
             (r::MAX_LINE_BYTES, c.max_line_bytes as u64),
             (r::MAX_HELD_PER_USER, c.max_held_per_user as u64),
             (r::MAX_PENDING_LINES, c.max_pending_lines as u64),
+            (r::MAX_UNCONFIRMED, c.max_unconfirmed as u64),
             (r::HELD_PAGE_SIZE, c.held_page_size.map_or(1, |p| p as u64)),
             (r::FLOOD_BURST, u64::from(flood.burst)),
             (r::FLOOD_PER_SECOND, u64::from(flood.per_second)),
@@ -846,6 +858,8 @@ max_login_attempts = 5
 max_line_bytes = 8192
 max_held_per_user = 7
 max_pending_lines = 9
+max_unconfirmed = 11
+held_page_size = 12
 max_connections = 100
 max_connections_per_ip = 3
 max_outbound_bytes = 65536
@@ -875,6 +889,8 @@ persist_deliveries = false
         assert_eq!(c.max_line_bytes, 8192);
         assert_eq!(c.max_held_per_user, 7);
         assert_eq!(c.max_pending_lines, 9);
+        assert_eq!(c.max_unconfirmed, 11);
+        assert_eq!(c.held_page_size, Some(12));
         assert_eq!(s.max_connections, 100);
         assert_eq!(s.max_connections_per_ip, 3);
         assert_eq!(s.max_outbound_bytes, 65536);
