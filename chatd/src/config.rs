@@ -70,8 +70,19 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         detail: String,
     },
-    /// A value has the right type but is out of range.
-    #[error("config key `{key}`: {reason}")]
+    /// A number outside its key's [`Range`].
+    #[error("config: {key} must be {range}, got {got}")]
+    OutOfRange {
+        /// The key.
+        key: &'static str,
+        /// The range, as `between 0.001 and 60 s`.
+        range: String,
+        /// The value as written.
+        got: String,
+    },
+    /// A value has the right type but does not fit (an empty host, a key
+    /// that contradicts another).
+    #[error("config: {key} {reason}")]
     Invalid {
         /// The key.
         key: &'static str,
@@ -91,64 +102,282 @@ pub enum ConfigError {
     },
 }
 
-/// A number of seconds, written as an integer or a float (`heartbeat = 0.2`)
-/// so that tests can use sub-second timers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seconds(pub Duration);
+/// A number as written in the file, integer or float, kept as written: any
+/// sign, NaN and the infinities included. The parser takes whatever TOML
+/// takes and the key's [`Range`] refuses what is outside it, so that every
+/// out-of-range value gets the same message, naming the key and its range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    /// A TOML integer.
+    Int(i64),
+    /// A TOML float.
+    Float(f64),
+}
 
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NumberVisitor).and_then(|secs| {
-            Duration::try_from_secs_f64(secs)
-                .map(Seconds)
-                .map_err(|_| de::Error::custom(format!("{secs} is not a usable number of seconds")))
-        })
+impl Number {
+    /// The value as a float (exact for every integer a range accepts).
+    #[allow(clippy::cast_precision_loss)]
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        }
     }
 }
 
-/// A non-negative number, integer or float.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Number(pub f64);
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Number::Int(i) => write!(f, "{i}"),
+            // `1e300` rather than three hundred digits.
+            Number::Float(v) if v.is_finite() && v.abs() >= 1e15 => write!(f, "{v:e}"),
+            Number::Float(v) => write!(f, "{v}"),
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NumberVisitor).map(Number)
+        d.deserialize_any(NumberVisitor)
     }
 }
 
 struct NumberVisitor;
 
 impl Visitor<'_> for NumberVisitor {
-    type Value = f64;
+    type Value = Number;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a non-negative number (integer or float)")
+        f.write_str("a number (integer or float)")
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
-        if v < 0 {
-            return Err(E::invalid_value(de::Unexpected::Signed(v), &self));
-        }
-        // Precision loss above 2^53 seconds is irrelevant for timers.
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
+        Ok(Number::Int(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
+        // TOML integers are i64; anything above is far out of every range.
         #[allow(clippy::cast_precision_loss)]
-        Ok(v as f64)
+        Ok(i64::try_from(v).map_or(Number::Float(v as f64), Number::Int))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
-        #[allow(clippy::cast_precision_loss)]
-        Ok(v as f64)
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
-        if !v.is_finite() || v < 0.0 {
-            return Err(E::invalid_value(de::Unexpected::Float(v), &self));
-        }
-        Ok(v)
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Number, E> {
+        Ok(Number::Float(v))
     }
 }
 
+/// What a numeric key holds: seconds (fractions allowed, `heartbeat = 0.2`)
+/// or a whole count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A duration in seconds.
+    Seconds,
+    /// A whole number.
+    Count,
+}
+
+/// The values a numeric key accepts: every duration and count has one, so
+/// that no value can break an invariant of the server (a zero timer that
+/// wakes it in a busy loop, a zero limit that refuses everything, a
+/// duration too long for time arithmetic). The bounds are generous: they
+/// only refuse what no operator can mean.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    /// The key.
+    pub key: &'static str,
+    /// The smallest value accepted.
+    pub min: f64,
+    /// The largest value accepted.
+    pub max: f64,
+    /// Seconds or a count.
+    pub unit: Unit,
+}
+
+impl Range {
+    const fn secs(key: &'static str, min: f64, max: f64) -> Range {
+        Range {
+            key,
+            min,
+            max,
+            unit: Unit::Seconds,
+        }
+    }
+
+    const fn count(key: &'static str, min: u32, max: u32) -> Range {
+        Range {
+            key,
+            min: min as f64,
+            max: max as f64,
+            unit: Unit::Count,
+        }
+    }
+
+    /// Refuses `got` (as written in the file) unless it is in the range
+    /// (and whole, for a count).
+    pub fn check(&self, got: Number) -> Result<(), ConfigError> {
+        let v = got.as_f64();
+        // `!(a && b)` rather than `<`/`>`: NaN fails every comparison.
+        let inside = v >= self.min && v <= self.max;
+        let whole = self.unit == Unit::Seconds || v.fract() == 0.0;
+        if inside && whole {
+            return Ok(());
+        }
+        Err(ConfigError::OutOfRange {
+            key: self.key,
+            range: self.describe(!whole),
+            got: got.to_string(),
+        })
+    }
+
+    /// `between 0.001 and 60 s`, as the error message and README put it.
+    fn describe(&self, say_whole: bool) -> String {
+        let unit = match self.unit {
+            Unit::Seconds => " s",
+            Unit::Count => "",
+        };
+        let whole = if say_whole { "a whole number " } else { "" };
+        format!("{whole}between {} and {}{unit}", self.min, self.max)
+    }
+
+    /// Checks a duration already in a [`Settings`].
+    fn check_duration(&self, d: Duration) -> Result<(), ConfigError> {
+        self.check(Number::Float(d.as_secs_f64()))
+    }
+
+    /// Checks a count already in a [`Settings`].
+    fn check_count(&self, n: u64) -> Result<(), ConfigError> {
+        #[allow(clippy::cast_precision_loss)]
+        self.check(i64::try_from(n).map_or(Number::Float(n as f64), Number::Int))
+    }
+
+    /// A file's duration, checked.
+    fn duration(&self, v: Option<Number>) -> Result<Option<Duration>, ConfigError> {
+        v.map(|n| {
+            self.check(n)?;
+            // In range, so finite, non-negative and far from overflowing.
+            Ok(Duration::from_secs_f64(n.as_f64()))
+        })
+        .transpose()
+    }
+
+    /// A file's count, checked, as the type the setting has. Every range's
+    /// maximum fits a `u32`, so the conversion cannot fail once checked.
+    fn count_of<T: TryFrom<u64>>(&self, v: Option<Number>) -> Result<Option<T>, ConfigError> {
+        v.map(|n| {
+            self.check(n)?;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let whole = n.as_f64() as u64;
+            T::try_from(whole).map_err(|_| ConfigError::OutOfRange {
+                key: self.key,
+                range: self.describe(false),
+                got: n.to_string(),
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Each numeric key's range, and why its bounds are where they are. The
+/// lower bound of a timer is a millisecond, the core's clock tick: below it
+/// the timer rounds to zero and fires at once, for ever.
+pub mod ranges {
+    use super::Range;
+
+    /// A block longer than a week is a ban, which is the users file's job.
+    pub const BLOCK_TIME: Range = Range::secs("block_time", 0.001, 604_800.0);
+    /// PROTOCOL.md fixes it at 3; more than 100 guesses is no lockout.
+    pub const BLOCK_AFTER: Range = Range::count("block_after", 1, 100);
+    /// Up to 30 days of memory of a pair's failures.
+    pub const FAILURE_MEMORY: Range = Range::secs("failure_memory", 0.001, 2_592_000.0);
+    /// A record is about a hundred bytes: at most about 1 GB of them.
+    pub const MAX_FAILURE_RECORDS: Range = Range::count("max_failure_records", 1, 10_000_000);
+    /// Idle sessions are logged out after at most a week.
+    pub const TIME_OUT: Range = Range::secs("time_out", 0.001, 604_800.0);
+    /// Probes more often than every 10 ms are a load, not a liveness check;
+    /// less often than hourly, a dead peer holds its name for hours.
+    pub const HEARTBEAT: Range = Range::secs("heartbeat", 0.01, 3_600.0);
+    /// Longer than `heartbeat` too (checked apart): at least two of the
+    /// shortest heartbeats, at most three of the longest.
+    pub const HEARTBEAT_TIMEOUT: Range = Range::secs("heartbeat_timeout", 0.02, 10_800.0);
+    /// PROTOCOL.md §6: the confirming probe follows deliveries within a
+    /// second. Zero would re-arm the timer at the current instant.
+    pub const CONFIRM_DELAY: Range = Range::secs("confirm_delay", 0.001, 1.0);
+    /// Also the TLS handshake's limit: up to an hour to log in.
+    pub const LOGIN_TIMEOUT: Range = Range::secs("login_timeout", 0.001, 3_600.0);
+    /// `wholast` looks back at most a week.
+    pub const LAST_HOUR_MINUTES: Range = Range::count("last_hour_minutes", 1, 10_080);
+    /// At least one attempt, or nobody can log in.
+    pub const MAX_LOGIN_ATTEMPTS: Range = Range::count("max_login_attempts", 1, 100);
+    /// 64 bytes hold the longest fixed-form command (`broadcast user` with a
+    /// 32-byte name and a word of text); 1 MiB is the most the line decoder
+    /// buffers per connection.
+    pub const MAX_LINE_BYTES: Range = Range::count("max_line_bytes", 64, 1 << 20);
+    /// A box of a million messages is gigabytes at the longest lines.
+    pub const MAX_HELD_PER_USER: Range = Range::count("max_held_per_user", 1, 1_000_000);
+    /// Lines buffered while a password is checked.
+    pub const MAX_PENDING_LINES: Range = Range::count("max_pending_lines", 1, 10_000);
+    /// Deliveries waiting for confirmation per session: at least one, or
+    /// nothing could be delivered; a million of the longest lines is
+    /// gigabytes per session.
+    pub const MAX_UNCONFIRMED: Range = Range::count("max_unconfirmed", 1, 1_000_000);
+    /// Also bounded by the outbound hard cap (checked apart).
+    pub const HELD_PAGE_SIZE: Range = Range::count("held_page_size", 1, 100_000);
+    /// A million is "no limit" (load tests use it).
+    pub const FLOOD_BURST: Range = Range::count("flood_burst", 1, 1_000_000);
+    /// Zero would never let a delayed command run.
+    pub const FLOOD_PER_SECOND: Range = Range::count("flood_per_second", 1, 1_000_000);
+    /// Commands that may wait.
+    pub const FLOOD_BACKLOG: Range = Range::count("flood_backlog", 1, 1_000_000);
+    /// Far above what one process's file descriptors allow.
+    pub const MAX_CONNECTIONS: Range = Range::count("max_connections", 1, 1_000_000);
+    /// As `max_connections`.
+    pub const MAX_CONNECTIONS_PER_IP: Range = Range::count("max_connections_per_ip", 1, 1_000_000);
+    /// At least `max_line_bytes` too (checked apart); at most 256 MiB a
+    /// connection.
+    pub const MAX_OUTBOUND_BYTES: Range = Range::count("max_outbound_bytes", 64, 1 << 28);
+    /// Each checker thread keeps an argon2 buffer (19 MiB with the default
+    /// parameters) and argon2 is CPU-bound: more threads than cores only
+    /// cost memory.
+    pub const PASSWORD_CHECK_CONCURRENCY: Range =
+        Range::count("password_check_concurrency", 1, 256);
+}
+
+/// Every numeric key's range, in the order the README lists the keys.
+pub const RANGES: &[Range] = &[
+    ranges::BLOCK_TIME,
+    ranges::BLOCK_AFTER,
+    ranges::FAILURE_MEMORY,
+    ranges::MAX_FAILURE_RECORDS,
+    ranges::MAX_LOGIN_ATTEMPTS,
+    ranges::LOGIN_TIMEOUT,
+    ranges::TIME_OUT,
+    ranges::HEARTBEAT,
+    ranges::HEARTBEAT_TIMEOUT,
+    ranges::CONFIRM_DELAY,
+    ranges::LAST_HOUR_MINUTES,
+    ranges::MAX_LINE_BYTES,
+    ranges::MAX_HELD_PER_USER,
+    ranges::MAX_PENDING_LINES,
+    ranges::MAX_UNCONFIRMED,
+    ranges::HELD_PAGE_SIZE,
+    ranges::FLOOD_BURST,
+    ranges::FLOOD_PER_SECOND,
+    ranges::FLOOD_BACKLOG,
+    ranges::MAX_CONNECTIONS,
+    ranges::MAX_CONNECTIONS_PER_IP,
+    ranges::MAX_OUTBOUND_BYTES,
+    ranges::PASSWORD_CHECK_CONCURRENCY,
+];
+
+/// A connection whose outbound queue passes this many times
+/// `max_outbound_bytes` is dropped at once, reading or not (see
+/// `conn::OutboundLimit`): a page of held messages must fit under it.
+pub const OUTBOUND_HARD_FACTOR: usize = 64;
+
 /// The configuration file as written: every key optional. Unknown keys are
 /// refused (`deny_unknown_fields`) so that a typo is not silently ignored.
+/// Numbers are kept as written ([`Number`]) until [`Settings::merge`]
+/// checks them against their [`Range`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -161,55 +390,57 @@ pub struct FileConfig {
     /// See [`Settings::data_dir`].
     pub data_dir: Option<PathBuf>,
     /// See [`chatcore::Config::block_time`].
-    pub block_time: Option<Seconds>,
+    pub block_time: Option<Number>,
     /// See [`chatcore::Config::block_after`].
-    pub block_after: Option<u32>,
+    pub block_after: Option<Number>,
     /// See [`chatcore::Config::time_out`].
-    pub time_out: Option<Seconds>,
+    pub time_out: Option<Number>,
     /// See [`chatcore::Config::heartbeat`].
-    pub heartbeat: Option<Seconds>,
+    pub heartbeat: Option<Number>,
     /// See [`chatcore::Config::heartbeat_timeout`].
-    pub heartbeat_timeout: Option<Seconds>,
+    pub heartbeat_timeout: Option<Number>,
     /// See [`chatcore::Config::confirm_delay`].
-    pub confirm_delay: Option<Seconds>,
+    pub confirm_delay: Option<Number>,
     /// See [`chatcore::Config::login_timeout`].
-    pub login_timeout: Option<Seconds>,
+    pub login_timeout: Option<Number>,
     /// See [`chatcore::Config::last_hour_minutes`].
-    pub last_hour_minutes: Option<u64>,
+    pub last_hour_minutes: Option<Number>,
     /// See [`chatcore::Config::max_login_attempts`].
-    pub max_login_attempts: Option<u32>,
+    pub max_login_attempts: Option<Number>,
     /// See [`chatcore::Config::max_line_bytes`].
-    pub max_line_bytes: Option<usize>,
+    pub max_line_bytes: Option<Number>,
     /// See [`chatcore::Config::max_held_per_user`].
-    pub max_held_per_user: Option<usize>,
+    pub max_held_per_user: Option<Number>,
     /// See [`chatcore::Config::max_pending_lines`].
-    pub max_pending_lines: Option<usize>,
+    pub max_pending_lines: Option<Number>,
+    /// See [`chatcore::Config::max_unconfirmed`].
+    pub max_unconfirmed: Option<Number>,
     /// See [`TlsFiles::cert`]; only together with `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// See [`TlsFiles::key`]; only together with `tls_cert`.
     pub tls_key: Option<PathBuf>,
     /// See [`chatcore::config::FloodLimit::burst`].
-    pub flood_burst: Option<u32>,
-    /// See [`chatcore::config::FloodLimit::per_second`]; a whole number.
+    pub flood_burst: Option<Number>,
+    /// See [`chatcore::config::FloodLimit::per_second`].
     pub flood_per_second: Option<Number>,
     /// See [`chatcore::config::FloodLimit::backlog`].
-    pub flood_backlog: Option<usize>,
+    pub flood_backlog: Option<Number>,
     /// See [`chatcore::Config::failure_memory`].
-    pub failure_memory: Option<Seconds>,
+    pub failure_memory: Option<Number>,
     /// See [`chatcore::Config::max_failure_records`].
-    pub max_failure_records: Option<usize>,
+    pub max_failure_records: Option<Number>,
     /// See [`chatcore::Config::persist_deliveries`].
     pub persist_deliveries: Option<bool>,
     /// See [`chatcore::Config::held_page_size`].
-    pub held_page_size: Option<usize>,
+    pub held_page_size: Option<Number>,
     /// See [`Settings::max_connections`].
-    pub max_connections: Option<usize>,
+    pub max_connections: Option<Number>,
     /// See [`Settings::max_connections_per_ip`].
-    pub max_connections_per_ip: Option<usize>,
+    pub max_connections_per_ip: Option<Number>,
     /// See [`Settings::max_outbound_bytes`].
-    pub max_outbound_bytes: Option<usize>,
+    pub max_outbound_bytes: Option<Number>,
     /// See [`Settings::password_check_concurrency`].
-    pub password_check_concurrency: Option<usize>,
+    pub password_check_concurrency: Option<Number>,
 }
 
 impl FileConfig {
@@ -362,50 +593,88 @@ impl Settings {
         set!(s.port, file.port);
         set!(s.users_file, file.users_file);
         set!(s.data_dir, file.data_dir);
-        set!(c.block_time, file.block_time.map(|d| d.0));
-        set!(c.block_after, file.block_after);
-        set!(c.time_out, file.time_out.map(|d| d.0));
-        set!(c.heartbeat, file.heartbeat.map(|d| d.0));
-        set!(c.heartbeat_timeout, file.heartbeat_timeout.map(|d| d.0));
-        set!(c.confirm_delay, file.confirm_delay.map(|d| d.0));
-        set!(c.login_timeout, file.login_timeout.map(|d| d.0));
-        set!(c.last_hour_minutes, file.last_hour_minutes);
-        set!(c.max_login_attempts, file.max_login_attempts);
-        set!(c.max_line_bytes, file.max_line_bytes);
-        set!(c.max_held_per_user, file.max_held_per_user);
-        set!(c.max_pending_lines, file.max_pending_lines);
-        set!(c.failure_memory, file.failure_memory.map(|d| d.0));
-        set!(c.max_failure_records, file.max_failure_records);
+        use ranges as r;
+        set!(c.block_time, r::BLOCK_TIME.duration(file.block_time)?);
+        set!(c.block_after, r::BLOCK_AFTER.count_of(file.block_after)?);
+        set!(c.time_out, r::TIME_OUT.duration(file.time_out)?);
+        set!(c.heartbeat, r::HEARTBEAT.duration(file.heartbeat)?);
+        set!(
+            c.heartbeat_timeout,
+            r::HEARTBEAT_TIMEOUT.duration(file.heartbeat_timeout)?
+        );
+        set!(
+            c.confirm_delay,
+            r::CONFIRM_DELAY.duration(file.confirm_delay)?
+        );
+        set!(
+            c.login_timeout,
+            r::LOGIN_TIMEOUT.duration(file.login_timeout)?
+        );
+        set!(
+            c.last_hour_minutes,
+            r::LAST_HOUR_MINUTES.count_of(file.last_hour_minutes)?
+        );
+        set!(
+            c.max_login_attempts,
+            r::MAX_LOGIN_ATTEMPTS.count_of(file.max_login_attempts)?
+        );
+        set!(
+            c.max_line_bytes,
+            r::MAX_LINE_BYTES.count_of(file.max_line_bytes)?
+        );
+        set!(
+            c.max_held_per_user,
+            r::MAX_HELD_PER_USER.count_of(file.max_held_per_user)?
+        );
+        set!(
+            c.max_pending_lines,
+            r::MAX_PENDING_LINES.count_of(file.max_pending_lines)?
+        );
+        set!(
+            c.max_unconfirmed,
+            r::MAX_UNCONFIRMED.count_of(file.max_unconfirmed)?
+        );
+        set!(
+            c.failure_memory,
+            r::FAILURE_MEMORY.duration(file.failure_memory)?
+        );
+        set!(
+            c.max_failure_records,
+            r::MAX_FAILURE_RECORDS.count_of(file.max_failure_records)?
+        );
         set!(c.persist_deliveries, file.persist_deliveries);
-        let held_page_size = file.held_page_size;
+        let held_page_size = r::HELD_PAGE_SIZE.count_of(file.held_page_size)?;
         if file.flood_burst.is_some()
             || file.flood_per_second.is_some()
             || file.flood_backlog.is_some()
         {
             let mut flood = c.flood.clone().unwrap_or_default();
-            set!(flood.burst, file.flood_burst);
-            set!(flood.backlog, file.flood_backlog);
-            if let Some(Number(rate)) = file.flood_per_second {
-                if rate.fract() != 0.0 || rate < 1.0 || rate > f64::from(u32::MAX) {
-                    return Err(ConfigError::Invalid {
-                        key: "flood_per_second",
-                        reason: "must be a whole number of commands a second, at least 1".into(),
-                    });
-                }
-                // Checked above: a whole number in u32's range.
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                {
-                    flood.per_second = rate as u32;
-                }
-            }
+            set!(flood.burst, r::FLOOD_BURST.count_of(file.flood_burst)?);
+            set!(
+                flood.per_second,
+                r::FLOOD_PER_SECOND.count_of(file.flood_per_second)?
+            );
+            set!(
+                flood.backlog,
+                r::FLOOD_BACKLOG.count_of(file.flood_backlog)?
+            );
             c.flood = Some(flood);
         }
-        set!(s.max_connections, file.max_connections);
-        set!(s.max_connections_per_ip, file.max_connections_per_ip);
-        set!(s.max_outbound_bytes, file.max_outbound_bytes);
+        set!(
+            s.max_connections,
+            r::MAX_CONNECTIONS.count_of(file.max_connections)?
+        );
+        set!(
+            s.max_connections_per_ip,
+            r::MAX_CONNECTIONS_PER_IP.count_of(file.max_connections_per_ip)?
+        );
+        set!(
+            s.max_outbound_bytes,
+            r::MAX_OUTBOUND_BYTES.count_of(file.max_outbound_bytes)?
+        );
         set!(
             s.password_check_concurrency,
-            file.password_check_concurrency
+            r::PASSWORD_CHECK_CONCURRENCY.count_of(file.password_check_concurrency)?
         );
         // By default a page of held messages fits in the outbound bound even
         // if every line is as long as a line can be, so a client that reads
@@ -421,8 +690,10 @@ impl Settings {
         Ok(s)
     }
 
-    /// Refuses values that would make the server misbehave: zero timers and
-    /// limits, a heartbeat timeout that a healthy client could not meet.
+    /// Refuses values that would make the server misbehave: anything
+    /// outside its key's [`Range`] (zero timers and limits, durations too
+    /// long for time arithmetic), and keys that contradict each other (a
+    /// heartbeat timeout that a healthy client could not meet).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.core;
         let invalid = |key: &'static str, reason: &str| ConfigError::Invalid {
@@ -440,75 +711,92 @@ impl Settings {
                 return Err(invalid("tls_key", "must not be empty"));
             }
         }
-        // Timers below a millisecond would be rounded to zero by the core's clock.
-        let ms = Duration::from_millis(1);
-        for (key, d) in [
-            ("block_time", c.block_time),
-            ("time_out", c.time_out),
-            ("heartbeat", c.heartbeat),
-            ("heartbeat_timeout", c.heartbeat_timeout),
-            ("login_timeout", c.login_timeout),
-            ("failure_memory", c.failure_memory),
+        use ranges as r;
+        for (range, d) in [
+            (r::BLOCK_TIME, c.block_time),
+            (r::FAILURE_MEMORY, c.failure_memory),
+            (r::LOGIN_TIMEOUT, c.login_timeout),
+            (r::TIME_OUT, c.time_out),
+            (r::HEARTBEAT, c.heartbeat),
+            (r::HEARTBEAT_TIMEOUT, c.heartbeat_timeout),
+            (r::CONFIRM_DELAY, c.confirm_delay),
         ] {
-            if d < ms {
-                return Err(invalid(key, "must be at least 0.001 seconds"));
-            }
+            range.check_duration(d)?;
         }
-        if c.heartbeat_timeout <= c.heartbeat {
-            return Err(invalid(
-                "heartbeat_timeout",
-                "must be longer than heartbeat, or every session would die between probes",
-            ));
-        }
-        if c.confirm_delay >= c.heartbeat_timeout {
-            return Err(invalid(
-                "confirm_delay",
-                "must be shorter than heartbeat_timeout",
-            ));
-        }
-        for (key, v) in [
-            ("block_after", u64::from(c.block_after)),
-            ("last_hour_minutes", c.last_hour_minutes),
-            ("max_login_attempts", u64::from(c.max_login_attempts)),
-            ("max_held_per_user", c.max_held_per_user as u64),
-            ("max_pending_lines", c.max_pending_lines as u64),
-            ("held_page_size", c.held_page_size.map_or(1, |p| p as u64)),
-            ("max_failure_records", c.max_failure_records as u64),
+        let flood = c.flood.clone().unwrap_or_default();
+        for (range, n) in [
+            (r::BLOCK_AFTER, u64::from(c.block_after)),
+            (r::MAX_FAILURE_RECORDS, c.max_failure_records as u64),
+            (r::MAX_LOGIN_ATTEMPTS, u64::from(c.max_login_attempts)),
+            (r::LAST_HOUR_MINUTES, c.last_hour_minutes),
+            (r::MAX_LINE_BYTES, c.max_line_bytes as u64),
+            (r::MAX_HELD_PER_USER, c.max_held_per_user as u64),
+            (r::MAX_PENDING_LINES, c.max_pending_lines as u64),
+            (r::MAX_UNCONFIRMED, c.max_unconfirmed as u64),
+            (r::HELD_PAGE_SIZE, c.held_page_size.map_or(1, |p| p as u64)),
+            (r::FLOOD_BURST, u64::from(flood.burst)),
+            (r::FLOOD_PER_SECOND, u64::from(flood.per_second)),
+            (r::FLOOD_BACKLOG, flood.backlog as u64),
+            (r::MAX_CONNECTIONS, self.max_connections as u64),
             (
-                "flood_burst",
-                c.flood.as_ref().map_or(1, |f| u64::from(f.burst)),
+                r::MAX_CONNECTIONS_PER_IP,
+                self.max_connections_per_ip as u64,
             ),
+            (r::MAX_OUTBOUND_BYTES, self.max_outbound_bytes as u64),
             (
-                "flood_backlog",
-                c.flood.as_ref().map_or(1, |f| f.backlog as u64),
-            ),
-            ("max_connections", self.max_connections as u64),
-            ("max_connections_per_ip", self.max_connections_per_ip as u64),
-            (
-                "password_check_concurrency",
+                r::PASSWORD_CHECK_CONCURRENCY,
                 self.password_check_concurrency as u64,
             ),
         ] {
-            if v == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
+            range.check_count(n)?;
         }
-        if c.max_line_bytes < 64 {
-            return Err(invalid("max_line_bytes", "must be at least 64"));
-        }
-        if c.max_line_bytes > 1 << 20 {
-            return Err(invalid("max_line_bytes", "must be at most 1048576"));
-        }
-        if self.max_outbound_bytes < c.max_line_bytes {
+        let secs = |d: Duration| Number::Float(d.as_secs_f64());
+        if c.heartbeat_timeout <= c.heartbeat {
+            // Or every session would die between two probes.
             return Err(invalid(
-                "max_outbound_bytes",
-                "must be at least max_line_bytes",
+                "heartbeat_timeout",
+                &format!(
+                    "must be longer than heartbeat ({} s), got {}",
+                    secs(c.heartbeat),
+                    secs(c.heartbeat_timeout)
+                ),
             ));
         }
-        if self.password_check_concurrency > 1024 {
+        if c.confirm_delay >= c.heartbeat_timeout {
+            // Or a session that gets a message would be dead before the
+            // probe that confirms it.
             return Err(invalid(
-                "password_check_concurrency",
-                "must be at most 1024",
+                "confirm_delay",
+                &format!(
+                    "must be shorter than heartbeat_timeout ({} s), got {}",
+                    secs(c.heartbeat_timeout),
+                    secs(c.confirm_delay)
+                ),
+            ));
+        }
+        if self.max_outbound_bytes < c.max_line_bytes {
+            // Or one reply to a long line is already over the bound.
+            return Err(invalid(
+                "max_outbound_bytes",
+                &format!(
+                    "must be at least max_line_bytes ({}), got {}",
+                    c.max_line_bytes, self.max_outbound_bytes
+                ),
+            ));
+        }
+        // A page of held messages is queued at once: it must stay under the
+        // hard cap even when every line is as long as a line can be, or a
+        // client that reads would be dropped at login.
+        let page_max = self.max_outbound_bytes.saturating_mul(OUTBOUND_HARD_FACTOR)
+            / (c.max_line_bytes + DELIVERY_OVERHEAD);
+        if let Some(page) = c.held_page_size.filter(|&p| p > page_max) {
+            return Err(invalid(
+                "held_page_size",
+                &format!(
+                    "must be at most {page_max} at these max_line_bytes and \
+                     max_outbound_bytes ({OUTBOUND_HARD_FACTOR} × max_outbound_bytes / \
+                     (max_line_bytes + {DELIVERY_OVERHEAD})), got {page}"
+                ),
             ));
         }
         Ok(())
@@ -570,6 +858,8 @@ max_login_attempts = 5
 max_line_bytes = 8192
 max_held_per_user = 7
 max_pending_lines = 9
+max_unconfirmed = 11
+held_page_size = 12
 max_connections = 100
 max_connections_per_ip = 3
 max_outbound_bytes = 65536
@@ -599,6 +889,8 @@ persist_deliveries = false
         assert_eq!(c.max_line_bytes, 8192);
         assert_eq!(c.max_held_per_user, 7);
         assert_eq!(c.max_pending_lines, 9);
+        assert_eq!(c.max_unconfirmed, 11);
+        assert_eq!(c.held_page_size, Some(12));
         assert_eq!(s.max_connections, 100);
         assert_eq!(s.max_connections_per_ip, 3);
         assert_eq!(s.max_outbound_bytes, 65536);
@@ -672,8 +964,6 @@ persist_deliveries = false
             ("heartbeat = \"often\"", "heartbeat"),
             ("port = \"x\"", "port"),
             ("port = 70000", "port"),
-            ("max_line_bytes = -1", "max_line_bytes"),
-            ("time_out = -1.5", "time_out"),
             ("host = 3", "host"),
             ("\n\nmax_connections = true", "max_connections"),
         ] {
@@ -752,7 +1042,132 @@ persist_deliveries = false
             ("login_timeout = 0.0", "login_timeout"),
         ] {
             let e = settings(text, &[]).unwrap_err().to_string();
-            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+            assert!(
+                e.starts_with(&format!("config: {key} must ")),
+                "{text}: {e}"
+            );
         }
+    }
+
+    /// Lines a boundary value of `key` needs beside it to make a
+    /// consistent configuration.
+    fn companions(key: &str, at_max: bool) -> &'static str {
+        match (key, at_max) {
+            ("heartbeat", true) => "heartbeat_timeout = 10800\n",
+            ("heartbeat_timeout", false) => "heartbeat = 0.01\nconfirm_delay = 0.01\n",
+            ("held_page_size", true) => "max_line_bytes = 64\n",
+            ("max_outbound_bytes", false) => "max_line_bytes = 64\n",
+            _ => "",
+        }
+    }
+
+    #[test]
+    fn every_range_takes_its_bounds_and_refuses_just_outside() {
+        for range in RANGES {
+            let step = match range.unit {
+                Unit::Seconds => range.min / 2.0,
+                Unit::Count => 1.0,
+            };
+            for (v, at_max) in [(range.min, false), (range.max, true)] {
+                let text = format!("{}{} = {v}\n", companions(range.key, at_max), range.key);
+                if let Err(e) = settings(&text, &[]) {
+                    panic!("{text}: {e}");
+                }
+            }
+            for bad in [range.min - step, range.max + step] {
+                let text = format!("{} = {bad}", range.key);
+                let e = settings(&text, &[]).unwrap_err();
+                assert!(
+                    matches!(e, ConfigError::OutOfRange { key, .. } if key == range.key),
+                    "{text}: {e}"
+                );
+                let e = e.to_string();
+                let unit = if range.unit == Unit::Seconds {
+                    " s"
+                } else {
+                    ""
+                };
+                let between = format!("between {} and {}{unit}, got ", range.min, range.max);
+                assert!(e.contains(&between), "{text}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn nan_infinities_negatives_and_huge_durations_name_the_range() {
+        for (text, got) in [
+            ("confirm_delay = nan", "NaN"),
+            ("heartbeat = -nan", "NaN"),
+            ("time_out = inf", "inf"),
+            ("block_time = -inf", "-inf"),
+            ("login_timeout = -1", "-1"),
+            ("failure_memory = -0.5", "-0.5"),
+            ("heartbeat_timeout = 1e300", "1e300"),
+            ("time_out = 18446744073709551615.0", "1.8446744073709552e19"),
+        ] {
+            let e = settings(text, &[]).unwrap_err().to_string();
+            let key = &text[..text.find(' ').unwrap()];
+            assert!(
+                e.starts_with(&format!("config: {key} must be between ")),
+                "{text}: {e}"
+            );
+            assert!(e.ends_with(&format!(", got {got}")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn counts_must_be_whole() {
+        let e = settings("max_held_per_user = 2.5", &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config: max_held_per_user must be a whole number between 1 and 1000000, got 2.5"
+        );
+        let s = settings("max_held_per_user = 2.0\nmax_line_bytes = -0", &[]);
+        let e = s.unwrap_err().to_string();
+        assert!(
+            e.starts_with("config: max_line_bytes must be between 64"),
+            "{e}"
+        );
+        let s = settings("max_held_per_user = 2.0", &[]).unwrap();
+        assert_eq!(s.core.max_held_per_user, 2);
+    }
+
+    #[test]
+    fn keys_that_depend_on_each_other() {
+        for (text, want) in [
+            (
+                "heartbeat = 0.5\nheartbeat_timeout = 0.25",
+                "config: heartbeat_timeout must be longer than heartbeat (0.5 s), got 0.25",
+            ),
+            (
+                "heartbeat = 0.1\nheartbeat_timeout = 0.5\nconfirm_delay = 0.5",
+                "config: confirm_delay must be shorter than heartbeat_timeout (0.5 s), got 0.5",
+            ),
+            (
+                "max_line_bytes = 8192\nmax_outbound_bytes = 8191",
+                "config: max_outbound_bytes must be at least max_line_bytes (8192), got 8191",
+            ),
+        ] {
+            assert_eq!(settings(text, &[]).unwrap_err().to_string(), want);
+        }
+        // The largest page that fits the hard cap with the longest lines.
+        let page_max = (1 << 20) * OUTBOUND_HARD_FACTOR / (4096 + DELIVERY_OVERHEAD);
+        assert!(settings(&format!("held_page_size = {page_max}"), &[]).is_ok());
+        let e = settings(&format!("held_page_size = {}", page_max + 1), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "config: held_page_size must be at most {page_max} "
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_defaults_are_inside_every_range() {
+        Settings::default().validate().unwrap();
     }
 }

@@ -80,6 +80,10 @@ pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
 /// listening socket, the readiness line on stdout, then [`run_with_tls`]
 /// until `shutdown`.
 ///
+/// `shutdown` must already be listening for its event when it is passed in
+/// (as [`shutdown_signal`]'s future is): it is first polled only after the
+/// readiness line is out.
+///
 /// An unreadable or unusable TLS certificate or key is a startup failure
 /// (exit status 1, like an unreadable users file) whose one-line cause
 /// names the file.
@@ -122,27 +126,34 @@ pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that
+/// completes on either. Must be called inside a tokio runtime.
+///
+/// The handlers are installed by this call, not when the future is first
+/// polled: the caller makes the future before [`serve`] prints its readiness
+/// line, and a supervisor that sends SIGTERM the instant it reads that line
+/// must get a clean shutdown (`BYE shutdown`, the store closed, exit 0)
+/// rather than the signal's default action. A signal that arrives while the
+/// server is still starting is kept and acted on once it runs.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut ctrl_c = tokio::signal::windows::ctrl_c()?;
+        Ok(async move {
+            let _ = ctrl_c.recv().await;
+        })
     }
 }
 
@@ -194,9 +205,8 @@ mod tests {
         let out = String::from_utf8(out).unwrap();
         let phc = out.strip_suffix('\n').unwrap();
         assert!(phc.starts_with("$argon2id$"));
-        let cred = chatcore::Credential::Argon2id(phc.to_string());
-        assert!(passwords::verify_blocking(phc, Some(&cred), "s3cret pw"));
-        assert!(!passwords::verify_blocking(phc, Some(&cred), "s3cret pw\r"));
+        assert!(passwords::verify_phc(phc, "s3cret pw"));
+        assert!(!passwords::verify_phc(phc, "s3cret pw\r"));
     }
 
     #[test]

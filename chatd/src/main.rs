@@ -5,6 +5,8 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use chatd::{Cli, Command, Settings};
 
 fn main() -> ExitCode {
@@ -27,7 +29,13 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::new(e).context("cannot start tokio"), false),
     };
-    match runtime.block_on(chatd::serve(settings, chatd::shutdown_signal())) {
+    let result = runtime.block_on(async {
+        // Before `serve` prints its readiness line: see `shutdown_signal`.
+        let shutdown =
+            chatd::shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
+        chatd::serve(settings, shutdown).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e, false),
     }

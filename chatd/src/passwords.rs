@@ -1,23 +1,31 @@
 //! Password verification (argon2id) and `chatd hash-password`.
 //!
-//! argon2 is deliberately slow, so checks run on blocking threads behind a
-//! semaphore: a login storm uses at most `password_check_concurrency`
-//! threads and never stalls message routing on the core task.
+//! argon2 is deliberately slow and memory-hard: a check with the default
+//! parameters fills 19 MiB. Checks run on `password_check_concurrency`
+//! threads started once, each keeping its argon2 working memory from one
+//! check to the next, fed through a bounded queue that the core's tasks
+//! wait on asynchronously. A login storm therefore uses at most that many
+//! threads, never stalls message routing on the core task, and leaves the
+//! resident set at that many buffers. Running each check on tokio's
+//! blocking pool instead let every pool thread's allocator arena keep its
+//! own freed 19 MiB: hundreds of MiB after a few hundred logins, for good.
 //!
 //! Every check costs the same argon2 work, whatever the account: unknown
 //! names and plain-text credentials are run against a dummy argon2id hash
-//! made once at startup (and then the real answer is used), so response
-//! timing does not tell which names exist or how their passwords are stored.
+//! (with the parameters most accounts use, made once at startup) and then
+//! the real answer is used, so response timing does not tell which names
+//! exist or how their passwords are stored.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::SaltString;
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use argon2::password_hash::{Output, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
 use chatcore::{Accounts, Credential};
 use thiserror::Error;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 
 /// A password or hash that cannot be used.
 #[derive(Debug, Error)]
@@ -35,19 +43,70 @@ pub enum PasswordError {
     /// Hashing failed (it does not, short of a broken random source).
     #[error("cannot hash the password: {0}")]
     Hash(String),
+    /// A password-check thread could not be started.
+    #[error("cannot start a password-check thread")]
+    Spawn(#[source] std::io::Error),
 }
 
-/// Parses an argon2id PHC string and its parameters.
-fn parse_argon2id(phc: &str) -> Result<(PasswordHash<'_>, Params), String> {
-    let hash = PasswordHash::new(phc).map_err(|e| e.to_string())?;
-    if hash.algorithm != Algorithm::Argon2id.ident() {
-        return Err(format!("algorithm `{}` is not argon2id", hash.algorithm));
+/// An argon2id hash taken apart: what a check needs to compute it again
+/// and compare.
+#[derive(Clone, Debug)]
+struct Argon2Hash {
+    version: Version,
+    params: Params,
+    salt: Vec<u8>,
+    output: Output,
+}
+
+impl Argon2Hash {
+    /// Parses an argon2id PHC string, refusing anything a check could not
+    /// use (so that a broken hash is found at startup, not at login).
+    fn parse(phc: &str) -> Result<Argon2Hash, String> {
+        let hash = PasswordHash::new(phc).map_err(|e| e.to_string())?;
+        if hash.algorithm != Algorithm::Argon2id.ident() {
+            return Err(format!("algorithm `{}` is not argon2id", hash.algorithm));
+        }
+        // No `v=` means 0x13, as for the argon2 crate's own verifier.
+        let version = hash
+            .version
+            .map(Version::try_from)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let params = Params::try_from(&hash).map_err(|e| e.to_string())?;
+        let salt = hash.salt.ok_or("no salt")?;
+        let mut buf = [0u8; 64];
+        let salt = salt.decode_b64(&mut buf).map_err(|e| e.to_string())?;
+        if salt.len() < argon2::MIN_SALT_LEN {
+            return Err(format!(
+                "the salt is {} bytes, argon2 needs at least {}",
+                salt.len(),
+                argon2::MIN_SALT_LEN
+            ));
+        }
+        let output = hash.hash.ok_or("no hash output")?;
+        Ok(Argon2Hash {
+            version,
+            params,
+            salt: salt.to_vec(),
+            output,
+        })
     }
-    let params = Params::try_from(&hash).map_err(|e| e.to_string())?;
-    if hash.hash.is_none() {
-        return Err("no hash output".into());
+
+    /// A hash that no password matches (a random output), with `params`:
+    /// checking against it costs what checking a real account costs.
+    fn dummy(params: Params) -> Argon2Hash {
+        let mut salt = vec![0u8; 16];
+        OsRng.fill_bytes(&mut salt);
+        let mut output = [0u8; 32];
+        OsRng.fill_bytes(&mut output);
+        Argon2Hash {
+            version: Version::V0x13,
+            params,
+            salt,
+            output: Output::new(&output).expect("32 bytes is a valid output length"),
+        }
     }
-    Ok((hash, params))
 }
 
 /// The argon2id hasher with `params` and the current version.
@@ -89,7 +148,7 @@ pub fn check_accounts(accounts: &Accounts) -> Result<CredentialSummary, Password
         match credential {
             Credential::Plain(_) => summary.plain.push(user.to_string()),
             Credential::Argon2id(phc) => {
-                parse_argon2id(phc).map_err(|reason| PasswordError::BadHash {
+                Argon2Hash::parse(phc).map_err(|reason| PasswordError::BadHash {
                     user: user.to_string(),
                     reason,
                 })?;
@@ -106,7 +165,8 @@ fn usual_params(accounts: &Accounts) -> Params {
     let mut counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
     for (_, credential) in accounts.iter() {
         if let Credential::Argon2id(phc) = credential {
-            if let Ok((_, p)) = parse_argon2id(phc) {
+            if let Ok(h) = Argon2Hash::parse(phc) {
+                let p = &h.params;
                 *counts
                     .entry((p.m_cost(), p.t_cost(), p.p_cost()))
                     .or_default() += 1;
@@ -120,76 +180,195 @@ fn usual_params(accounts: &Accounts) -> Params {
         .unwrap_or_default()
 }
 
-/// Verifies `password` against `credential` with one argon2 computation
-/// whatever the credential is (see the module docs). Blocking and slow: run
-/// it off the async threads.
-pub fn verify_blocking(dummy_phc: &str, credential: Option<&Credential>, password: &str) -> bool {
-    let verify = |phc: &str| -> bool {
-        match parse_argon2id(phc) {
-            Ok((hash, params)) => argon2(params)
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok(),
-            Err(_) => false,
+/// One thread's argon2 verifier: the working memory it keeps from check to
+/// check, and the dummy hash for credentials that have none.
+#[derive(Debug)]
+pub struct Verifier {
+    /// Grown to the largest `m_cost` checked so far and never shrunk, so
+    /// that a check allocates nothing: a thread's memory is bounded by the
+    /// largest `m_cost` in the users file (or the dummy's, which is the
+    /// most common one).
+    blocks: Vec<Block>,
+    dummy: Arc<Argon2Hash>,
+    /// argon2 computations run, for tests of the equal-cost rule.
+    runs: u64,
+}
+
+impl Verifier {
+    fn new(dummy: Arc<Argon2Hash>) -> Verifier {
+        Verifier {
+            blocks: Vec::new(),
+            dummy,
+            runs: 0,
         }
-    };
-    match credential {
-        Some(Credential::Argon2id(phc)) => verify(phc),
-        Some(plain @ Credential::Plain(_)) => {
-            let _ = verify(dummy_phc);
-            plain.verify_plain(password).unwrap_or(false)
+    }
+
+    /// Verifies `password` against `credential` with one argon2
+    /// computation whatever the credential is (see the module docs).
+    /// Blocking and slow.
+    pub fn verify(&mut self, credential: Option<&Credential>, password: &str) -> bool {
+        let dummy = Arc::clone(&self.dummy);
+        match credential {
+            Some(Credential::Argon2id(phc)) => match Argon2Hash::parse(phc) {
+                Ok(hash) => self.matches(&hash, password),
+                // Refused at startup; if one slips through, same cost, no.
+                Err(_) => {
+                    self.matches(&dummy, password);
+                    false
+                }
+            },
+            Some(plain @ Credential::Plain(_)) => {
+                self.matches(&dummy, password);
+                plain.verify_plain(password).unwrap_or(false)
+            }
+            None => {
+                self.matches(&dummy, password);
+                false
+            }
         }
-        None => {
-            let _ = verify(dummy_phc);
-            false
+    }
+
+    /// Computes `password`'s hash with `hash`'s parameters and salt in the
+    /// kept memory and compares it with `hash`'s output in constant time
+    /// (`Output`'s equality is constant-time).
+    fn matches(&mut self, hash: &Argon2Hash, password: &str) -> bool {
+        self.runs += 1;
+        let need = hash.params.block_count();
+        if self.blocks.len() < need {
+            // Exactly `need` (a `resize` could double the capacity), and
+            // the old memory freed before the new is allocated.
+            self.blocks = Vec::new();
+            self.blocks = vec![Block::new(); need];
         }
+        let mut out = [0u8; Output::MAX_LENGTH];
+        let out = &mut out[..hash.output.len()];
+        let argon2 = Argon2::new(Algorithm::Argon2id, hash.version, hash.params.clone());
+        if let Err(e) = argon2.hash_password_into_with_memory(
+            password.as_bytes(),
+            &hash.salt,
+            out,
+            &mut self.blocks[..need],
+        ) {
+            // A password argon2 cannot take (over 4 GiB): no match.
+            tracing::debug!("argon2 refused a check: {e}");
+            return false;
+        }
+        Output::new(out).is_ok_and(|computed| computed == hash.output)
     }
 }
 
-/// Runs password checks off the event loop, a bounded number at a time.
+/// Verifies `password` against one PHC string with memory of its own: for
+/// one-off checks. The server uses [`PasswordChecker`].
+pub fn verify_phc(phc: &str, password: &str) -> bool {
+    let dummy = Arc::new(Argon2Hash::dummy(Params::default()));
+    Verifier::new(dummy).verify(Some(&Credential::Argon2id(phc.to_string())), password)
+}
+
+/// One password to check, and where the answer goes.
+struct Job {
+    credential: Option<Credential>,
+    password: String,
+    answer: oneshot::Sender<bool>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("Job").finish_non_exhaustive()
+    }
+}
+
+/// Runs password checks on a fixed set of threads (see the module docs).
+/// Clones share the threads; they end when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub struct PasswordChecker {
-    dummy: Arc<str>,
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl PasswordChecker {
-    /// Makes the dummy hash (one argon2 computation, with the parameters the
-    /// accounts mostly use) and the semaphore of `concurrency` permits.
+    /// Makes the dummy hash (with the parameters the accounts mostly use)
+    /// and starts `concurrency` check threads. Their argon2 memory is
+    /// allocated at each one's first check.
     pub fn new(accounts: &Accounts, concurrency: usize) -> Result<Self, PasswordError> {
-        let mut secret = [0u8; 32];
-        OsRng.fill_bytes(&mut secret);
-        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        let dummy = hash_with(&secret, usual_params(accounts))?;
-        Ok(PasswordChecker {
-            dummy: dummy.into(),
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-        })
+        let dummy = Arc::new(Argon2Hash::dummy(usual_params(accounts)));
+        let n = concurrency.max(1);
+        // As many waiting as running: enough to keep every thread busy;
+        // further checks wait in `check`, asynchronously.
+        let (jobs, queue) = mpsc::channel(n);
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..n {
+            let queue = Arc::clone(&queue);
+            let verifier = Verifier::new(Arc::clone(&dummy));
+            std::thread::Builder::new()
+                .name(format!("chatd-argon2-{i}"))
+                .spawn(move || check_thread(&queue, verifier))
+                .map_err(PasswordError::Spawn)?;
+        }
+        Ok(PasswordChecker { jobs })
     }
 
-    /// Verifies one password: waits for a permit, then runs argon2 on a
-    /// blocking thread. A check that cannot run (the runtime is shutting
-    /// down, the thread panicked) answers `false`: failing closed.
+    /// Verifies one password: queues it (waiting, without blocking the
+    /// caller's thread, while the queue is full) and waits for a check
+    /// thread's answer. A check that cannot run (the threads are gone, one
+    /// panicked) answers `false`: failing closed.
     pub async fn check(&self, credential: Option<Credential>, password: String) -> bool {
-        let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else {
-            return false;
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            credential,
+            password,
+            answer,
         };
-        let dummy = Arc::clone(&self.dummy);
-        tokio::task::spawn_blocking(move || verify_blocking(&dummy, credential.as_ref(), &password))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!("password check failed to run: {e}");
-                false
-            })
+        if self.jobs.send(job).await.is_err() {
+            tracing::error!("password check failed to run: the check threads are gone");
+            return false;
+        }
+        answered.await.unwrap_or_else(|_| {
+            tracing::error!("password check failed to run");
+            false
+        })
+    }
+}
+
+/// A check thread: takes jobs until every [`PasswordChecker`] is dropped.
+fn check_thread(queue: &Mutex<mpsc::Receiver<Job>>, mut verifier: Verifier) {
+    loop {
+        // One idle thread waits on the queue, the others on the lock.
+        let job = queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .blocking_recv();
+        let Some(job) = job else { return };
+        if job.answer.is_closed() {
+            continue; // nobody waits for this answer any more
+        }
+        let Job {
+            credential,
+            password,
+            answer,
+        } = job;
+        let ok = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            verifier.verify(credential.as_ref(), &password)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("a password check panicked; answering no");
+            false
+        });
+        let _ = answer.send(ok);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::PasswordVerifier;
 
     /// Cheap parameters so that debug-build tests stay fast.
     fn cheap() -> Params {
         Params::new(256, 1, 1, None).unwrap()
+    }
+
+    fn verifier(params: Params) -> Verifier {
+        Verifier::new(Arc::new(Argon2Hash::dummy(params)))
     }
 
     #[test]
@@ -200,29 +379,89 @@ mod tests {
         let accounts = Accounts::parse(&format!("alice {phc}\n")).unwrap();
         assert_eq!(check_accounts(&accounts).unwrap().hashed, 1);
         let cred = accounts.get("alice").cloned();
-        assert!(verify_blocking(&phc, cred.as_ref(), "correct horse"));
-        assert!(!verify_blocking(&phc, cred.as_ref(), "correct horsE"));
+        let mut v = verifier(cheap());
+        assert!(v.verify(cred.as_ref(), "correct horse"));
+        assert!(!v.verify(cred.as_ref(), "correct horsE"));
+        assert!(verify_phc(&phc, "correct horse"));
         // Two hashes of one password differ (random salt).
         assert_ne!(phc, hash_password("correct horse").unwrap());
     }
 
+    /// The hand-made check (kept memory, constant-time compare) agrees
+    /// with the argon2 crate's own verifier on every kind of PHC string.
     #[test]
-    fn plain_and_unknown_cost_a_dummy_check_and_answer_right() {
-        let dummy = hash_with("x", cheap()).unwrap();
-        let plain = Credential::Plain("pw".into());
-        assert!(verify_blocking(&dummy, Some(&plain), "pw"));
-        assert!(!verify_blocking(&dummy, Some(&plain), "x"));
-        // The dummy's own password does not open an unknown account.
-        assert!(!verify_blocking(&dummy, None, "x"));
+    fn agrees_with_argon2s_own_verifier() {
+        let mut v = verifier(cheap());
+        for (version, m, t, p, len) in [
+            (Version::V0x13, 8, 1, 1, 32),
+            (Version::V0x13, 256, 2, 1, 10),
+            (Version::V0x13, 512, 1, 4, 64),
+            (Version::V0x10, 64, 3, 2, 16),
+        ] {
+            let params = Params::new(m, t, p, Some(len)).unwrap();
+            let salt = SaltString::generate(&mut OsRng);
+            let phc = Argon2::new(Algorithm::Argon2id, version, params)
+                .hash_password(b"pw", &salt)
+                .unwrap()
+                .to_string();
+            let parsed = PasswordHash::new(&phc).unwrap();
+            let cred = Credential::Argon2id(phc.clone());
+            for pw in ["pw", "pW", "", "pw "] {
+                let theirs = Argon2::default()
+                    .verify_password(pw.as_bytes(), &parsed)
+                    .is_ok();
+                assert_eq!(v.verify(Some(&cred), pw), theirs, "{phc} {pw:?}");
+                assert_eq!(theirs, pw == "pw");
+            }
+        }
     }
 
     #[test]
-    fn unparsable_phc_is_named_at_startup() {
-        // Passes chatcore's shape check but is not valid base64 / params.
-        let bad = "$argon2id$v=19$m=x,t=2,p=1$c2FsdHNhbHQ$aGFzaA";
-        let accounts = Accounts::parse(&format!("alice a\nmallory {bad}\n")).unwrap();
-        let e = check_accounts(&accounts).unwrap_err().to_string();
-        assert!(e.contains("mallory"), "{e}");
+    fn memory_grows_to_the_largest_m_cost_and_is_kept() {
+        let mut v = verifier(cheap());
+        assert!(v.blocks.is_empty(), "allocated at the first check");
+        let small = hash_with("pw", cheap()).unwrap();
+        let big = hash_with("pw", Params::new(1024, 1, 1, None).unwrap()).unwrap();
+        assert!(v.verify(Some(&Credential::Argon2id(small.clone())), "pw"));
+        assert_eq!(v.blocks.len(), 256);
+        let ptr = v.blocks.as_ptr();
+        assert!(!v.verify(Some(&Credential::Argon2id(small.clone())), "no"));
+        assert_eq!(v.blocks.as_ptr(), ptr, "the same memory, not a new one");
+        assert!(v.verify(Some(&Credential::Argon2id(big)), "pw"));
+        assert_eq!(v.blocks.len(), 1024);
+        assert!(v.verify(Some(&Credential::Argon2id(small)), "pw"));
+        assert_eq!(v.blocks.len(), 1024, "never shrunk");
+    }
+
+    #[test]
+    fn plain_and_unknown_cost_a_dummy_check_and_answer_right() {
+        let mut v = verifier(cheap());
+        let plain = Credential::Plain("pw".into());
+        assert!(v.verify(Some(&plain), "pw"));
+        assert!(!v.verify(Some(&plain), "x"));
+        assert!(!v.verify(None, "pw"));
+        let hashed = Credential::Argon2id(hash_with("pw", cheap()).unwrap());
+        assert!(v.verify(Some(&hashed), "pw"));
+        // One argon2 computation each, whatever the credential.
+        assert_eq!(v.runs, 4);
+        // The dummy has the parameters most accounts use.
+        assert_eq!(v.blocks.len(), 256);
+    }
+
+    #[test]
+    fn unusable_phc_is_named_at_startup() {
+        for bad in [
+            // Passes chatcore's shape check but is not valid base64 / params.
+            "$argon2id$v=19$m=x,t=2,p=1$c2FsdHNhbHQ$aGFzaA",
+            // A 4-byte salt: argon2 refuses to hash with it.
+            "$argon2id$v=19$m=256,t=1,p=1$c2FsdA$aGFzaGhhc2hoYXNo",
+            // Unknown version.
+            "$argon2id$v=18$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+        ] {
+            let accounts = Accounts::parse(&format!("alice a\nmallory {bad}\n")).unwrap();
+            let e = check_accounts(&accounts).unwrap_err().to_string();
+            assert!(e.contains("mallory"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -257,5 +496,49 @@ mod tests {
                 .await
         );
         assert!(!checker.check(None, "a".into()).await);
+    }
+
+    /// More checks at once than threads and queue places: the extra ones
+    /// wait their turn (on a single-threaded runtime, so a send that
+    /// blocked the thread would stall them all) and every answer is right.
+    #[tokio::test]
+    async fn a_storm_of_checks_is_answered_in_full() {
+        let phc = hash_with("pw", cheap()).unwrap();
+        let accounts = Accounts::parse(&format!("carol {phc}\n")).unwrap();
+        let checker = PasswordChecker::new(&accounts, 2).unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let checker = checker.clone();
+            let cred = accounts.get("carol").cloned();
+            let pw = if i % 3 == 0 { "pw" } else { "wrong" };
+            set.spawn(async move { (i, checker.check(cred, pw.into()).await) });
+        }
+        let mut answers = 0;
+        while let Some(r) = set.join_next().await {
+            let (i, ok) = r.unwrap();
+            assert_eq!(ok, i % 3 == 0, "check {i}");
+            answers += 1;
+        }
+        assert_eq!(answers, 40);
+    }
+
+    #[tokio::test]
+    async fn gone_threads_fail_closed() {
+        let accounts = Accounts::parse("alice a\n").unwrap();
+        let checker = PasswordChecker::new(&accounts, 1).unwrap();
+        // A checker whose queue has no reader: the send fails.
+        let (jobs, queue) = mpsc::channel(1);
+        drop(queue);
+        let orphan = PasswordChecker { jobs };
+        assert!(
+            !orphan
+                .check(accounts.get("alice").cloned(), "a".into())
+                .await
+        );
+        assert!(
+            checker
+                .check(accounts.get("alice").cloned(), "a".into())
+                .await
+        );
     }
 }

@@ -217,7 +217,7 @@ pub async fn prepare(
         let n = settings.password_check_concurrency;
         tokio::task::spawn_blocking(move || PasswordChecker::new(&accounts, n))
             .await
-            .map_err(|e| RunError::Internal(format!("making the dummy password hash: {e}")))??
+            .map_err(|e| RunError::Internal(format!("starting the password checkers: {e}")))??
     };
     Ok(Prepared {
         settings,
@@ -263,7 +263,7 @@ pub async fn run_prepared(
                 .core
                 .heartbeat
                 .clamp(Duration::from_secs(1), Duration::from_secs(30)),
-            hard_factor: 64,
+            hard_factor: crate::config::OUTBOUND_HARD_FACTOR,
         },
         max_line_bytes: settings.core.max_line_bytes,
         tls: tls.map(|config| TlsParams {
