@@ -5,7 +5,9 @@
 //! not), sending commands or hostile bytes ahead of their password check or
 //! after, dying abruptly or ending their input, answering heartbeat probes,
 //! the driver answering password checks and `NotifyWritten` late and out of
-//! order, time passing (small steps and jumps past every timeout), and the
+//! order, time passing (small steps and jumps past every timeout, each
+//! deadline run at its moment or, as by a driver that wakes late, all at
+//! the end), and the
 //! server shutting down or crashing and being restored from what it
 //! persisted. Each case also draws a [`model::Setup`]: flood control with
 //! small bursts and backlogs or none, held messages paged a few at a time

@@ -250,6 +250,9 @@ pub enum Transition {
     Written { pick: usize },
     /// Time passes; every deadline on the way is run.
     Tick { millis: u64 },
+    /// Time passes and the driver wakes late: the deadlines passed on the
+    /// way all run at the end, together (a loaded machine).
+    Jump { millis: u64 },
     /// `Input::Shutdown`, then a new server restored from the store.
     Shutdown,
     /// The process dies; a new server is restored from the store.
@@ -294,6 +297,7 @@ pub struct Weights {
     /// Of ticks: how many are short (< 1.5 s), medium (1-25 s: heartbeats,
     /// login timeouts) and long (25-400 s: every timeout).
     tick_lengths: [u32; 3],
+    jump: u32,
     restart: u32,
     answer: u32,
     written: u32,
@@ -324,6 +328,7 @@ pub const GENERAL: Profile = Profile {
         probe: 4,
         tick: 6,
         tick_lengths: [5, 3, 1],
+        jump: 1,
         restart: 1,
         answer: 8,
         written: 4,
@@ -349,6 +354,7 @@ pub const TRAFFIC: Profile = Profile {
         probe: 6,
         tick: 5,
         tick_lengths: [6, 3, 1],
+        jump: 1,
         restart: 1,
         answer: 8,
         written: 8,
@@ -374,6 +380,7 @@ pub const LOGIN: Profile = Profile {
         probe: 1,
         tick: 4,
         tick_lengths: [5, 3, 1],
+        jump: 0,
         restart: 1,
         answer: 8,
         written: 2,
@@ -400,6 +407,7 @@ pub const PAGING: Profile = Profile {
         probe: 4,
         tick: 10,
         tick_lengths: [8, 2, 0],
+        jump: 2,
         restart: 1,
         answer: 0,
         written: 3,
@@ -425,6 +433,7 @@ pub const LOCKOUT: Profile = Profile {
         probe: 1,
         tick: 2,
         tick_lengths: [8, 1, 0],
+        jump: 0,
         restart: 1,
         answer: 5,
         written: 1,
@@ -526,6 +535,8 @@ impl Model {
             long => 25_000u64..400_000,
         ]
         .prop_map(|millis| Transition::Tick { millis });
+        let jump = prop_oneof![3 => 0u64..3_000, 1 => 3_000u64..40_000]
+            .prop_map(|millis| Transition::Jump { millis });
         let ips = p.ips;
         let connect = prop_oneof![3 => Just(1u8), 1 => 1u8..=ips]
             .prop_map(|ip| Transition::Connect { ip })
@@ -631,6 +642,7 @@ impl Model {
             (w.end_input, end_input.boxed()),
             (w.probe, probe),
             (w.tick, tick.boxed()),
+            (w.jump, jump.boxed()),
             (w.restart, Just(Transition::Shutdown).boxed()),
             (w.restart, Just(Transition::Crash).boxed()),
             (answer_w, answer.boxed()),
@@ -714,6 +726,13 @@ impl Model {
                     r.alive = false;
                 }
                 state.checks.clear();
+            }
+            Transition::Jump { millis } => {
+                for r in &mut state.sessions {
+                    if *millis >= 30_000 && r.user.is_none() {
+                        r.alive = false;
+                    }
+                }
             }
             Transition::SendBytes { .. }
             | Transition::AnswerProbe { .. }

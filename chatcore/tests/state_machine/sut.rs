@@ -276,6 +276,24 @@ impl Sut {
         self.oracle.check_not_late(self.now);
     }
 
+    /// A driver that wakes late: one `handle_timeout` at the end.
+    fn jump(&mut self, millis: u64) {
+        self.now = self.now + Duration::from_millis(millis);
+        self.oracle.count("late-wake-up");
+        self.server.handle_timeout(self.now);
+        self.settle(Kind::Timeout);
+        if let Some(next) = self.server.poll_timeout() {
+            self.oracle.check(next > self.now, || {
+                format!(
+                    "after a late handle_timeout({}) poll_timeout is {}: a driver would spin",
+                    rel(self.now),
+                    rel(next)
+                )
+            });
+        }
+        self.oracle.check_not_late(self.now);
+    }
+
     fn restart(&mut self) {
         self.oracle.restart(self.now, &self.restored);
         self.server = Server::restore(
@@ -375,6 +393,7 @@ impl Sut {
                 }
             }
             Transition::Tick { millis } => self.tick(millis),
+            Transition::Jump { millis } => self.jump(millis),
             Transition::Shutdown => {
                 self.server.handle_input(self.now, Input::Shutdown);
                 self.settle(Kind::Shutdown);
