@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::delivery::Routed;
 use super::io::{SessionEnd, SessionId};
 use super::login::decode_error_reply;
-use super::session::{Parsed, Pending};
+use super::session::{Paged, Parsed, Pending};
 use super::Server;
 use crate::message::{Message, MessageKind};
 use crate::wire::{
@@ -36,6 +36,8 @@ impl Server {
                     // `max_unconfirmed` must not wait for it.
                     active.bare_answers = true;
                     self.next_page(id);
+                    // The block may have ended: commands waiting for it run.
+                    return self.run_backlog(id);
                 }
                 return;
             }
@@ -67,9 +69,16 @@ impl Server {
             .map_or(self.config.max_pending_lines, |f| f.backlog);
         if active.backlog.len() < backlog_bound {
             active.backlog.push_back(parsed);
+            return;
+        }
+        let detail = "too many commands: slow down".to_string();
+        let refusal = ServerLine::Err(ErrorReply::RateLimited { detail });
+        if active.paging.is_empty() {
+            self.send(id, refusal);
         } else {
-            let detail = "too many commands: slow down".to_string();
-            self.send(id, ServerLine::Err(ErrorReply::RateLimited { detail }));
+            // Nothing but probes may come inside an `OFFLINE` block (§5):
+            // the refusal follows it.
+            active.paging.push_back(Paged::Reply(refusal));
         }
     }
 

@@ -284,12 +284,15 @@ impl Server {
     }
 
     /// Puts the session's entry in the timer set at its earliest deadline,
-    /// if that is earlier than the entry it has.
+    /// if that is earlier than the entry it has. A deadline already passed
+    /// (a waiting command whose token came while an `OFFLINE` block was
+    /// still being sent, say) is due now: the core never names a wake-up in
+    /// the past, which a driver could not sleep until.
     fn arm(&mut self, id: SessionId) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        let at = session.deadline(&self.config);
+        let at = session.deadline(&self.config).max(self.now);
         session.armed = Some(self.timers.arm(id, session.armed, at));
     }
 

@@ -700,7 +700,9 @@ impl Oracle {
             format!("session {id} ({:?}) is still owed {:?}", s.stage, s.script)
         });
         self.check(!s.ending, || format!("BYE without Close for session {id}"));
-        self.check(s.refusals == 0, || {
+        // A refusal made while a block is being sent waits for its end.
+        let in_block = s.block.as_ref().is_some_and(|b| !b.remaining.is_empty());
+        self.check(s.refusals == 0 || in_block, || {
             format!("session {id} is owed {} ERR rate-limited", s.refusals)
         });
         self.check(!matches!(self.kind, Kind::Shutdown), || {
