@@ -36,6 +36,12 @@ use crate::store::{Store, StoreError};
 /// under load.
 const MAX_BATCH: usize = 1024;
 
+/// New connections taken in one round at most. Each round takes the
+/// connections waiting, not only when no input is ready: under load inputs
+/// are always ready, and a loop that serves them first never accepts. The
+/// bound keeps a burst of connections from delaying the round's inputs.
+const MAX_ACCEPTS_PER_ROUND: usize = 64;
+
 /// Capacity of the channel from connections to the core: readers wait when
 /// it is full, which pushes back on whoever floods.
 const INPUT_CHANNEL: usize = 4096;
@@ -323,6 +329,18 @@ impl Core {
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
+            let mut accepted = 0;
+            while accepted < MAX_ACCEPTS_PER_ROUND && accept_resume.is_none() {
+                match ready_connection(listener).await {
+                    None => break,
+                    Some(Ok((stream, peer))) => self.accept(stream, peer),
+                    Some(Err(e)) => {
+                        tracing::warn!("accept failed: {e}");
+                        accept_resume = Some(Instant::now() + Duration::from_millis(100));
+                    }
+                }
+                accepted += 1;
+            }
             let now = self.clock.now();
             for input in batch.drain(..) {
                 self.feed(now, input);
@@ -555,6 +573,17 @@ impl Core {
         self.store.close().await;
         result
     }
+}
+
+/// A connection waiting to be accepted, if there is one: never waits.
+async fn ready_connection(
+    listener: &TcpListener,
+) -> Option<std::io::Result<(TcpStream, std::net::SocketAddr)>> {
+    std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// One log line per event. Message texts are never logged here.
