@@ -14,8 +14,8 @@ use chatcore::{LoginFailures, Message, MessageKind, Restored, StoreOp, Time};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use thiserror::Error;
 
-/// A store failure. The server treats every one as fatal: it cannot keep
-/// its promise that what it acknowledged is durable.
+/// A store failure. [`StoreError::failure`] tells whether the server can
+/// wait for the store or must stop.
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// The data directory could not be created.
@@ -55,6 +55,72 @@ pub enum StoreError {
     },
 }
 
+/// What a failed [`Store::apply`] means for the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The store cannot write now but is intact: the transaction was rolled
+    /// back, the file is as the last successful commit left it, and the
+    /// same changes may be applied again later (once the disk has room).
+    /// The server stays up and refuses what must be durable until then.
+    /// The text says why, for people (it becomes the detail of `ERR
+    /// unavailable`, so it names no path).
+    CannotWriteNow(&'static str),
+    /// The state of the file is unknown, or the store is not usable at
+    /// all: the server must stop (fail-stop) rather than carry on making
+    /// promises it cannot keep.
+    Fatal,
+}
+
+impl StoreError {
+    /// Sorts a failure into "cannot write now" and fatal.
+    ///
+    /// Cannot write now (the commit did not happen; nothing is in doubt):
+    /// - `SQLITE_FULL`: SQLite's unix VFS reports a `write` that failed
+    ///   with `ENOSPC` (or wrote short) this way; also the database's own
+    ///   size limit.
+    /// - `SQLITE_IOERR_WRITE`: any other failed `write`, such as `EDQUOT`
+    ///   (a quota) or `EROFS`. A write that the kernel refused left no
+    ///   data to doubt: the transaction is rolled back, and nothing is
+    ///   acknowledged before a later commit's fsync succeeds. (Should the
+    ///   device be failing for good, the server stays up refusing messages
+    ///   and logs the cause every minute.)
+    /// - `SQLITE_CANTOPEN`: a file the commit needs (the write-ahead log)
+    ///   could not be opened or created, e.g. no inode left.
+    ///
+    /// Fatal (everything else), notably:
+    /// - `SQLITE_IOERR_FSYNC` and `SQLITE_IOERR_DIR_FSYNC`: after a failed
+    ///   fsync the kernel may have dropped the dirty pages and marked them
+    ///   clean, so a later fsync that succeeds proves nothing about the
+    ///   earlier writes: what is on disk is unknown.
+    /// - Read errors, `SQLITE_CORRUPT`, `SQLITE_NOTADB`: the file cannot be
+    ///   trusted.
+    /// - Out of memory, misuse, and any code not listed here.
+    /// - Errors of [`SqliteStore::open`] and of loading: a store that
+    ///   cannot be opened or read is not one to serve from.
+    pub fn failure(&self) -> Failure {
+        use rusqlite::ffi;
+        let StoreError::Sqlite {
+            source: rusqlite::Error::SqliteFailure(e, _),
+            ..
+        } = self
+        else {
+            return Failure::Fatal;
+        };
+        match (e.code, e.extended_code) {
+            (rusqlite::ErrorCode::DiskFull, _) => {
+                Failure::CannotWriteNow("the server's disk is full")
+            }
+            (_, ffi::SQLITE_IOERR_WRITE) => {
+                Failure::CannotWriteNow("the server cannot write to its disk")
+            }
+            (rusqlite::ErrorCode::CannotOpen, _) => {
+                Failure::CannotWriteNow("the server cannot open its store files")
+            }
+            _ => Failure::Fatal,
+        }
+    }
+}
+
 /// A durable home for the core's state.
 pub trait Store: Send {
     /// Reads back everything applied so far.
@@ -62,7 +128,9 @@ pub trait Store: Send {
 
     /// Applies `ops` in order, all or none: one transaction, so the caller
     /// can group every change of a round into one commit (group commit).
-    /// When it returns `Ok`, the changes survive a crash.
+    /// When it returns `Ok`, the changes survive a crash. When it fails
+    /// with [`Failure::CannotWriteNow`], none of them was applied and the
+    /// store takes the same `ops` again later.
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
 }
 
@@ -666,18 +734,25 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite { path, source };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql.clone())?;
-        let mut known = Known::new();
-        for op in ops {
-            apply_op(&tx, op, &mut known).map_err(sql.clone())?;
+        let result = apply_all(&mut self.conn, ops);
+        if result.is_err() && !self.conn.is_autocommit() {
+            // Dropping the transaction rolls it back; should that have
+            // failed too, make sure the next `apply` starts afresh rather
+            // than inside what is left of this one.
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
-        tx.commit().map_err(sql)
+        result.map_err(|e| self.err(e))
     }
+}
+
+/// `ops` in one transaction.
+fn apply_all(conn: &mut Connection, ops: &[StoreOp]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut known = Known::new();
+    for op in ops {
+        apply_op(&tx, op, &mut known)?;
+    }
+    tx.commit()
 }
 
 #[cfg(test)]
@@ -817,6 +892,88 @@ mod tests {
         ];
         assert!(store.apply(&ops).is_err());
         assert_eq!(store.load().unwrap(), before);
+    }
+
+    /// A real "disk full" from SQLite (the database may not grow): the
+    /// commit fails as "cannot write now", changes nothing, leaves the
+    /// connection usable, and the same ops succeed once there is room.
+    #[test]
+    fn a_full_disk_fails_a_commit_that_can_be_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let ops = sample_ops();
+        store.apply(&ops).unwrap();
+        let before = store.load().unwrap();
+        let pages: i64 = store
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        store
+            .conn
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let more = vec![
+            StoreOp::ReserveIds { next: 2048 },
+            StoreOp::Hold {
+                user: "dave".into(),
+                message: msg(1500, "erin", MessageKind::Private, &"y".repeat(64_000)),
+            },
+        ];
+        let e = store.apply(&more).unwrap_err();
+        assert_eq!(
+            e.failure(),
+            Failure::CannotWriteNow("the server's disk is full"),
+            "{e:?}"
+        );
+        assert!(store.conn.is_autocommit());
+        assert_eq!(store.load().unwrap(), before);
+        store
+            .conn
+            .pragma_update(None, "max_page_count", 1 << 30)
+            .unwrap();
+        store.apply(&more).unwrap();
+        drop(store);
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let all: Vec<StoreOp> = ops.into_iter().chain(more).collect();
+        assert_eq!(store.load().unwrap(), expected(&all));
+    }
+
+    #[test]
+    fn failures_are_sorted_into_cannot_write_now_and_fatal() {
+        use rusqlite::ffi;
+        let sqlite = |code| StoreError::Sqlite {
+            path: "chatd.db".into(),
+            source: rusqlite::Error::SqliteFailure(ffi::Error::new(code), None),
+        };
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_CANTOPEN,
+        ] {
+            assert!(
+                matches!(sqlite(code).failure(), Failure::CannotWriteNow(_)),
+                "{code}"
+            );
+        }
+        for code in [
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_IOERR_DIR_FSYNC,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_READ,
+            ffi::SQLITE_IOERR_SHORT_READ,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOTADB,
+            ffi::SQLITE_NOMEM,
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_BUSY,
+        ] {
+            assert_eq!(sqlite(code).failure(), Failure::Fatal, "{code}");
+        }
+        let corrupt = StoreError::Corrupt {
+            path: "chatd.db".into(),
+            detail: "x".into(),
+        };
+        assert_eq!(corrupt.failure(), Failure::Fatal);
     }
 
     fn arb_user() -> impl Strategy<Value = String> {
