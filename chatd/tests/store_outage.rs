@@ -128,6 +128,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start(disk: &Disk) -> TestServer {
+        Self::start_with(disk, |_| {}).await
+    }
+
+    async fn start_with(disk: &Disk, tune: impl FnOnce(&mut Settings)) -> TestServer {
         let accounts = Accounts::parse("alice a\nbob b\ncarol c\ndave d\n").unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -140,6 +144,7 @@ impl TestServer {
         // sessions have lines in the round whose commit fails.
         settings.core.heartbeat = Duration::from_secs(600);
         settings.core.heartbeat_timeout = Duration::from_secs(1200);
+        tune(&mut settings);
         let task = tokio::spawn(chatd::run(
             listener,
             settings,
@@ -377,6 +382,50 @@ async fn a_session_closed_while_the_disk_is_full_loses_nothing_acknowledged() {
     bob.expect("OFFLINE 1").await;
     let got = bob.line().await.unwrap();
     assert!(got.ends_with(" alice hello"), "{got}");
+    server.stop().await.expect("a clean stop");
+}
+
+/// Lines held back for a session cost bounded memory: past
+/// `max_outbound_bytes` the session is dropped, as a peer that stops
+/// reading is, and the others carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_lines_are_bounded_per_session() {
+    let disk = Disk::new();
+    let server = TestServer::start_with(&disk, |s| {
+        s.max_outbound_bytes = 4096;
+        s.core.flood = None;
+    })
+    .await;
+    let mut alice = server.login("alice", "a").await;
+    let mut bob = server.login("bob", "b").await;
+    disk.set(Mode::DiskFull);
+    alice.send("message carol held back").await;
+    disk.wait_refused(1).await;
+    // Each `WHO bob` waits behind alice's `OK`: 10 bytes each.
+    for _ in 0..1000 {
+        alice.send("whoelse").await;
+    }
+    assert_eq!(alice.line().await, None, "alice is dropped");
+    bob.send("whoelse").await;
+    loop {
+        // Until the server has noticed alice is gone.
+        match bob.line().await.as_deref() {
+            Some("WHO") => break,
+            Some("WHO alice") => bob.send("whoelse").await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    disk.set(Mode::Works);
+    loop {
+        bob.send("message carol after").await;
+        match bob.line().await.as_deref() {
+            Some("OK message carol queued offline") => break,
+            Some(UNAVAILABLE) => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Alice was never told, but her message was accepted and is kept.
+    assert_eq!(disk.held_texts("carol"), ["held back", "after"]);
     server.stop().await.expect("a clean stop");
 }
 
