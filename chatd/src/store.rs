@@ -34,9 +34,9 @@ pub enum StoreError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
-    /// An older layout could not be brought up to date (most often: no
-    /// disk space for the new layout).
-    #[error("cannot upgrade store {path} from layout version {from} to {SCHEMA_VERSION}")]
+    /// The layout could not be written: a new database's, or an older
+    /// one's brought up to date (most often: no disk space for it).
+    #[error("cannot write the layout of store {path} (version {from} to {SCHEMA_VERSION})")]
     Migrate {
         /// The database file.
         path: PathBuf,
