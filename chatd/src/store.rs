@@ -14,8 +14,8 @@ use chatcore::{LoginFailures, Message, MessageKind, Restored, StoreOp, Time};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use thiserror::Error;
 
-/// A store failure. The server treats every one as fatal: it cannot keep
-/// its promise that what it acknowledged is durable.
+/// A store failure. [`StoreError::failure`] tells whether the server can
+/// wait for the store or must stop.
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// The data directory could not be created.
@@ -34,6 +34,17 @@ pub enum StoreError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// The layout could not be written: a new database's, or an older
+    /// one's brought up to date (most often: no disk space for it).
+    #[error("cannot write the layout of store {path} (version {from} to {SCHEMA_VERSION})")]
+    Migrate {
+        /// The database file.
+        path: PathBuf,
+        /// The layout found.
+        from: i64,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
     /// The database holds something this version cannot read.
     #[error("store {path}: {detail}")]
     Corrupt {
@@ -44,6 +55,72 @@ pub enum StoreError {
     },
 }
 
+/// What a failed [`Store::apply`] means for the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The store cannot write now but is intact: the transaction was rolled
+    /// back, the file is as the last successful commit left it, and the
+    /// same changes may be applied again later (once the disk has room).
+    /// The server stays up and refuses what must be durable until then.
+    /// The text says why, for people (it becomes the detail of `ERR
+    /// unavailable`, so it names no path).
+    CannotWriteNow(&'static str),
+    /// The state of the file is unknown, or the store is not usable at
+    /// all: the server must stop (fail-stop) rather than carry on making
+    /// promises it cannot keep.
+    Fatal,
+}
+
+impl StoreError {
+    /// Sorts a failure into "cannot write now" and fatal.
+    ///
+    /// Cannot write now (the commit did not happen; nothing is in doubt):
+    /// - `SQLITE_FULL`: SQLite's unix VFS reports a `write` that failed
+    ///   with `ENOSPC` (or wrote short) this way; also the database's own
+    ///   size limit.
+    /// - `SQLITE_IOERR_WRITE`: any other failed `write`, such as `EDQUOT`
+    ///   (a quota) or `EROFS`. A write that the kernel refused left no
+    ///   data to doubt: the transaction is rolled back, and nothing is
+    ///   acknowledged before a later commit's fsync succeeds. (Should the
+    ///   device be failing for good, the server stays up refusing messages
+    ///   and logs the cause every minute.)
+    /// - `SQLITE_CANTOPEN`: a file the commit needs (the write-ahead log)
+    ///   could not be opened or created, e.g. no inode left.
+    ///
+    /// Fatal (everything else), notably:
+    /// - `SQLITE_IOERR_FSYNC` and `SQLITE_IOERR_DIR_FSYNC`: after a failed
+    ///   fsync the kernel may have dropped the dirty pages and marked them
+    ///   clean, so a later fsync that succeeds proves nothing about the
+    ///   earlier writes: what is on disk is unknown.
+    /// - Read errors, `SQLITE_CORRUPT`, `SQLITE_NOTADB`: the file cannot be
+    ///   trusted.
+    /// - Out of memory, misuse, and any code not listed here.
+    /// - Errors of [`SqliteStore::open`] and of loading: a store that
+    ///   cannot be opened or read is not one to serve from.
+    pub fn failure(&self) -> Failure {
+        use rusqlite::ffi;
+        let StoreError::Sqlite {
+            source: rusqlite::Error::SqliteFailure(e, _),
+            ..
+        } = self
+        else {
+            return Failure::Fatal;
+        };
+        match (e.code, e.extended_code) {
+            (rusqlite::ErrorCode::DiskFull, _) => {
+                Failure::CannotWriteNow("the server's disk is full")
+            }
+            (_, ffi::SQLITE_IOERR_WRITE) => {
+                Failure::CannotWriteNow("the server cannot write to its disk")
+            }
+            (rusqlite::ErrorCode::CannotOpen, _) => {
+                Failure::CannotWriteNow("the server cannot open its store files")
+            }
+            _ => Failure::Fatal,
+        }
+    }
+}
+
 /// A durable home for the core's state.
 pub trait Store: Send {
     /// Reads back everything applied so far.
@@ -51,7 +128,9 @@ pub trait Store: Send {
 
     /// Applies `ops` in order, all or none: one transaction, so the caller
     /// can group every change of a round into one commit (group commit).
-    /// When it returns `Ok`, the changes survive a crash.
+    /// When it returns `Ok`, the changes survive a crash. When it fails
+    /// with [`Failure::CannotWriteNow`], none of them was applied and the
+    /// store takes the same `ops` again later.
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
 }
 
@@ -108,8 +187,9 @@ impl std::fmt::Debug for SqliteStore {
 
 /// The layout version kept in `PRAGMA user_version`. Version 0 (never set)
 /// and 1 are the first layout, where every `held` row carried a full copy of
-/// its message; [`SqliteStore::open`] migrates them to this one.
-const SCHEMA_VERSION: i64 = 2;
+/// its message; version 2 lacked the index on `login_failures.seq`.
+/// [`SqliteStore::open`] migrates them to this one.
+const SCHEMA_VERSION: i64 = 3;
 
 /// The schema (version [`SCHEMA_VERSION`]).
 ///
@@ -132,7 +212,11 @@ const SCHEMA_VERSION: i64 = 2;
 /// [`Restored::apply`] computes for any ops, not just for the core's.
 ///
 /// `login_failures.seq` records update order, because
-/// [`Restored::login_failures`] is a list in that order.
+/// [`Restored::login_failures`] is a list in that order. Its index makes
+/// finding the next number (`MAX(seq)`) a lookup and loading in that order
+/// a walk: without it every failed login read every record, which is what
+/// an attacker trying many names grows (6 ms per failure at 100 000
+/// records, on the core's path).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id     INTEGER PRIMARY KEY,
@@ -172,7 +256,12 @@ CREATE TABLE IF NOT EXISTS login_failures (
     seq           INTEGER NOT NULL,
     PRIMARY KEY (user, ip)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);
 ";
+
+/// Moves a version 2 database to version 3: only the index is new.
+const MIGRATE_V2: &str =
+    "CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);";
 
 /// Moves a version 0/1 database (whose `held` has been renamed `held_v1`,
 /// and [`SCHEMA`] run) to version 2: each message once into `messages` (the
@@ -189,6 +278,10 @@ INSERT INTO held_variant (id, user, ts, sender, kind, text)
     WHERE h.ts <> m.ts OR h.sender <> m.sender OR h.kind <> m.kind OR h.text <> m.text;
 DROP TABLE held_v1;
 ";
+
+/// Every failed-login record, in update order.
+const LOAD_FAILURES: &str =
+    "SELECT user, ip, count, last, blocked_until FROM login_failures ORDER BY seq";
 
 /// `u64` to SQLite's `i64`, bit for bit.
 fn to_sql(v: u64) -> i64 {
@@ -268,6 +361,13 @@ impl SqliteStore {
         let version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql)?;
+        // Writing a new layout needs disk space; say so rather than a bare
+        // SQLite error, because it is the one write startup makes.
+        let migrate = |source| StoreError::Migrate {
+            path: path.clone(),
+            from: version,
+            source,
+        };
         match version {
             SCHEMA_VERSION => {}
             0 | 1 => {
@@ -297,12 +397,17 @@ impl SqliteStore {
                     tx.execute_batch(&format!(
                         "ALTER TABLE held RENAME TO held_v1; {SCHEMA} {MIGRATE_V1}"
                     ))
-                    .map_err(sql)?;
+                    .map_err(migrate)?;
                 } else {
-                    tx.execute_batch(SCHEMA).map_err(sql)?;
+                    tx.execute_batch(SCHEMA).map_err(migrate)?;
                 }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(sql)?;
+                    .map_err(migrate)?;
+            }
+            2 => {
+                tx.execute_batch(MIGRATE_V2).map_err(migrate)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(migrate)?;
             }
             other => {
                 return Err(StoreError::Corrupt {
@@ -314,7 +419,14 @@ impl SqliteStore {
                 })
             }
         }
-        tx.commit().map_err(sql)?;
+        let migrated = version != SCHEMA_VERSION;
+        tx.commit().map_err(|source| {
+            if migrated {
+                migrate(source)
+            } else {
+                sql(source)
+            }
+        })?;
         Ok(SqliteStore { conn, path })
     }
 
@@ -461,10 +573,7 @@ impl SqliteStore {
         }
         drop(stmt);
 
-        let mut stmt = self
-            .conn
-            .prepare("SELECT user, ip, count, last, blocked_until FROM login_failures ORDER BY seq")
-            .map_err(|e| self.err(e))?;
+        let mut stmt = self.conn.prepare(LOAD_FAILURES).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -523,6 +632,12 @@ fn store_message(tx: &rusqlite::Transaction<'_>, message: &Message) -> rusqlite:
         r.get(0)
     })
 }
+
+/// Writes one (user name, address) pair's failed-login record, last in
+/// update order.
+const RECORD_FAILURES: &str =
+    "INSERT OR REPLACE INTO login_failures (user, ip, count, last, blocked_until, seq)
+     VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) + 1 FROM login_failures))";
 
 /// Applies one op inside an open transaction, mirroring [`Restored::apply`].
 fn apply_op(
@@ -594,12 +709,7 @@ fn apply_op(
             .execute(params![user, to_sql(at.unix_millis())])?;
         }
         StoreOp::LoginFailures(f) => {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO login_failures (user, ip, count, last, blocked_until, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5,
-                         (SELECT COALESCE(MAX(seq), 0) + 1 FROM login_failures))",
-            )?
-            .execute(params![
+            tx.prepare_cached(RECORD_FAILURES)?.execute(params![
                 f.user,
                 f.ip.to_string(),
                 i64::from(f.count),
@@ -624,18 +734,25 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite { path, source };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql.clone())?;
-        let mut known = Known::new();
-        for op in ops {
-            apply_op(&tx, op, &mut known).map_err(sql.clone())?;
+        let result = apply_all(&mut self.conn, ops);
+        if result.is_err() && !self.conn.is_autocommit() {
+            // Dropping the transaction rolls it back; should that have
+            // failed too, make sure the next `apply` starts afresh rather
+            // than inside what is left of this one.
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
-        tx.commit().map_err(sql)
+        result.map_err(|e| self.err(e))
     }
+}
+
+/// `ops` in one transaction.
+fn apply_all(conn: &mut Connection, ops: &[StoreOp]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut known = Known::new();
+    for op in ops {
+        apply_op(&tx, op, &mut known)?;
+    }
+    tx.commit()
 }
 
 #[cfg(test)]
@@ -775,6 +892,88 @@ mod tests {
         ];
         assert!(store.apply(&ops).is_err());
         assert_eq!(store.load().unwrap(), before);
+    }
+
+    /// A real "disk full" from SQLite (the database may not grow): the
+    /// commit fails as "cannot write now", changes nothing, leaves the
+    /// connection usable, and the same ops succeed once there is room.
+    #[test]
+    fn a_full_disk_fails_a_commit_that_can_be_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let ops = sample_ops();
+        store.apply(&ops).unwrap();
+        let before = store.load().unwrap();
+        let pages: i64 = store
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        store
+            .conn
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let more = vec![
+            StoreOp::ReserveIds { next: 2048 },
+            StoreOp::Hold {
+                user: "dave".into(),
+                message: msg(1500, "erin", MessageKind::Private, &"y".repeat(64_000)),
+            },
+        ];
+        let e = store.apply(&more).unwrap_err();
+        assert_eq!(
+            e.failure(),
+            Failure::CannotWriteNow("the server's disk is full"),
+            "{e:?}"
+        );
+        assert!(store.conn.is_autocommit());
+        assert_eq!(store.load().unwrap(), before);
+        store
+            .conn
+            .pragma_update(None, "max_page_count", 1 << 30)
+            .unwrap();
+        store.apply(&more).unwrap();
+        drop(store);
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let all: Vec<StoreOp> = ops.into_iter().chain(more).collect();
+        assert_eq!(store.load().unwrap(), expected(&all));
+    }
+
+    #[test]
+    fn failures_are_sorted_into_cannot_write_now_and_fatal() {
+        use rusqlite::ffi;
+        let sqlite = |code| StoreError::Sqlite {
+            path: "chatd.db".into(),
+            source: rusqlite::Error::SqliteFailure(ffi::Error::new(code), None),
+        };
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_CANTOPEN,
+        ] {
+            assert!(
+                matches!(sqlite(code).failure(), Failure::CannotWriteNow(_)),
+                "{code}"
+            );
+        }
+        for code in [
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_IOERR_DIR_FSYNC,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_READ,
+            ffi::SQLITE_IOERR_SHORT_READ,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOTADB,
+            ffi::SQLITE_NOMEM,
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_BUSY,
+        ] {
+            assert_eq!(sqlite(code).failure(), Failure::Fatal, "{code}");
+        }
+        let corrupt = StoreError::Corrupt {
+            path: "chatd.db".into(),
+            detail: "x".into(),
+        };
+        assert_eq!(corrupt.failure(), Failure::Fatal);
     }
 
     fn arb_user() -> impl Strategy<Value = String> {
@@ -1048,10 +1247,91 @@ mod tests {
     }
 
     #[test]
-    fn a_new_database_is_created_at_version_2() {
+    fn a_new_database_is_created_at_the_current_version() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(user_version(&store), SCHEMA_VERSION);
+    }
+
+    /// A failed-login record for a distinct name of about `name_bytes`.
+    fn failure(i: usize, name_bytes: usize) -> LoginFailures {
+        let mut user = format!("user{i:08}-");
+        user.extend(std::iter::repeat_n(
+            'x',
+            name_bytes.saturating_sub(user.len()),
+        ));
+        LoginFailures {
+            user,
+            ip: Ipv4Addr::new(192, 0, 2, 1).into(),
+            count: 1,
+            last: Time::from_unix_millis(1_000 + i as u64),
+            blocked_until: None,
+        }
+    }
+
+    /// Writes `count` failed-login records (sequence numbers 1 to `count`)
+    /// in one commit, straight into the table: through `apply`, building
+    /// a large table would cost as much as what is being tested.
+    fn fill_failures(store: &mut SqliteStore, count: usize, name_bytes: usize) {
+        let tx = store.conn.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO login_failures (user, ip, count, last, blocked_until, seq)
+                     VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
+                )
+                .unwrap();
+            for i in 0..count {
+                let f = failure(i, name_bytes);
+                insert
+                    .execute(params![
+                        f.user,
+                        f.ip.to_string(),
+                        1,
+                        to_sql(f.last.unix_millis()),
+                        i as i64 + 1
+                    ])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    /// Recording a failure finds the next sequence number through an index,
+    /// not by reading every record: with 20 000 records (of 1 KB names, as
+    /// an attacker would pick) one more costs a few dozen steps of
+    /// SQLite's virtual machine, not tens of thousands.
+    #[test]
+    fn recording_a_login_failure_reads_no_other_record() {
+        use rusqlite::StatementStatus;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        fill_failures(&mut store, 20_000, 1024);
+        let tx = store.conn.transaction().unwrap();
+        let mut stmt = tx.prepare_cached(RECORD_FAILURES).unwrap();
+        stmt.execute(params!["mallory", "192.0.2.9", 1, 5, None::<i64>])
+            .unwrap();
+        let full_scan = stmt.get_status(StatementStatus::FullscanStep);
+        let steps = stmt.get_status(StatementStatus::VmStep);
+        assert_eq!(
+            full_scan, 0,
+            "a full scan of login_failures ({steps} steps)"
+        );
+        assert!(steps < 500, "{steps} steps for one record");
+        drop(stmt);
+        // Load reads the records in update order without sorting them.
+        let plan: Vec<String> = tx
+            .prepare(&format!("EXPLAIN QUERY PLAN {LOAD_FAILURES}"))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
     }
 
     /// A version 1 database with a broadcast, a private message, a
@@ -1123,13 +1403,54 @@ mod tests {
         assert_eq!(store.load().unwrap(), expected(&ops));
     }
 
+    fn indexes(store: &SqliteStore) -> Vec<String> {
+        store
+            .conn
+            .prepare(
+                "SELECT name FROM sqlite_master
+                 WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A version 2 database (no index on `login_failures.seq`) gets the
+    /// index, keeps its content and update order, and records failures
+    /// after it in order.
+    #[test]
+    fn a_v2_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let ops = sample_ops();
+        {
+            let mut old = v2::open(dir.path());
+            old.apply(&ops).unwrap();
+            assert_eq!(user_version(&old), 2);
+            assert!(indexes(&old).is_empty());
+        }
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(user_version(&store), SCHEMA_VERSION);
+        assert_eq!(indexes(&store), ["login_failures_by_seq"]);
+        assert_eq!(store.load().unwrap(), expected(&ops));
+        let more = [StoreOp::LoginFailures(failure(1, 10))];
+        store.apply(&more).unwrap();
+        drop(store);
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
+        assert_eq!(store.load().unwrap(), expected(&all));
+        assert_eq!(indexes(&store), ["login_failures_by_seq"]);
+    }
+
     #[test]
     fn a_newer_layout_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(SqliteStore::open(dir.path()).unwrap());
         {
             let conn = Connection::open(dir.path().join(SqliteStore::FILE_NAME)).unwrap();
-            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
         }
         let e = SqliteStore::open(dir.path()).unwrap_err();
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
@@ -1202,6 +1523,126 @@ mod tests {
                 release_batch,
                 &mut |ops| new.apply(ops).unwrap(),
             );
+        }
+    }
+
+    /// Times recording one failed login (one `apply`, so one commit) over
+    /// 100 000 records, with short and with 4 KB names, on the version 2
+    /// layout (no index on `seq`) and the current one. Run by hand:
+    /// `cargo test --release -p chatd measure_login_failures -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn measure_login_failures_v2_vs_v3() {
+        use std::time::Instant;
+
+        const RECORDS: usize = 100_000;
+        const FAILURES: usize = 200;
+        for name_bytes in [16, 4096] {
+            for layout in [2, SCHEMA_VERSION] {
+                let dir = tempfile::tempdir().unwrap();
+                let mut store = if layout == 2 {
+                    v2::open(dir.path())
+                } else {
+                    SqliteStore::open(dir.path()).unwrap()
+                };
+                fill_failures(&mut store, RECORDS, name_bytes);
+                let t = Instant::now();
+                for i in 0..FAILURES {
+                    let f = failure(RECORDS + i, name_bytes);
+                    store.apply(&[StoreOp::LoginFailures(f)]).unwrap();
+                }
+                let per = t.elapsed().as_secs_f64() * 1000.0 / FAILURES as f64;
+                // The statement alone, without the commit's fsync.
+                let tx = store.conn.transaction().unwrap();
+                let t = Instant::now();
+                for i in 0..FAILURES {
+                    let f = failure(2 * RECORDS + i, name_bytes);
+                    apply_op(&tx, &StoreOp::LoginFailures(f), &mut Known::new()).unwrap();
+                }
+                let statement = t.elapsed().as_secs_f64() * 1000.0 / FAILURES as f64;
+                drop(tx);
+                println!(
+                    "layout {layout}, {RECORDS} records of {name_bytes}-byte names: \
+                     {per:7.3} ms per failure with its commit, {statement:7.3} ms without"
+                );
+            }
+        }
+        // The commit alone, for comparison: the same on any layout.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let t = Instant::now();
+        for i in 0..FAILURES {
+            store
+                .apply(&[StoreOp::Seen {
+                    user: format!("user{i}"),
+                    at: Time::from_unix_millis(1),
+                }])
+                .unwrap();
+        }
+        let per = t.elapsed().as_secs_f64() * 1000.0 / FAILURES as f64;
+        println!("an empty-ish commit (one Seen): {per:7.3} ms");
+    }
+
+    /// The version 2 layout, as chatd wrote it before `login_failures` had
+    /// an index on `seq`.
+    mod v2 {
+        use super::*;
+
+        /// The version 2 schema, verbatim.
+        pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id     INTEGER PRIMARY KEY,
+    ts     INTEGER NOT NULL,
+    sender TEXT    NOT NULL,
+    kind   TEXT    NOT NULL CHECK (kind IN ('private', 'broadcast')),
+    text   TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS held (
+    id   INTEGER NOT NULL,
+    user TEXT    NOT NULL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held_variant (
+    id     INTEGER NOT NULL,
+    user   TEXT    NOT NULL,
+    ts     INTEGER NOT NULL,
+    sender TEXT    NOT NULL,
+    kind   TEXT    NOT NULL CHECK (kind IN ('private', 'broadcast')),
+    text   TEXT    NOT NULL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS id_reservation (
+    one  INTEGER PRIMARY KEY CHECK (one = 1),
+    next INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS last_seen (
+    user TEXT PRIMARY KEY,
+    at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS login_failures (
+    user          TEXT    NOT NULL,
+    ip            TEXT    NOT NULL,
+    count         INTEGER NOT NULL,
+    last          INTEGER NOT NULL,
+    blocked_until INTEGER,
+    seq           INTEGER NOT NULL,
+    PRIMARY KEY (user, ip)
+) WITHOUT ROWID;
+";
+
+        /// Creates `<dir>/chatd.db` as version 2 did.
+        pub fn open(dir: &Path) -> SqliteStore {
+            let path = dir.join(SqliteStore::FILE_NAME);
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+                .unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.pragma_update(None, "synchronous", "FULL").unwrap();
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = 2; COMMIT;"
+            ))
+            .unwrap();
+            SqliteStore { conn, path }
         }
     }
 
