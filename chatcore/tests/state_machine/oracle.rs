@@ -700,8 +700,9 @@ impl Oracle {
             format!("session {id} ({:?}) is still owed {:?}", s.stage, s.script)
         });
         self.check(!s.ending, || format!("BYE without Close for session {id}"));
-        // A refusal made while a block is being sent waits for its end.
-        let in_block = s.block.as_ref().is_some_and(|b| !b.remaining.is_empty());
+        // A refusal made while a block is being sent waits for its end
+        // (live messages held back behind the block may still be due).
+        let in_block = s.block.as_ref().is_some_and(|b| !b.is_done());
         self.check(s.refusals == 0 || in_block, || {
             format!("session {id} is owed {} ERR rate-limited", s.refusals)
         });
