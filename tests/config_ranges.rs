@@ -93,6 +93,14 @@ const ROWS: &[Row] = &[
             "268435457",
         )
     },
+    row(
+        "max_unwritten_bytes",
+        "1048576",
+        "1073741824",
+        "",
+        "1048575",
+        "1073741825",
+    ),
     row("password_check_concurrency", "1", "256", "", "0", "257"),
 ];
 

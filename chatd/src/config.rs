@@ -335,6 +335,9 @@ pub mod ranges {
     /// At least `max_line_bytes` too (checked apart); at most 256 MiB a
     /// connection.
     pub const MAX_OUTBOUND_BYTES: Range = Range::count("max_outbound_bytes", 64, 1 << 28);
+    /// Store changes that may wait, in memory, while the disk is full:
+    /// at least 1 MiB so a short outage is ridden out, at most 1 GiB.
+    pub const MAX_UNWRITTEN_BYTES: Range = Range::count("max_unwritten_bytes", 1 << 20, 1 << 30);
     /// Each checker thread keeps an argon2 buffer (19 MiB with the default
     /// parameters) and argon2 is CPU-bound: more threads than cores only
     /// cost memory.
@@ -366,6 +369,7 @@ pub const RANGES: &[Range] = &[
     ranges::MAX_CONNECTIONS,
     ranges::MAX_CONNECTIONS_PER_IP,
     ranges::MAX_OUTBOUND_BYTES,
+    ranges::MAX_UNWRITTEN_BYTES,
     ranges::PASSWORD_CHECK_CONCURRENCY,
 ];
 
@@ -439,6 +443,8 @@ pub struct FileConfig {
     pub max_connections_per_ip: Option<Number>,
     /// See [`Settings::max_outbound_bytes`].
     pub max_outbound_bytes: Option<Number>,
+    /// See [`Settings::max_unwritten_bytes`].
+    pub max_unwritten_bytes: Option<Number>,
     /// See [`Settings::password_check_concurrency`].
     pub password_check_concurrency: Option<Number>,
 }
@@ -495,6 +501,10 @@ pub struct Settings {
     /// Bytes queued for one connection beyond which a peer that has stopped
     /// reading is treated as dead (see `conn.rs` for the exact rule).
     pub max_outbound_bytes: usize,
+    /// Store changes (estimated bytes) kept in memory while the store
+    /// cannot write (a full disk); past it chatd gives up and exits 1,
+    /// having acknowledged none of them.
+    pub max_unwritten_bytes: usize,
     /// Password checks (argon2, deliberately slow) that run at once.
     pub password_check_concurrency: usize,
     /// Connections open at once, in total.
@@ -541,6 +551,7 @@ impl Default for Settings {
                 ..chatcore::Config::default()
             },
             max_outbound_bytes: 1 << 20,
+            max_unwritten_bytes: 64 << 20,
             password_check_concurrency: 2,
             max_connections: 10_000,
             max_connections_per_ip: 64,
@@ -673,6 +684,10 @@ impl Settings {
             r::MAX_OUTBOUND_BYTES.count_of(file.max_outbound_bytes)?
         );
         set!(
+            s.max_unwritten_bytes,
+            r::MAX_UNWRITTEN_BYTES.count_of(file.max_unwritten_bytes)?
+        );
+        set!(
             s.password_check_concurrency,
             r::PASSWORD_CHECK_CONCURRENCY.count_of(file.password_check_concurrency)?
         );
@@ -743,6 +758,7 @@ impl Settings {
                 self.max_connections_per_ip as u64,
             ),
             (r::MAX_OUTBOUND_BYTES, self.max_outbound_bytes as u64),
+            (r::MAX_UNWRITTEN_BYTES, self.max_unwritten_bytes as u64),
             (
                 r::PASSWORD_CHECK_CONCURRENCY,
                 self.password_check_concurrency as u64,
@@ -863,6 +879,7 @@ held_page_size = 12
 max_connections = 100
 max_connections_per_ip = 3
 max_outbound_bytes = 65536
+max_unwritten_bytes = 2097152
 password_check_concurrency = 4
 flood_burst = 20
 flood_per_second = 7
@@ -894,6 +911,7 @@ persist_deliveries = false
         assert_eq!(s.max_connections, 100);
         assert_eq!(s.max_connections_per_ip, 3);
         assert_eq!(s.max_outbound_bytes, 65536);
+        assert_eq!(s.max_unwritten_bytes, 2 << 20);
         assert_eq!(s.password_check_concurrency, 4);
         assert_eq!(
             c.flood,

@@ -62,12 +62,6 @@ const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// larger round goes alone). Bounds what one failed try costs.
 const RETRY_CHUNK_OPS: usize = 4096;
 
-/// Bytes of changes (estimated, see [`op_bytes`]) kept waiting while the
-/// store cannot write. Past it the server stops, as it did on any failed
-/// commit before: nothing waiting was acknowledged, so nothing
-/// acknowledged is lost, and a restart comes up on the full disk.
-const MAX_WAITING_BYTES: usize = 64 << 20;
-
 /// Capacity of the channel from connections to the core: readers wait when
 /// it is full, which pushes back on whoever floods.
 const INPUT_CHANNEL: usize = 4096;
@@ -92,7 +86,7 @@ pub enum RunError {
     #[error("store failure")]
     Store(#[from] StoreError),
     /// The store could not write for good: at shutdown, or for so long
-    /// that the changes waiting for it passed [`MAX_WAITING_BYTES`]. Nothing
+    /// that the changes waiting for it passed `max_unwritten_bytes`. Nothing
     /// acknowledged is lost: the lines that depended on the waiting changes
     /// were never sent.
     #[error("{why}: {cause}")]
@@ -202,6 +196,8 @@ struct Core {
     /// How many ops `waiting` holds, and their estimated bytes.
     waiting_ops: usize,
     waiting_bytes: usize,
+    /// `max_unwritten_bytes`: the bound on `waiting_bytes`.
+    max_waiting_bytes: usize,
     /// Lines (and closes) held back until the store commits what they
     /// depend on, oldest first.
     held: VecDeque<(SessionId, Held)>,
@@ -369,6 +365,7 @@ pub async fn run_prepared(
         waiting: VecDeque::new(),
         waiting_ops: 0,
         waiting_bytes: 0,
+        max_waiting_bytes: settings.max_unwritten_bytes,
         held: VecDeque::new(),
         held_bytes: HashMap::new(),
     };
@@ -646,15 +643,19 @@ impl Core {
         self.waiting_ops += ops.len();
         self.waiting_bytes += ops.iter().map(op_bytes).sum::<usize>();
         self.waiting.push_back(ops);
-        if self.waiting_bytes > MAX_WAITING_BYTES {
+        // Past the bound the server stops, as it did on any failed commit
+        // before: nothing waiting was acknowledged, so nothing acknowledged
+        // is lost, and a restart comes up on the full disk.
+        if self.waiting_bytes > self.max_waiting_bytes {
             let outage = self.outage.as_ref();
             return Err(RunError::Unwritable {
                 why: format!(
                     "giving up: the store has not been writable for {} s and {} changes \
-                     ({} bytes) wait for it, over the bound of {MAX_WAITING_BYTES} bytes",
+                     ({} bytes) wait for it, over max_unwritten_bytes ({})",
                     outage.map_or(0, |o| o.since.elapsed().as_secs()),
                     self.waiting_ops,
                     self.waiting_bytes,
+                    self.max_waiting_bytes,
                 ),
                 cause: outage.map_or_else(String::new, |o| o.cause.clone()),
             });
