@@ -205,18 +205,21 @@ fn a_script_of_commands_prints_each_reply_in_words() {
 
 #[test]
 fn deliveries_and_heartbeats_while_the_script_waits() {
-    let server = TestServer::with(USERS, &["heartbeat = 0.2", "heartbeat_timeout = 0.6"]);
-    let mut bob = server.login("bob", "bob-pw");
+    // 1.5 s leaves a loaded machine time to schedule chatc between probes;
+    // bob logs in only once chatc is up, so that nobody who must answer
+    // probes is left unread while a process starts.
+    let server = TestServer::with(USERS, &["heartbeat = 0.25", "heartbeat_timeout = 1.5"]);
     let mut c = Piped::spawn(&server, &["--user", "alice"]);
     c.write("alice-pw\n");
     c.expect("logged in as alice");
+    let mut bob = server.login("bob", "bob-pw");
     bob.send("message alice hello alice");
     bob.expect("OK message alice delivered");
     let line = c.line();
     strip_time(&line, "bob: hello alice");
-    // Ten heartbeat periods (over three timeouts) with stdin still open:
+    // Twenty heartbeat periods (over three timeouts) with stdin still open:
     // chatc must answer the probes by itself.
-    let target = bob.answered_probes().len() + 10;
+    let target = bob.answered_probes().len() + 20;
     while bob.answered_probes().len() < target {
         assert_eq!(bob.recv(Duration::from_millis(100)), Recv::TimedOut);
     }

@@ -293,15 +293,18 @@ fn a_message_arriving_mid_line_keeps_the_half_typed_line() {
 
 #[test]
 fn heartbeats_are_answered_and_never_shown() {
-    let server = TestServer::with(USERS, &["heartbeat = 0.2", "heartbeat_timeout = 0.6"]);
-    let mut bob = server.login("bob", "bob-pw");
+    // 1.5 s leaves a loaded machine time to schedule chatc between probes;
+    // bob logs in only once chatc is up, so that nobody who must answer
+    // probes is left unread while a process starts.
+    let server = TestServer::with(USERS, &["heartbeat = 0.25", "heartbeat_timeout = 1.5"]);
     let mut pty = Pty::for_server(&server, &[]);
     pty.login("alice", "alice-pw");
+    let mut bob = server.login("bob", "bob-pw");
     // Start typing, so the probes arrive while a line is half done.
     pty.type_text("who");
     pty.expect("who");
-    // Ten periods: over three heartbeat timeouts.
-    let_heartbeats_pass(&mut bob, 10);
+    // Twenty periods: over three heartbeat timeouts.
+    let_heartbeats_pass(&mut bob, 20);
     assert_eq!(bob.whoelse(), ["alice"], "alice's session died");
     pty.type_line("else");
     pty.expect("online: bob");
