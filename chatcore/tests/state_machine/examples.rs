@@ -498,3 +498,29 @@ fn example_no_deadline_in_the_past_after_a_block() {
         ],
     );
 }
+
+/// The fuzzer's send-after-`Close` finding: commands waiting behind flood
+/// control and an `OFFLINE` block, run together by a late wake-up, die with
+/// their session (nothing follows its `Close`), and the reply to
+/// `idle online` comes before theirs.
+#[test]
+fn example_work_behind_a_block_dies_with_its_session() {
+    run_with(
+        Setup {
+            page: Some(2),
+            checks_later: true,
+            ..flood(3, 2, 4)
+        },
+        vec![
+            Connect { ip: 1 },
+            login(0, "bob"),
+            send(0, "idle busy"),
+            send(0, "broadcast all pipelined"),
+            send(0, "frobnicate"),
+            send(0, "idle online"),
+            send(0, "logout"),
+            AnswerCheck { pick: 0 },
+            Jump { millis: 10_000 },
+        ],
+    );
+}
