@@ -175,7 +175,7 @@ impl ServerProc {
         text[start..].to_string()
     }
 
-    /// Its memory now, from /proc/<pid>/status.
+    /// Its memory now, from `/proc/<pid>/status`.
     pub fn memory(&self) -> Result<Memory> {
         Memory::of(self.pid())
     }
@@ -223,7 +223,7 @@ impl Drop for ServerProc {
     }
 }
 
-/// A process's memory, in KiB, from /proc/<pid>/status.
+/// A process's memory, in KiB, from `/proc/<pid>/status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Memory {
     /// Resident set size now (VmRSS).
@@ -233,14 +233,14 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// Reads /proc/<pid>/status.
+    /// Reads `/proc/<pid>/status`.
     pub fn of(pid: u32) -> Result<Memory> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .with_context(|| format!("reading /proc/{pid}/status"))?;
         Memory::parse(&text).ok_or_else(|| anyhow!("no VmRSS/VmHWM in /proc/{pid}/status"))
     }
 
-    /// Parses the text of a /proc/<pid>/status file.
+    /// Parses the text of a `/proc/<pid>/status` file.
     pub fn parse(status: &str) -> Option<Memory> {
         let field = |name: &str| -> Option<u64> {
             let line = status.lines().find(|l| l.starts_with(name))?;
