@@ -100,8 +100,8 @@ pub mod accounts;
 pub mod config;
 pub mod message;
 pub mod names;
+pub mod persist;
 pub mod server;
-pub mod store;
 pub mod time;
 pub mod wire;
 
@@ -111,8 +111,8 @@ pub mod testing;
 pub use accounts::{Accounts, Credential, UsersFileError};
 pub use config::{Config, FloodLimit};
 pub use message::{Message, MessageId, MessageKind};
+pub use persist::{LoginFailures, Restored, StoreOp};
 pub use server::{
     CheckId, Event, Input, LoginFailure, Output, PasswordCheck, Server, SessionEnd, SessionId,
 };
-pub use store::{LoginFailures, Restored, StoreOp};
 pub use time::Time;

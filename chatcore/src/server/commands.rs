@@ -4,11 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::api::{SessionEnd, SessionId};
 use super::delivery::Routed;
-use super::io::{SessionEnd, SessionId};
-use super::login::decode_error_reply;
 use super::session::{Paged, Parsed, Pending};
-use super::Server;
+use super::{rate_limited, Server};
 use crate::message::{Message, MessageKind};
 use crate::wire::{
     Audience, Command, ErrorReply, IdleArg, ParseError, ServerLine, Status, UsageOf,
@@ -71,8 +70,7 @@ impl Server {
             active.backlog.push_back(parsed);
             return;
         }
-        let detail = "too many commands: slow down".to_string();
-        let refusal = ServerLine::Err(ErrorReply::RateLimited { detail });
+        let refusal = rate_limited("too many commands: slow down");
         if active.paging.is_empty() {
             self.send(id, refusal);
         } else {
@@ -112,7 +110,7 @@ impl Server {
         };
         let command = match parsed {
             Parsed::Malformed(error) => {
-                return self.send(id, ServerLine::Err(decode_error_reply(error)));
+                return self.send(id, ServerLine::Err(error.into()));
             }
             Parsed::Line(Ok(command)) => command,
             Parsed::Line(Err(ParseError::Blank)) => return,

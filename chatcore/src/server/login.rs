@@ -5,21 +5,13 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::io::{CheckId, Event, LoginFailure, Output, PasswordCheck, SessionId};
+use super::api::{CheckId, Event, LoginFailure, Output, PasswordCheck, SessionId};
 use super::session::{Active, Pending, Phase};
 use super::Server;
 use crate::names::is_valid_user_name;
-use crate::store::{LoginFailures, StoreOp};
+use crate::persist::{LoginFailures, StoreOp};
 use crate::time::Time;
 use crate::wire::{Ask, ByeReason, ErrorReply, ServerLine};
-
-/// The `ERR` that answers a line the decoder refused.
-pub(super) fn decode_error_reply(error: crate::wire::DecodeError) -> ErrorReply {
-    match error {
-        crate::wire::DecodeError::LineTooLong { max } => ErrorReply::LineTooLong { max },
-        crate::wire::DecodeError::BadEncoding => ErrorReply::BadEncoding,
-    }
-}
 
 /// Whole seconds left, rounded up, and never 0 while a block is in force.
 fn seconds_left(left: Duration) -> u64 {
@@ -39,7 +31,7 @@ impl Server {
         let line = match input {
             Pending::Line(line) => line,
             Pending::Malformed(error) => {
-                self.send(id, ServerLine::Err(decode_error_reply(error)));
+                self.send(id, ServerLine::Err(error.into()));
                 self.send(id, ServerLine::Ask(ask));
                 return;
             }

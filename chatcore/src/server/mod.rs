@@ -1,14 +1,14 @@
 //! The chat service as a state machine.
 
+mod api;
 mod commands;
 mod delivery;
 mod flood;
-mod io;
 mod login;
 mod session;
 mod timers;
 
-pub use io::{CheckId, Event, Input, LoginFailure, Output, PasswordCheck, SessionEnd, SessionId};
+pub use api::{CheckId, Event, Input, LoginFailure, Output, PasswordCheck, SessionEnd, SessionId};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -17,9 +17,9 @@ use std::sync::Arc;
 use crate::accounts::Accounts;
 use crate::config::Config;
 use crate::message::{Message, MessageId};
-use crate::store::{LoginFailures, Restored, StoreOp};
+use crate::persist::{LoginFailures, Restored, StoreOp};
 use crate::time::Time;
-use crate::wire::{is_forbidden_control, Ask, ByeReason, ServerLine};
+use crate::wire::{is_forbidden_control, Ask, ByeReason, DecodeError, ErrorReply, ServerLine};
 
 use session::{Pending, Phase, Session};
 use timers::Timers;
@@ -136,11 +136,9 @@ impl Server {
         match input {
             // The decoder refuses control characters; checking again here
             // keeps a driver without one from passing escapes to others.
-            Input::Line { session, line } if line.chars().any(is_forbidden_control) => self
-                .on_line(
-                    session,
-                    Pending::Malformed(crate::wire::DecodeError::BadEncoding),
-                ),
+            Input::Line { session, line } if line.chars().any(is_forbidden_control) => {
+                self.on_line(session, Pending::Malformed(DecodeError::BadEncoding))
+            }
             Input::Line { session, line } => self.on_line(session, Pending::Line(line)),
             Input::Malformed { session, error } => self.on_line(session, Pending::Malformed(error)),
             Input::Closed { session } => self.on_closed(session),
@@ -506,8 +504,11 @@ impl Server {
     }
 }
 
+/// The one place an `ERR rate-limited` is built: every refusal for going
+/// too fast (lines ahead of a login, commands past the flood backlog) reads
+/// the same way, with only its detail telling which bound was hit.
 fn rate_limited(detail: &str) -> ServerLine {
-    ServerLine::Err(crate::wire::ErrorReply::RateLimited {
+    ServerLine::Err(ErrorReply::RateLimited {
         detail: detail.to_string(),
     })
 }

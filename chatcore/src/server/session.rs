@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::api::CheckId;
 use super::flood::Bucket;
-use super::io::CheckId;
 use crate::config::Config;
 use crate::message::Message;
 use crate::time::Time;

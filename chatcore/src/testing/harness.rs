@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
+use crate::persist::Restored;
 use crate::server::{Event, Input, Output, PasswordCheck, Server, SessionId};
-use crate::store::Restored;
 use crate::time::Time;
 use crate::wire::ServerLine;
 

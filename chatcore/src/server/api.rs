@@ -1,10 +1,13 @@
-//! What goes into and comes out of the [`crate::Server`].
+//! What goes into and comes out of the [`crate::Server`]: the whole
+//! vocabulary a driver speaks, kept apart from the state behind it so it can
+//! be read (and kept stable) on its own. Nothing here does I/O; these are
+//! the requests for it.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use crate::accounts::Credential;
-use crate::store::StoreOp;
+use crate::persist::StoreOp;
 use crate::time::Time;
 use crate::wire::{DecodeError, ServerLine};
 
