@@ -55,7 +55,7 @@ impl Server {
         let admitted = active.paging.is_empty()
             && active.backlog.is_empty()
             && match (&mut active.bucket, &self.config.flood) {
-                (Some(bucket), Some(limit)) => bucket.take(limit, now),
+                (Some(bucket), Some(limit)) => bucket.take(now, limit),
                 _ => true,
             };
         if admitted {
@@ -92,7 +92,7 @@ impl Server {
                 return;
             }
             if let (Some(bucket), Some(limit)) = (active.bucket.as_mut(), &self.config.flood) {
-                if !bucket.take(limit, now) {
+                if !bucket.take(now, limit) {
                     return;
                 }
             }

@@ -149,7 +149,7 @@ impl Server {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        session.phase = Phase::Active(Box::new(Active::new(user.clone(), now, &self.config)));
+        session.phase = Phase::Active(Box::new(Active::new(now, user.clone(), &self.config)));
         self.online.insert(user.clone(), id);
         self.last_seen.insert(user.clone(), now);
         self.persist(StoreOp::Seen {

@@ -38,7 +38,7 @@ const ID_BLOCK: MessageId = 1024;
 /// - [`Server::poll_timeout`] says when to call [`Server::handle_timeout`];
 /// - getters read state for status pages and tests.
 ///
-/// Every call takes `now`. The core keeps the latest `now` it was given and
+/// Every call takes `now`, always as its first argument. The core keeps the latest `now` it was given and
 /// ignores earlier ones, so its clock never runs backwards.
 #[derive(Debug)]
 pub struct Server {
@@ -66,13 +66,13 @@ pub struct Server {
 
 impl Server {
     /// A server with no durable history.
-    pub fn new(config: Config, accounts: Accounts, now: Time) -> Self {
-        Self::restore(config, accounts, Restored::default(), now)
+    pub fn new(now: Time, config: Config, accounts: Accounts) -> Self {
+        Self::restore(now, config, accounts, Restored::default())
     }
 
     /// A server that carries on from what a store gave back: held messages,
     /// the `wholast` history, lockouts and the id counter.
-    pub fn restore(config: Config, accounts: Accounts, restored: Restored, now: Time) -> Self {
+    pub fn restore(now: Time, config: Config, accounts: Accounts, restored: Restored) -> Self {
         let max_held_id = restored
             .held
             .values()
@@ -111,7 +111,7 @@ impl Server {
 
     /// A new connection from `peer`: greets it and asks for a user name.
     /// After [`Input::Shutdown`] it is refused with `BYE shutdown` at once.
-    pub fn open_session(&mut self, peer: IpAddr, now: Time) -> SessionId {
+    pub fn open_session(&mut self, now: Time, peer: IpAddr) -> SessionId {
         self.advance_clock(now);
         let id = SessionId(self.next_session);
         self.next_session += 1;
@@ -121,7 +121,7 @@ impl Server {
             self.out.push_back(Output::Close { session: id });
             return id;
         }
-        self.sessions.insert(id, Session::new(peer, self.now));
+        self.sessions.insert(id, Session::new(self.now, peer));
         self.send(id, ServerLine::Hello);
         self.send(id, ServerLine::Ask(Ask::Username));
         self.arm(id);

@@ -94,9 +94,9 @@ pub(crate) enum Parsed {
 }
 
 impl Active {
-    pub(crate) fn new(user: String, now: Time, config: &Config) -> Self {
+    pub(crate) fn new(now: Time, user: String, config: &Config) -> Self {
         Active {
-            bucket: config.flood.as_ref().map(|f| Bucket::full(f, now)),
+            bucket: config.flood.as_ref().map(|f| Bucket::full(now, f)),
             backlog: VecDeque::new(),
             paging: VecDeque::new(),
             page_in_flight: false,
@@ -150,7 +150,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(peer: IpAddr, now: Time) -> Self {
+    pub(crate) fn new(now: Time, peer: IpAddr) -> Self {
         Session {
             peer,
             opened: now,
