@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::api::{CheckId, Event, LoginFailure, Output, PasswordCheck, SessionId};
-use super::session::{Active, Pending, Phase};
+use super::session::{Active, Phase, Received};
 use super::Server;
 use crate::names::is_valid_user_name;
 use crate::persist::{LoginFailures, StoreOp};
@@ -20,7 +20,7 @@ fn seconds_left(left: Duration) -> u64 {
 
 impl Server {
     /// A line answering `ASK username` or `ASK password`.
-    pub(super) fn on_login_line(&mut self, id: SessionId, input: Pending) {
+    pub(super) fn on_login_line(&mut self, id: SessionId, input: Received) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -29,9 +29,9 @@ impl Server {
             _ => Ask::Username,
         };
         let line = match input {
-            Pending::Line(line) => line,
-            Pending::Malformed(error) => {
-                self.send(id, ServerLine::Err(error.into()));
+            Received::Text(line) => line,
+            Received::Refused(reply) => {
+                self.send(id, ServerLine::Err(reply));
                 self.send(id, ServerLine::Ask(ask));
                 return;
             }

@@ -19,9 +19,9 @@ use crate::config::Config;
 use crate::message::{Message, MessageId};
 use crate::persist::{LoginFailures, Restored, StoreOp};
 use crate::time::Time;
-use crate::wire::{is_forbidden_control, Ask, ByeReason, DecodeError, ErrorReply, ServerLine};
+use crate::wire::{is_forbidden_control, Ask, ByeReason, ErrorReply, ServerLine};
 
-use session::{Pending, Phase, Session};
+use session::{Phase, Received, Session};
 use timers::Timers;
 
 /// How many message ids one [`StoreOp::ReserveIds`] sets aside, so the
@@ -137,10 +137,12 @@ impl Server {
             // The decoder refuses control characters; checking again here
             // keeps a driver without one from passing escapes to others.
             Input::Line { session, line } if line.chars().any(is_forbidden_control) => {
-                self.on_line(session, Pending::Malformed(DecodeError::BadEncoding))
+                self.on_line(session, Received::Refused(ErrorReply::BadEncoding))
             }
-            Input::Line { session, line } => self.on_line(session, Pending::Line(line)),
-            Input::Malformed { session, error } => self.on_line(session, Pending::Malformed(error)),
+            Input::Line { session, line } => self.on_line(session, Received::Text(line)),
+            Input::Malformed { session, error } => {
+                self.on_line(session, Received::Refused(error.into()))
+            }
             Input::Closed { session } => self.on_closed(session),
             Input::InputEnded { session } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
@@ -313,7 +315,7 @@ impl Server {
         session.armed = Some(self.timers.arm(id, session.armed, at));
     }
 
-    fn on_line(&mut self, id: SessionId, input: Pending) {
+    fn on_line(&mut self, id: SessionId, input: Received) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
