@@ -1003,6 +1003,7 @@ fn log_event(event: &Event) {
                 LoginFailure::BadCredentials => "bad credentials",
                 LoginFailure::AlreadyOnline => "already online",
                 LoginFailure::Blocked => "blocked",
+                _ => "other",
             };
             // Text that is no user name is never logged: it may be
             // anything, even a password typed into the wrong prompt.
@@ -1022,5 +1023,6 @@ fn log_event(event: &Event) {
             let bye = bye.map_or("none", |b| b.as_str());
             tracing::info!(%session, %peer, bye, "connection closed before login");
         }
+        other => tracing::info!(event = ?other, "event"),
     }
 }

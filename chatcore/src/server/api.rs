@@ -115,6 +115,11 @@ impl Input {
 
 /// Work for the driver. Drain them with [`crate::Server::poll_output`]
 /// after every `handle_*` call and act on them in order.
+///
+/// Deliberately not `#[non_exhaustive]`, unlike [`Event`]: a driver that
+/// ignores a kind of output it does not know (a line not sent, a change not
+/// made durable, a password never checked) is broken, so a new kind must
+/// fail to compile in every driver until it is handled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Write `line` and a `\n` to the connection. See [`StoreOp`] for the
@@ -178,8 +183,10 @@ impl fmt::Debug for PasswordCheck {
     }
 }
 
-/// Why a session ended, for logs.
+/// Why a session ended, for logs. New reasons may come: match with a
+/// wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SessionEnd {
     /// The client sent `logout`.
     Logout,
@@ -196,8 +203,10 @@ pub enum SessionEnd {
     Shutdown,
 }
 
-/// Why a login attempt failed, for logs.
+/// Why a login attempt failed, for logs. New reasons may come: match with
+/// a wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LoginFailure {
     /// Unknown name or wrong password.
     BadCredentials,
@@ -207,8 +216,10 @@ pub enum LoginFailure {
     Blocked,
 }
 
-/// Something worth a log line. Message texts never appear here.
+/// Something worth a log line. Message texts never appear here. New kinds
+/// may come (logging one late is harmless): match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A connection logged in.
     LoggedIn {
