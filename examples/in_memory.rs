@@ -64,7 +64,7 @@ impl Driver {
     fn connect(&mut self, name: &'static str) -> SessionId {
         let id = self
             .server
-            .open_session(IpAddr::V4(Ipv4Addr::LOCALHOST), self.now);
+            .open_session(self.now, IpAddr::V4(Ipv4Addr::LOCALHOST));
         self.names.insert(id, name);
         self.run_outputs();
         id
@@ -98,7 +98,7 @@ fn main() {
     let accounts = Accounts::parse("alice wonderland\nbob builder\n").expect("valid accounts");
     let now = Time::from_unix_secs(1_795_540_321);
     let mut d = Driver {
-        server: Server::new(Config::default(), accounts, now),
+        server: Server::new(now, Config::default(), accounts),
         now,
         inbox: BTreeMap::new(),
         names: BTreeMap::new(),

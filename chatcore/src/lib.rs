@@ -32,7 +32,7 @@
 //!
 //! let accounts = Accounts::parse("alice secret\nbob hunter2\n").unwrap();
 //! let mut now = Time::from_unix_secs(1_795_540_321);
-//! let mut server = Server::new(Config::default(), accounts, now);
+//! let mut server = Server::new(now, Config::default(), accounts);
 //! let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
 //!
 //! // What a driver does with each output; here we just collect the lines.
@@ -60,7 +60,7 @@
 //! }
 //!
 //! let mut wire = Vec::new();
-//! let alice = server.open_session(localhost, now);
+//! let alice = server.open_session(now, localhost);
 //! drain(&mut server, now, &mut wire);
 //! for line in ["alice", "secret", "whoelse"] {
 //!     server.handle_input(now, Input::Line { session: alice, line: line.into() });
@@ -100,8 +100,8 @@ pub mod accounts;
 pub mod config;
 pub mod message;
 pub mod names;
+pub mod persist;
 pub mod server;
-pub mod store;
 pub mod time;
 pub mod wire;
 
@@ -111,8 +111,8 @@ pub mod testing;
 pub use accounts::{Accounts, Credential, UsersFileError};
 pub use config::{Config, FloodLimit};
 pub use message::{Message, MessageId, MessageKind};
+pub use persist::{LoginFailures, Restored, StoreOp};
 pub use server::{
     CheckId, Event, Input, LoginFailure, Output, PasswordCheck, Server, SessionEnd, SessionId,
 };
-pub use store::{LoginFailures, Restored, StoreOp};
 pub use time::Time;

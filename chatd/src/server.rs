@@ -329,7 +329,7 @@ pub async fn run_prepared(
         checker,
     } = prepared;
     let clock = Clock::start();
-    let server = Server::restore(settings.core.clone(), accounts, restored, clock.now());
+    let server = Server::restore(clock.now(), settings.core.clone(), accounts, restored);
     let (inputs, mut rx) = mpsc::channel(INPUT_CHANNEL);
     let store = StoreThread::start(store)
         .map_err(|e| RunError::Internal(format!("cannot start the store thread: {e}")))?;
@@ -826,7 +826,7 @@ impl Core {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
         }
-        let session = self.server.open_session(ip, self.clock.now());
+        let session = self.server.open_session(self.clock.now(), ip);
         tracing::debug!(%session, %peer, "connected");
         let (out, out_rx) = outbound(&self.clock);
         let params = ConnParams {
@@ -1003,6 +1003,7 @@ fn log_event(event: &Event) {
                 LoginFailure::BadCredentials => "bad credentials",
                 LoginFailure::AlreadyOnline => "already online",
                 LoginFailure::Blocked => "blocked",
+                _ => "other",
             };
             // Text that is no user name is never logged: it may be
             // anything, even a password typed into the wrong prompt.
@@ -1022,5 +1023,6 @@ fn log_event(event: &Event) {
             let bye = bye.map_or("none", |b| b.as_str());
             tracing::info!(%session, %peer, bye, "connection closed before login");
         }
+        other => tracing::info!(event = ?other, "event"),
     }
 }

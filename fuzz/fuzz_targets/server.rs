@@ -75,7 +75,7 @@ fuzz_target!(|ops: Vec<Op>| {
         ..Config::default()
     };
     let mut now = Time::from_unix_secs(1_795_540_321);
-    let mut server = Server::new(config, accounts, now);
+    let mut server = Server::new(now, config, accounts);
     let mut sessions: Vec<SessionId> = Vec::new();
     let mut closed: HashSet<SessionId> = HashSet::new();
     let mut checks: VecDeque<PasswordCheck> = VecDeque::new();
@@ -87,7 +87,7 @@ fuzz_target!(|ops: Vec<Op>| {
         match op {
             Op::Connect { ip } => {
                 let peer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, ip % 3));
-                sessions.push(server.open_session(peer, now));
+                sessions.push(server.open_session(now, peer));
             }
             // Driver events the first `Op`s did not have ride on three
             // reserved lines, so that the corpus keeps decoding as it did.

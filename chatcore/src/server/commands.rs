@@ -4,63 +4,107 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::api::{SessionEnd, SessionId};
 use super::delivery::Routed;
-use super::io::{SessionEnd, SessionId};
-use super::login::decode_error_reply;
-use super::session::{Paged, Parsed, Pending};
-use super::Server;
+use super::session::{Paged, Received, Request};
+use super::{rate_limited, Server};
 use crate::message::{Message, MessageKind};
 use crate::wire::{
     Audience, Command, ErrorReply, IdleArg, ParseError, ServerLine, Status, UsageOf,
 };
 
+/// A logged-in client's line, classified once, the moment it arrives.
+#[derive(Debug)]
+enum Arrival {
+    /// `idle <seq>`: the answer to probe `seq`, handled at once.
+    ProbeAnswer(u64),
+    /// A bare `idle` (an answer to a probe that confirms nothing) or a blank
+    /// line: a sign of life and nothing more, never answered.
+    SignOfLife {
+        /// Whether it was a bare `idle` rather than a blank line.
+        bare_idle: bool,
+    },
+    /// A command, or a line that reads as a failed attempt at one (unknown
+    /// word, bad usage): it is answered in its turn, and it counts as
+    /// activity for the inactivity timeout.
+    Request(Request),
+    /// A line the decoder refused: answered in its turn like a request, but
+    /// only a sign of life, so it does not hold off the inactivity timeout.
+    Unreadable(ErrorReply),
+}
+
 impl Server {
+    /// What a logged-in client's line is, decided once.
+    fn classify(&self, input: Received) -> Arrival {
+        let line = match input {
+            Received::Text(line) => line,
+            Received::Refused(reply) => return Arrival::Unreadable(reply),
+        };
+        let request = match Command::parse(&line) {
+            Err(ParseError::Blank) => return Arrival::SignOfLife { bare_idle: false },
+            Ok(Command::Idle(IdleArg::None)) => return Arrival::SignOfLife { bare_idle: true },
+            Ok(Command::Idle(IdleArg::Seq(seq))) => return Arrival::ProbeAnswer(seq),
+            Ok(Command::Idle(IdleArg::Busy)) => Request::SetBusy,
+            Ok(Command::Idle(IdleArg::Online)) => Request::SetOnline,
+            Ok(Command::Message { to, text }) => Request::Message { to, text },
+            Ok(Command::Broadcast { audience, text }) => Request::Broadcast { audience, text },
+            Ok(Command::WhoElse) => Request::WhoElse,
+            Ok(Command::WhoLast { minutes }) => Request::WhoLast { minutes },
+            Ok(Command::Logout) => Request::Logout,
+            Err(ParseError::UnknownCommand(word)) => {
+                Request::Refuse(ErrorReply::UnknownCommand { word })
+            }
+            Err(ParseError::Usage(of)) => Request::Refuse(ErrorReply::Usage {
+                usage: of.text(self.config.last_hour_minutes),
+            }),
+        };
+        Arrival::Request(request)
+    }
+
     /// A line from a logged-in client. Heartbeat replies are handled at
     /// once; everything else passes flood control first.
-    pub(super) fn on_command_line(&mut self, id: SessionId, input: Pending) {
+    pub(super) fn on_command_line(&mut self, id: SessionId, input: Received) {
         let now = self.now;
+        let arrival = self.classify(input);
         let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
             return;
         };
         active.last_heard = now;
-        let parsed = match input {
-            Pending::Line(line) => Parsed::Line(Command::parse(&line)),
-            Pending::Malformed(error) => Parsed::Malformed(error),
-        };
-        match &parsed {
-            Parsed::Line(Err(ParseError::Blank)) => return,
-            Parsed::Line(Ok(Command::Idle(IdleArg::None))) => {
-                if active.probe_seq > 0 && !active.bare_answers {
+        let request = match arrival {
+            Arrival::SignOfLife { bare_idle } => {
+                if bare_idle && active.probe_seq > 0 && !active.bare_answers {
                     // A client that answers probes this way confirms
                     // nothing: a held block waiting for room below
                     // `max_unconfirmed` must not wait for it.
                     active.bare_answers = true;
                     self.next_page(id);
                     // The block may have ended: commands waiting for it run.
-                    return self.run_backlog(id);
+                    self.run_backlog(id);
                 }
                 return;
             }
-            Parsed::Line(Ok(Command::Idle(IdleArg::Seq(seq)))) => {
-                let seq = *seq;
+            Arrival::ProbeAnswer(seq) => {
                 active.seq_answers = true;
                 self.confirm(id, seq);
                 // The block may have ended: commands waiting for it run.
                 return self.run_backlog(id);
             }
-            Parsed::Line(_) => active.last_command = now,
-            Parsed::Malformed(_) => {}
-        }
+            Arrival::Request(request) => {
+                active.last_command = now;
+                request
+            }
+            Arrival::Unreadable(reply) => Request::Refuse(reply),
+        };
         // Replies wait while an `OFFLINE` block is being sent, and while
         // earlier commands wait; then the flood rate decides.
         let admitted = active.paging.is_empty()
             && active.backlog.is_empty()
             && match (&mut active.bucket, &self.config.flood) {
-                (Some(bucket), Some(limit)) => bucket.take(limit, now),
+                (Some(bucket), Some(limit)) => bucket.take(now, limit),
                 _ => true,
             };
         if admitted {
-            return self.execute(id, parsed);
+            return self.execute(id, request);
         }
         let backlog_bound = self
             .config
@@ -68,11 +112,10 @@ impl Server {
             .as_ref()
             .map_or(self.config.max_pending_lines, |f| f.backlog);
         if active.backlog.len() < backlog_bound {
-            active.backlog.push_back(parsed);
+            active.backlog.push_back(request);
             return;
         }
-        let detail = "too many commands: slow down".to_string();
-        let refusal = ServerLine::Err(ErrorReply::RateLimited { detail });
+        let refusal = rate_limited("too many commands: slow down");
         if active.paging.is_empty() {
             self.send(id, refusal);
         } else {
@@ -94,40 +137,27 @@ impl Server {
                 return;
             }
             if let (Some(bucket), Some(limit)) = (active.bucket.as_mut(), &self.config.flood) {
-                if !bucket.take(limit, now) {
+                if !bucket.take(now, limit) {
                     return;
                 }
             }
-            let Some(parsed) = active.backlog.pop_front() else {
+            let Some(request) = active.backlog.pop_front() else {
                 return;
             };
-            self.execute(id, parsed);
+            self.execute(id, request);
         }
     }
 
-    /// Answers one admitted line.
-    fn execute(&mut self, id: SessionId, parsed: Parsed) {
+    /// Answers one admitted request.
+    fn execute(&mut self, id: SessionId, request: Request) {
         let Some(user) = self.user_of(id).map(str::to_string) else {
             return;
         };
-        let command = match parsed {
-            Parsed::Malformed(error) => {
-                return self.send(id, ServerLine::Err(decode_error_reply(error)));
-            }
-            Parsed::Line(Ok(command)) => command,
-            Parsed::Line(Err(ParseError::Blank)) => return,
-            Parsed::Line(Err(ParseError::UnknownCommand(word))) => {
-                return self.send(id, ServerLine::Err(ErrorReply::UnknownCommand { word }));
-            }
-            Parsed::Line(Err(ParseError::Usage(of))) => {
-                let usage = of.text(self.config.last_hour_minutes);
-                return self.send(id, ServerLine::Err(ErrorReply::Usage { usage }));
-            }
-        };
-        match command {
-            Command::Message { to, text } => self.message(id, &user, to, text),
-            Command::Broadcast { audience, text } => self.broadcast(id, &user, audience, text),
-            Command::WhoElse => {
+        match request {
+            Request::Refuse(reply) => self.send(id, ServerLine::Err(reply)),
+            Request::Message { to, text } => self.message(id, &user, to, text),
+            Request::Broadcast { audience, text } => self.broadcast(id, &user, audience, text),
+            Request::WhoElse => {
                 let names = self
                     .online
                     .keys()
@@ -136,22 +166,20 @@ impl Server {
                     .collect();
                 self.send(id, ServerLine::Who(names));
             }
-            Command::WhoLast { minutes } => self.wholast(id, &user, minutes),
-            Command::Idle(IdleArg::Busy) => {
+            Request::WhoLast { minutes } => self.wholast(id, &user, minutes),
+            Request::SetBusy => {
                 if let Some(a) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
                     a.busy = true;
                 }
                 self.send(id, ServerLine::Status(Status::Busy));
             }
-            Command::Idle(IdleArg::Online) => {
+            Request::SetOnline => {
                 if let Some(a) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
                     a.busy = false;
                 }
                 self.deliver_box(id, Some(ServerLine::Status(Status::Online)));
             }
-            Command::Idle(IdleArg::None) => {}
-            Command::Idle(IdleArg::Seq(seq)) => self.confirm(id, seq),
-            Command::Logout => {
+            Request::Logout => {
                 self.confirm_all(id);
                 self.end_session(id, SessionEnd::Logout);
             }

@@ -3,12 +3,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::io::Output;
-use super::io::SessionId;
+use super::api::Output;
+use super::api::SessionId;
 use super::session::{Paged, Phase, Unconfirmed};
 use super::Server;
 use crate::message::Message;
-use crate::store::StoreOp;
+use crate::persist::StoreOp;
 use crate::wire::{HeldBecause, ServerLine};
 
 /// What became of one recipient's copy of a message.

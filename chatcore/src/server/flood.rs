@@ -15,14 +15,14 @@ pub(crate) struct Bucket {
 
 impl Bucket {
     /// A full bucket: a session may send `burst` commands at once.
-    pub(crate) fn full(limit: &FloodLimit, now: Time) -> Self {
+    pub(crate) fn full(now: Time, limit: &FloodLimit) -> Self {
         Bucket {
             level: u64::from(limit.burst) * TOKEN,
             at: now,
         }
     }
 
-    fn refill(&mut self, limit: &FloodLimit, now: Time) {
+    fn refill(&mut self, now: Time, limit: &FloodLimit) {
         let elapsed = now.unix_millis().saturating_sub(self.at.unix_millis());
         let cap = u64::from(limit.burst.max(1)) * TOKEN;
         // `per_second` tokens a second is `per_second` thousandths a millisecond.
@@ -32,8 +32,8 @@ impl Bucket {
     }
 
     /// Takes a token if there is one.
-    pub(crate) fn take(&mut self, limit: &FloodLimit, now: Time) -> bool {
-        self.refill(limit, now);
+    pub(crate) fn take(&mut self, now: Time, limit: &FloodLimit) -> bool {
+        self.refill(now, limit);
         if self.level >= TOKEN {
             self.level -= TOKEN;
             true
@@ -65,18 +65,18 @@ mod tests {
             backlog: 10,
         };
         let t0 = Time::from_unix_secs(100);
-        let mut b = Bucket::full(&limit, t0);
-        assert!((0..3).all(|_| b.take(&limit, t0)));
-        assert!(!b.take(&limit, t0));
+        let mut b = Bucket::full(t0, &limit);
+        assert!((0..3).all(|_| b.take(t0, &limit)));
+        assert!(!b.take(t0, &limit));
         assert_eq!(
             b.next_token(&limit),
             t0 + std::time::Duration::from_millis(500)
         );
-        assert!(!b.take(&limit, t0 + std::time::Duration::from_millis(499)));
-        assert!(b.take(&limit, t0 + std::time::Duration::from_millis(500)));
+        assert!(!b.take(t0 + std::time::Duration::from_millis(499), &limit));
+        assert!(b.take(t0 + std::time::Duration::from_millis(500), &limit));
         // A long pause refills only up to the burst.
         let later = t0 + std::time::Duration::from_secs(3600);
-        assert!((0..3).all(|_| b.take(&limit, later)));
-        assert!(!b.take(&limit, later));
+        assert!((0..3).all(|_| b.take(later, &limit)));
+        assert!(!b.take(later, &limit));
     }
 }

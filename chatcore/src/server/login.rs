@@ -5,21 +5,13 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::io::{CheckId, Event, LoginFailure, Output, PasswordCheck, SessionId};
-use super::session::{Active, Pending, Phase};
+use super::api::{CheckId, Event, LoginFailure, Output, PasswordCheck, SessionId};
+use super::session::{Active, Phase, Received};
 use super::Server;
 use crate::names::is_valid_user_name;
-use crate::store::{LoginFailures, StoreOp};
+use crate::persist::{LoginFailures, StoreOp};
 use crate::time::Time;
 use crate::wire::{Ask, ByeReason, ErrorReply, ServerLine};
-
-/// The `ERR` that answers a line the decoder refused.
-pub(super) fn decode_error_reply(error: crate::wire::DecodeError) -> ErrorReply {
-    match error {
-        crate::wire::DecodeError::LineTooLong { max } => ErrorReply::LineTooLong { max },
-        crate::wire::DecodeError::BadEncoding => ErrorReply::BadEncoding,
-    }
-}
 
 /// Whole seconds left, rounded up, and never 0 while a block is in force.
 fn seconds_left(left: Duration) -> u64 {
@@ -28,7 +20,7 @@ fn seconds_left(left: Duration) -> u64 {
 
 impl Server {
     /// A line answering `ASK username` or `ASK password`.
-    pub(super) fn on_login_line(&mut self, id: SessionId, input: Pending) {
+    pub(super) fn on_login_line(&mut self, id: SessionId, input: Received) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -37,9 +29,9 @@ impl Server {
             _ => Ask::Username,
         };
         let line = match input {
-            Pending::Line(line) => line,
-            Pending::Malformed(error) => {
-                self.send(id, ServerLine::Err(decode_error_reply(error)));
+            Received::Text(line) => line,
+            Received::Refused(reply) => {
+                self.send(id, ServerLine::Err(reply));
                 self.send(id, ServerLine::Ask(ask));
                 return;
             }
@@ -157,7 +149,7 @@ impl Server {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        session.phase = Phase::Active(Box::new(Active::new(user.clone(), now, &self.config)));
+        session.phase = Phase::Active(Box::new(Active::new(now, user.clone(), &self.config)));
         self.online.insert(user.clone(), id);
         self.last_seen.insert(user.clone(), now);
         self.persist(StoreOp::Seen {

@@ -1,14 +1,14 @@
 //! The chat service as a state machine.
 
+mod api;
 mod commands;
 mod delivery;
 mod flood;
-mod io;
 mod login;
 mod session;
 mod timers;
 
-pub use io::{CheckId, Event, Input, LoginFailure, Output, PasswordCheck, SessionEnd, SessionId};
+pub use api::{CheckId, Event, Input, LoginFailure, Output, PasswordCheck, SessionEnd, SessionId};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -17,11 +17,11 @@ use std::sync::Arc;
 use crate::accounts::Accounts;
 use crate::config::Config;
 use crate::message::{Message, MessageId};
-use crate::store::{LoginFailures, Restored, StoreOp};
+use crate::persist::{LoginFailures, Restored, StoreOp};
 use crate::time::Time;
-use crate::wire::{is_forbidden_control, Ask, ByeReason, ServerLine};
+use crate::wire::{is_forbidden_control, Ask, ByeReason, ErrorReply, ServerLine};
 
-use session::{Pending, Phase, Session};
+use session::{Phase, Received, Session};
 use timers::Timers;
 
 /// How many message ids one [`StoreOp::ReserveIds`] sets aside, so the
@@ -38,7 +38,7 @@ const ID_BLOCK: MessageId = 1024;
 /// - [`Server::poll_timeout`] says when to call [`Server::handle_timeout`];
 /// - getters read state for status pages and tests.
 ///
-/// Every call takes `now`. The core keeps the latest `now` it was given and
+/// Every call takes `now`, always as its first argument. The core keeps the latest `now` it was given and
 /// ignores earlier ones, so its clock never runs backwards.
 #[derive(Debug)]
 pub struct Server {
@@ -66,13 +66,13 @@ pub struct Server {
 
 impl Server {
     /// A server with no durable history.
-    pub fn new(config: Config, accounts: Accounts, now: Time) -> Self {
-        Self::restore(config, accounts, Restored::default(), now)
+    pub fn new(now: Time, config: Config, accounts: Accounts) -> Self {
+        Self::restore(now, config, accounts, Restored::default())
     }
 
     /// A server that carries on from what a store gave back: held messages,
     /// the `wholast` history, lockouts and the id counter.
-    pub fn restore(config: Config, accounts: Accounts, restored: Restored, now: Time) -> Self {
+    pub fn restore(now: Time, config: Config, accounts: Accounts, restored: Restored) -> Self {
         let max_held_id = restored
             .held
             .values()
@@ -111,7 +111,7 @@ impl Server {
 
     /// A new connection from `peer`: greets it and asks for a user name.
     /// After [`Input::Shutdown`] it is refused with `BYE shutdown` at once.
-    pub fn open_session(&mut self, peer: IpAddr, now: Time) -> SessionId {
+    pub fn open_session(&mut self, now: Time, peer: IpAddr) -> SessionId {
         self.advance_clock(now);
         let id = SessionId(self.next_session);
         self.next_session += 1;
@@ -121,7 +121,7 @@ impl Server {
             self.out.push_back(Output::Close { session: id });
             return id;
         }
-        self.sessions.insert(id, Session::new(peer, self.now));
+        self.sessions.insert(id, Session::new(self.now, peer));
         self.send(id, ServerLine::Hello);
         self.send(id, ServerLine::Ask(Ask::Username));
         self.arm(id);
@@ -136,13 +136,13 @@ impl Server {
         match input {
             // The decoder refuses control characters; checking again here
             // keeps a driver without one from passing escapes to others.
-            Input::Line { session, line } if line.chars().any(is_forbidden_control) => self
-                .on_line(
-                    session,
-                    Pending::Malformed(crate::wire::DecodeError::BadEncoding),
-                ),
-            Input::Line { session, line } => self.on_line(session, Pending::Line(line)),
-            Input::Malformed { session, error } => self.on_line(session, Pending::Malformed(error)),
+            Input::Line { session, line } if line.chars().any(is_forbidden_control) => {
+                self.on_line(session, Received::Refused(ErrorReply::BadEncoding))
+            }
+            Input::Line { session, line } => self.on_line(session, Received::Text(line)),
+            Input::Malformed { session, error } => {
+                self.on_line(session, Received::Refused(error.into()))
+            }
             Input::Closed { session } => self.on_closed(session),
             Input::InputEnded { session } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
@@ -315,7 +315,7 @@ impl Server {
         session.armed = Some(self.timers.arm(id, session.armed, at));
     }
 
-    fn on_line(&mut self, id: SessionId, input: Pending) {
+    fn on_line(&mut self, id: SessionId, input: Received) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -506,8 +506,11 @@ impl Server {
     }
 }
 
+/// The one place an `ERR rate-limited` is built: every refusal for going
+/// too fast (lines ahead of a login, commands past the flood backlog) reads
+/// the same way, with only its detail telling which bound was hit.
 fn rate_limited(detail: &str) -> ServerLine {
-    ServerLine::Err(crate::wire::ErrorReply::RateLimited {
+    ServerLine::Err(ErrorReply::RateLimited {
         detail: detail.to_string(),
     })
 }

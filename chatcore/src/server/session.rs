@@ -4,19 +4,23 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::api::CheckId;
 use super::flood::Bucket;
-use super::io::CheckId;
 use crate::config::Config;
 use crate::message::Message;
 use crate::time::Time;
-use crate::wire::{Command, DecodeError, ParseError};
+use crate::wire::{Audience, ErrorReply};
 
-/// Input that arrived while a password was being checked, answered once the
-/// check is done so replies keep the order of the lines they answer.
+/// A line as it arrived from the client: its text, or the `ERR` that
+/// answers a line the decoder (or the core's own check) refused.
+///
+/// Lines sent while a password is being checked wait in this form: whether
+/// they are login answers or commands depends on how the check ends, so
+/// they are classified only then, in arrival order.
 #[derive(Debug)]
-pub(crate) enum Pending {
-    Line(String),
-    Malformed(DecodeError),
+pub(crate) enum Received {
+    Text(String),
+    Refused(ErrorReply),
 }
 
 #[derive(Debug)]
@@ -29,7 +33,7 @@ pub(crate) enum Phase {
     Checking {
         user: String,
         check: CheckId,
-        pending: VecDeque<Pending>,
+        pending: VecDeque<Received>,
     },
     /// Logged in.
     Active(Box<Active>),
@@ -65,7 +69,7 @@ pub(crate) struct Active {
     pub(crate) bucket: Option<Bucket>,
     /// Commands waiting for the flood rate or for the held messages to be
     /// sent, in arrival order.
-    pub(crate) backlog: VecDeque<Parsed>,
+    pub(crate) backlog: VecDeque<Request>,
     /// The rest of an `OFFLINE` block being sent page by page, and what
     /// must follow it before anything else.
     pub(crate) paging: VecDeque<Paged>,
@@ -86,17 +90,35 @@ pub(crate) enum Paged {
     Reply(crate::wire::ServerLine),
 }
 
-/// A line from a logged-in client, parsed once on arrival.
+/// A logged-in client's line that gets exactly one reply, as classified on
+/// arrival: what waits in [`Active::backlog`] for its turn.
+///
+/// Heartbeat answers and blank lines are never here: they are handled the
+/// moment they arrive, so running a request never meets one.
 #[derive(Debug)]
-pub(crate) enum Parsed {
-    Line(Result<Command, ParseError>),
-    Malformed(DecodeError),
+pub(crate) enum Request {
+    /// `message <to> <text>`.
+    Message { to: String, text: String },
+    /// `broadcast [<audience>] <text>`.
+    Broadcast { audience: Audience, text: String },
+    /// `whoelse`.
+    WhoElse,
+    /// `wholast <minutes>`.
+    WhoLast { minutes: u64 },
+    /// `idle busy`.
+    SetBusy,
+    /// `idle online`.
+    SetOnline,
+    /// `logout`.
+    Logout,
+    /// A line refused with this reply (unreadable, unknown or misused).
+    Refuse(ErrorReply),
 }
 
 impl Active {
-    pub(crate) fn new(user: String, now: Time, config: &Config) -> Self {
+    pub(crate) fn new(now: Time, user: String, config: &Config) -> Self {
         Active {
-            bucket: config.flood.as_ref().map(|f| Bucket::full(f, now)),
+            bucket: config.flood.as_ref().map(|f| Bucket::full(now, f)),
             backlog: VecDeque::new(),
             paging: VecDeque::new(),
             page_in_flight: false,
@@ -150,7 +172,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(peer: IpAddr, now: Time) -> Self {
+    pub(crate) fn new(now: Time, peer: IpAddr) -> Self {
         Session {
             peer,
             opened: now,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::io::SessionId;
+use super::api::SessionId;
 use crate::time::Time;
 
 /// One entry per session: the earliest moment it may have work. Sessions

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
+use crate::persist::Restored;
 use crate::server::{Event, Input, Output, PasswordCheck, Server, SessionId};
-use crate::store::Restored;
 use crate::time::Time;
 use crate::wire::ServerLine;
 
@@ -61,7 +61,7 @@ pub const START: Time = Time::from_unix_secs(1_795_540_321);
 impl Harness {
     /// A harness around a new server.
     pub fn new(config: Config, accounts: Accounts) -> Self {
-        let server = Server::new(config.clone(), accounts.clone(), START);
+        let server = Server::new(START, config.clone(), accounts.clone());
         Harness {
             server,
             now: START,
@@ -127,7 +127,7 @@ impl Harness {
 
     /// Opens a connection from `ip`.
     pub fn connect_from(&mut self, ip: IpAddr) -> SessionId {
-        let id = self.server.open_session(ip, self.now);
+        let id = self.server.open_session(self.now, ip);
         self.received.entry(id).or_default();
         self.drain();
         id
@@ -265,10 +265,10 @@ impl Harness {
     /// are unique per server, not per store). The clock keeps going.
     pub fn restart(&mut self) {
         self.server = Server::restore(
+            self.now,
             self.config.clone(),
             self.accounts.clone(),
             self.store.clone(),
-            self.now,
         );
         self.checks.clear();
         self.written.clear();

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::DecodeError;
 use crate::message::{Message, MessageKind};
 use crate::names::is_valid_user_name;
 use crate::time::{Rfc3339, Time};
@@ -144,6 +145,17 @@ impl ErrorReply {
             ErrorReply::QueueFull { .. } => "queue-full",
             ErrorReply::RateLimited { .. } => "rate-limited",
             ErrorReply::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+/// A line the decoder refused is answered with the `ERR` naming why
+/// (PROTOCOL.md §2), whether it came during login or after.
+impl From<DecodeError> for ErrorReply {
+    fn from(error: DecodeError) -> Self {
+        match error {
+            DecodeError::LineTooLong { max } => ErrorReply::LineTooLong { max },
+            DecodeError::BadEncoding => ErrorReply::BadEncoding,
         }
     }
 }
@@ -433,6 +445,17 @@ impl ServerLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_lines_are_answered_with_their_error() {
+        let too_long = ErrorReply::from(DecodeError::LineTooLong { max: 4096 });
+        assert_eq!(
+            ServerLine::Err(too_long).to_string(),
+            "ERR line-too-long 4096"
+        );
+        let bad = ErrorReply::from(DecodeError::BadEncoding);
+        assert_eq!(ServerLine::Err(bad).to_string(), "ERR bad-encoding");
+    }
 
     #[test]
     fn protocol_examples_parse_and_print_back() {

@@ -32,7 +32,7 @@ fn sent_to(outputs: &[Output], session: SessionId) -> Vec<String> {
 }
 
 fn bare_login(server: &mut Server, now: Time, user: &str) -> SessionId {
-    let s = server.open_session(ip(1), now);
+    let s = server.open_session(now, ip(1));
     server.handle_input(
         now,
         Input::Line {
@@ -72,10 +72,10 @@ fn bare_login(server: &mut Server, now: Time, user: &str) -> SessionId {
 /// output line to another session.
 fn feed_raw(lines: Vec<String>, strict_controls: bool) -> Result<(), TestCaseError> {
     let now = Time::from_unix_millis(START_MS);
-    let mut server = Server::new(config(), accounts(), now);
+    let mut server = Server::new(now, config(), accounts());
     let ann = bare_login(&mut server, now, "ann");
     let bob = bare_login(&mut server, now, "bob");
-    let fresh = server.open_session(ip(2), now);
+    let fresh = server.open_session(now, ip(2));
     drain(&mut server);
     for line in lines {
         for s in [ann, fresh] {
@@ -133,8 +133,8 @@ proptest! {
 #[test]
 fn late_password_answer_and_forgotten_sessions_are_ignored() {
     let now = Time::from_unix_millis(START_MS);
-    let mut server = Server::new(config(), accounts(), now);
-    let s = server.open_session(ip(1), now);
+    let mut server = Server::new(now, config(), accounts());
+    let s = server.open_session(now, ip(1));
     server.handle_input(
         now,
         Input::Line {
@@ -157,7 +157,7 @@ fn late_password_answer_and_forgotten_sessions_are_ignored() {
         })
         .expect("a password check");
     // Another connection is served while the check is pending.
-    let other = server.open_session(ip(2), now);
+    let other = server.open_session(now, ip(2));
     let out = drain(&mut server);
     assert_eq!(sent_to(&out, other), ["HELLO CHAT/1", "ASK username"]);
     server.handle_input(now, Input::Closed { session: s });

@@ -103,7 +103,7 @@ impl Sut {
         let now = Time::from_unix_millis(START_MS);
         let cfg = setup.config();
         let mut sut = Sut {
-            server: Server::new(cfg.clone(), accounts(), now),
+            server: Server::new(now, cfg.clone(), accounts()),
             oracle: Oracle::new(cfg.clone()),
             setup,
             cfg,
@@ -203,7 +203,7 @@ impl Sut {
     }
 
     fn connect(&mut self, ip: std::net::IpAddr) -> usize {
-        let id = self.server.open_session(ip, self.now);
+        let id = self.server.open_session(self.now, ip);
         let key = (self.oracle.epoch, id);
         self.oracle.open(key, ip, self.now);
         self.decoders
@@ -297,10 +297,10 @@ impl Sut {
     fn restart(&mut self) {
         self.oracle.restart(self.now, &self.restored);
         self.server = Server::restore(
+            self.now,
             self.cfg.clone(),
             accounts(),
             self.restored.clone(),
-            self.now,
         );
         self.checks.clear();
         self.notify.clear();

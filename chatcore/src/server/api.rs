@@ -1,10 +1,13 @@
-//! What goes into and comes out of the [`crate::Server`].
+//! What goes into and comes out of the [`crate::Server`]: the whole
+//! vocabulary a driver speaks, kept apart from the state behind it so it can
+//! be read (and kept stable) on its own. Nothing here does I/O; these are
+//! the requests for it.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use crate::accounts::Credential;
-use crate::store::StoreOp;
+use crate::persist::StoreOp;
 use crate::time::Time;
 use crate::wire::{DecodeError, ServerLine};
 
@@ -112,6 +115,11 @@ impl Input {
 
 /// Work for the driver. Drain them with [`crate::Server::poll_output`]
 /// after every `handle_*` call and act on them in order.
+///
+/// Deliberately not `#[non_exhaustive]`, unlike [`Event`]: a driver that
+/// ignores a kind of output it does not know (a line not sent, a change not
+/// made durable, a password never checked) is broken, so a new kind must
+/// fail to compile in every driver until it is handled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Write `line` and a `\n` to the connection. See [`StoreOp`] for the
@@ -175,8 +183,10 @@ impl fmt::Debug for PasswordCheck {
     }
 }
 
-/// Why a session ended, for logs.
+/// Why a session ended, for logs. New reasons may come: match with a
+/// wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SessionEnd {
     /// The client sent `logout`.
     Logout,
@@ -193,8 +203,10 @@ pub enum SessionEnd {
     Shutdown,
 }
 
-/// Why a login attempt failed, for logs.
+/// Why a login attempt failed, for logs. New reasons may come: match with
+/// a wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LoginFailure {
     /// Unknown name or wrong password.
     BadCredentials,
@@ -204,8 +216,10 @@ pub enum LoginFailure {
     Blocked,
 }
 
-/// Something worth a log line. Message texts never appear here.
+/// Something worth a log line. Message texts never appear here. New kinds
+/// may come (logging one late is harmless): match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A connection logged in.
     LoggedIn {
