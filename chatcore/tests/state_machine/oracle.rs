@@ -40,10 +40,12 @@
 //!   next page only after `Input::Written`; live messages for the session
 //!   and waiting commands come after it; `OK status online` right after it;
 //! * message accounting per recipient: a message is routed exactly as §4/§5
-//!   say, is never delivered twice in one session life nor after it was
-//!   confirmed, is delivered in order per (sender, recipient), everything
-//!   owed comes back at the next login; nothing is released from the store
-//!   unconfirmed, and at every restart the store holds exactly what is owed;
+//!   say (each copy delivered at once goes to a session the running command
+//!   sends it to, checked as it is sent), is never delivered twice in one
+//!   session life nor after it was confirmed, is delivered in order per
+//!   (sender, recipient), everything owed comes back at the next login;
+//!   nothing is released from the store unconfirmed, and at every restart
+//!   the store holds exactly what is owed;
 //! * ids strictly increase, are reserved before use, and never go back
 //!   across restarts; a message never changes; timestamps are the second
 //!   the command ran;
