@@ -17,7 +17,8 @@
 //! * a new session gets exactly `HELLO CHAT/1`, `ASK username`;
 //! * nothing is sent to a session after its `BYE`, its `Close` or
 //!   `Input::Closed`, and a `Close` always has a cause (a `BYE`, a dead
-//!   peer, the end of its input);
+//!   peer, the end of its input): a reply other than `BYE` leaves the
+//!   session open;
 //! * login outcomes are exactly PROTOCOL §3's and the project's choices:
 //!   lockout after 3 consecutive bad credentials per (valid name, address)
 //!   across connections, `ERR blocked <secs-left>` (rounded up) + `BYE
