@@ -16,7 +16,7 @@
 //!
 //! The *system under test* ([`sut::Sut`]) drives a real `Server` the way
 //! chatd does and feeds every input and every output to an
-//! [`oracle::Oracle`]: a model of PROTOCOL.md that predicts login
+//! [`oracle::Oracle`]: a model of docs/PROTOCOL.md that predicts login
 //! outcomes exactly, holds each command to its one reply in order, follows
 //! flood control and paged `OFFLINE` blocks, accounts for every accepted
 //! message per recipient, and checks the invariants listed in `oracle.rs`.

@@ -449,8 +449,8 @@ fn example_crash_keeps_online_users_in_wholast() {
 }
 
 /// A command refused by flood control while an `OFFLINE` block is being
-/// sent is answered after the block (nothing else comes inside it, §5), not
-/// between its messages.
+/// sent is answered after the block (nothing else comes inside it,
+/// docs/PROTOCOL.md §5), not between its messages.
 #[test]
 fn example_flood_refusal_waits_for_the_block() {
     let stats = run_with(

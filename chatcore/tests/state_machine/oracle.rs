@@ -1,6 +1,6 @@
-//! The oracle: a model of PROTOCOL.md and of the project's documented
-//! choices (docs/protocol-notes.md) that reads every input the core gets
-//! and every output it gives, in order, and fails on the first one the
+//! The oracle: a model of the protocol as docs/PROTOCOL.md states it (the
+//! project's choices included) that reads every input the core gets and
+//! every output it gives, in order, and fails on the first one the
 //! protocol does not allow.
 //!
 //! It reads the output stream line by line rather than round by round,
@@ -19,12 +19,12 @@
 //!   `Input::Closed`, and a `Close` always has a cause (a `BYE`, a dead
 //!   peer, the end of its input): a reply other than `BYE` leaves the
 //!   session open;
-//! * login outcomes are exactly PROTOCOL §3's and the project's choices:
-//!   lockout after 3 consecutive bad credentials per (valid name, address)
-//!   across connections, `ERR blocked <secs-left>` (rounded up) + `BYE
-//!   blocked` for a blocked pair at the user name, at the password, and when
-//!   a check comes back while the pair is blocked (then nothing is counted),
-//!   names that are not valid user names never recorded nor blocked,
+//! * login outcomes are exactly docs/PROTOCOL.md §3's: lockout after 3
+//!   consecutive bad credentials per (valid name, address) across
+//!   connections, `ERR blocked <secs-left>` (rounded up) + `BYE blocked`
+//!   for a blocked pair at the user name, at the password, and when a check
+//!   comes back while the pair is blocked (then nothing is counted), names
+//!   that are not valid user names never recorded nor blocked,
 //!   `already-online` only after the right password, `max_login_attempts`
 //!   per connection, lines sent ahead of a check answered in order after it
 //!   (up to `max_pending_lines`, then `ERR rate-limited`);
