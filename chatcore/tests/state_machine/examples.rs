@@ -449,8 +449,8 @@ fn example_crash_keeps_online_users_in_wholast() {
 }
 
 /// A command refused by flood control while an `OFFLINE` block is being
-/// sent is answered after the block (nothing else comes inside it, §5), not
-/// between its messages.
+/// sent is answered after the block (nothing else comes inside it,
+/// docs/PROTOCOL.md §5), not between its messages.
 #[test]
 fn example_flood_refusal_waits_for_the_block() {
     let stats = run_with(
@@ -523,4 +523,31 @@ fn example_work_behind_a_block_dies_with_its_session() {
             Jump { millis: 10_000 },
         ],
     );
+
+/// A driver that wakes late runs two sessions' delayed commands in one
+/// round: ann's broadcast reaches bob and cat, bob's message reaches cat.
+/// Each session must get exactly the copies addressed to it (a server that
+/// hands bob the message meant for cat fails, even though every message
+/// went to someone online).
+#[test]
+fn example_late_wake_up_delivers_two_senders_messages_in_one_round() {
+    let stats = run_with(
+        flood(1, 1, 5),
+        vec![
+            Connect { ip: 1 },
+            login(0, "ann"),
+            Connect { ip: 2 },
+            login(1, "bob"),
+            Connect { ip: 3 },
+            login(2, "cat"),
+            send(0, "whoelse"),
+            send(0, "broadcast #1 to all online"),
+            send(1, "whoelse"),
+            send(1, "message cat #2 for cat only"),
+            Jump { millis: 3_000 },
+        ],
+    );
+    assert_eq!(stat(&stats, "cmd-delayed"), 2, "{stats:?}");
+    assert_eq!(stat(&stats, "OK-broadcast"), 1, "{stats:?}");
+    assert_eq!(stat(&stats, "OK-delivered"), 1, "{stats:?}");
 }

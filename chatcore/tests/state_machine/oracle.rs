@@ -1,6 +1,6 @@
-//! The oracle: a model of PROTOCOL.md and of the project's documented
-//! choices (docs/protocol-notes.md) that reads every input the core gets
-//! and every output it gives, in order, and fails on the first one the
+//! The oracle: a model of the protocol as docs/PROTOCOL.md states it (the
+//! project's choices included) that reads every input the core gets and
+//! every output it gives, in order, and fails on the first one the
 //! protocol does not allow.
 //!
 //! It reads the output stream line by line rather than round by round,
@@ -17,13 +17,14 @@
 //! * a new session gets exactly `HELLO CHAT/1`, `ASK username`;
 //! * nothing is sent to a session after its `BYE`, its `Close` or
 //!   `Input::Closed`, and a `Close` always has a cause (a `BYE`, a dead
-//!   peer, the end of its input);
-//! * login outcomes are exactly PROTOCOL §3's and the project's choices:
-//!   lockout after 3 consecutive bad credentials per (valid name, address)
-//!   across connections, `ERR blocked <secs-left>` (rounded up) + `BYE
-//!   blocked` for a blocked pair at the user name, at the password, and when
-//!   a check comes back while the pair is blocked (then nothing is counted),
-//!   names that are not valid user names never recorded nor blocked,
+//!   peer, the end of its input): a reply other than `BYE` leaves the
+//!   session open;
+//! * login outcomes are exactly docs/PROTOCOL.md §3's: lockout after 3
+//!   consecutive bad credentials per (valid name, address) across
+//!   connections, `ERR blocked <secs-left>` (rounded up) + `BYE blocked`
+//!   for a blocked pair at the user name, at the password, and when a check
+//!   comes back while the pair is blocked (then nothing is counted), names
+//!   that are not valid user names never recorded nor blocked,
 //!   `already-online` only after the right password, `max_login_attempts`
 //!   per connection, lines sent ahead of a check answered in order after it
 //!   (up to `max_pending_lines`, then `ERR rate-limited`);
@@ -40,10 +41,12 @@
 //!   next page only after `Input::Written`; live messages for the session
 //!   and waiting commands come after it; `OK status online` right after it;
 //! * message accounting per recipient: a message is routed exactly as §4/§5
-//!   say, is never delivered twice in one session life nor after it was
-//!   confirmed, is delivered in order per (sender, recipient), everything
-//!   owed comes back at the next login; nothing is released from the store
-//!   unconfirmed, and at every restart the store holds exactly what is owed;
+//!   say (each copy delivered at once goes to a session the running command
+//!   sends it to, checked as it is sent), is never delivered twice in one
+//!   session life nor after it was confirmed, is delivered in order per
+//!   (sender, recipient), everything owed comes back at the next login;
+//!   nothing is released from the store unconfirmed, and at every restart
+//!   the store holds exactly what is owed;
 //! * ids strictly increase, are reserved before use, and never go back
 //!   across restarts; a message never changes; timestamps are the second
 //!   the command ran;

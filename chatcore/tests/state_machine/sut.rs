@@ -5,10 +5,11 @@
 //! transitions to answer, as the case's [`Setup`] says.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use chatcore::wire::LineDecoder;
-use chatcore::{Config, Input, Output, PasswordCheck, Restored, Server, Time};
+use chatcore::{Config, Input, Output, PasswordCheck, Restored, Server, SessionId, Time};
 
 use crate::model::{accounts, fresh_ip, ip, password, Setup, Transition, START_MS, USERS};
 use crate::oracle::{rel, Key, Kind, Oracle, Stage};
@@ -31,70 +32,212 @@ pub struct Sut {
     pub oracle: Oracle,
 }
 
-/// Breaks the server's output on purpose, to see the oracle notice
-/// (`CHAT_SM_MUTATE=<name>`; a sanity check of this test, not of the core).
-fn mutate(how: &str, outputs: &mut Vec<Output>) {
-    use chatcore::wire::ServerLine;
-    use chatcore::StoreOp;
-    let is_deliver = |o: &Output| {
-        matches!(
-            o,
+/// A way to break the server's output on purpose, to see the oracle notice
+/// (`CHAT_SM_MUTATE=<name>`; a check of this test, not of the core). Each
+/// one changes what some client would see or what the store would keep,
+/// whenever the round has what it acts on; `.ci/mutations` requires every
+/// one of them to fail the suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// The first delivery of a round is lost.
+    DropDeliver,
+    /// The first delivery of a round is sent twice.
+    DupDeliver,
+    /// The first two deliveries of a round that carry different messages
+    /// trade messages: within one session they come in the wrong order,
+    /// across two sessions each gets the other's. (Trading two copies of
+    /// one broadcast would change nothing a client could see.)
+    SwapDeliver,
+    /// As `SwapDeliver`, only between two sessions: each gets a message
+    /// not meant for it and misses one it was owed.
+    SwapDeliverAcross,
+    /// The first `WHO`, `LAST` or `OK message` of a round is lost.
+    DropReply,
+    /// The first `WHO` or `OK status` of a round is sent twice.
+    DupReply,
+    /// The session is closed right after the first `WHO`, `LAST`,
+    /// `OK message`, `OK broadcast` or `OK status` of a round, with no
+    /// `BYE` before: only `logout` (and a `BYE`) may end a session that
+    /// way.
+    CloseAfterReply,
+    /// No message is held in the store.
+    DropHold,
+    /// No message is released from the store.
+    DropRelease,
+    /// No heartbeat probe is sent.
+    DropProbe,
+    /// No session is closed.
+    DropClose,
+    /// No `NotifyWritten` is asked for (the next page never comes).
+    DropNotify,
+}
+
+impl Mutation {
+    /// Every mutation with its name, as `CHAT_SM_MUTATE` spells it.
+    pub const ALL: [(&'static str, Mutation); 12] = [
+        ("drop-deliver", Mutation::DropDeliver),
+        ("dup-deliver", Mutation::DupDeliver),
+        ("swap-deliver", Mutation::SwapDeliver),
+        ("swap-deliver-across", Mutation::SwapDeliverAcross),
+        ("drop-reply", Mutation::DropReply),
+        ("dup-reply", Mutation::DupReply),
+        ("close-after-reply", Mutation::CloseAfterReply),
+        ("drop-hold", Mutation::DropHold),
+        ("drop-release", Mutation::DropRelease),
+        ("drop-probe", Mutation::DropProbe),
+        ("drop-close", Mutation::DropClose),
+        ("drop-notify", Mutation::DropNotify),
+    ];
+
+    /// The mutation `CHAT_SM_MUTATE` names, if any (see [`Mutation::parse`]);
+    /// panics on a name it does not know.
+    pub fn from_env() -> Option<Mutation> {
+        static CHOSEN: OnceLock<Result<Option<Mutation>, String>> = OnceLock::new();
+        let chosen = CHOSEN.get_or_init(|| match std::env::var("CHAT_SM_MUTATE") {
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => Mutation::parse(&v.to_string_lossy()),
+            Ok(v) => Mutation::parse(&v),
+        });
+        match chosen {
+            Ok(m) => *m,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// `""` and `list` (which prints the names, see `mutation_names`) are
+    /// no mutation. Any other name must be known: a typo must not make a
+    /// "mutation run" that mutates nothing and proves nothing.
+    pub fn parse(name: &str) -> Result<Option<Mutation>, String> {
+        if name.is_empty() || name == "list" {
+            return Ok(None);
+        }
+        Mutation::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| Some(*m))
+            .ok_or_else(|| {
+                format!(
+                    "CHAT_SM_MUTATE={name}: no such mutation; the known ones are {} (`list` prints them)",
+                    Mutation::names().join(", ")
+                )
+            })
+    }
+
+    pub fn name(self) -> &'static str {
+        Mutation::ALL.iter().find(|(_, m)| *m == self).unwrap().0
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        Mutation::ALL.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// Breaks one round's outputs, before the driver acts on them (so that
+    /// the store sees the mutation too).
+    fn apply(self, outputs: &mut Vec<Output>) {
+        use chatcore::wire::ServerLine;
+        use chatcore::StoreOp;
+        let deliver = |o: &Output| match o {
             Output::Send {
-                line: ServerLine::Deliver(_),
-                ..
-            }
-        )
-    };
-    match how {
-        "drop-deliver" => {
-            if let Some(i) = outputs.iter().position(is_deliver) {
-                outputs.remove(i);
-            }
-        }
-        "dup-deliver" => {
-            if let Some(i) = outputs.iter().position(is_deliver) {
-                let o = outputs[i].clone();
-                outputs.insert(i, o);
-            }
-        }
-        "swap-deliver" => {
-            let idx: Vec<usize> = outputs
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| is_deliver(o))
-                .map(|(i, _)| i)
-                .collect();
-            if idx.len() >= 2 {
-                outputs.swap(idx[0], idx[1]);
-            }
-        }
-        "drop-reply" => {
-            if let Some(i) = outputs.iter().position(|o| matches!(o, Output::Send { line, .. } if matches!(line, ServerLine::Who(_) | ServerLine::Delivered { .. } | ServerLine::Last(_)))) {
-                outputs.remove(i);
-            }
-        }
-        "drop-release" => {
-            outputs.retain(|o| !matches!(o, Output::Persist(StoreOp::Release { .. })))
-        }
-        "drop-hold" => outputs.retain(|o| !matches!(o, Output::Persist(StoreOp::Hold { .. }))),
-        "drop-probe" => outputs.retain(|o| {
-            !matches!(
-                o,
-                Output::Send {
-                    line: ServerLine::Idle { .. },
-                    ..
+                session,
+                line: ServerLine::Deliver(m),
+            } => Some((*session, m.id)),
+            _ => None,
+        };
+        let sent = |o: &Output, f: fn(&ServerLine) -> bool| match o {
+            Output::Send { line, .. } => f(line),
+            _ => false,
+        };
+        match self {
+            Mutation::DropDeliver => {
+                if let Some(i) = outputs.iter().position(|o| deliver(o).is_some()) {
+                    outputs.remove(i);
                 }
-            )
-        }),
-        "drop-close" => outputs.retain(|o| !matches!(o, Output::Close { .. })),
-        "drop-notify" => outputs.retain(|o| !matches!(o, Output::NotifyWritten { .. })),
-        "dup-reply" => {
-            if let Some(i) = outputs.iter().position(|o| matches!(o, Output::Send { line, .. } if matches!(line, ServerLine::Who(_) | ServerLine::Status(_)))) {
-                let o = outputs[i].clone();
-                outputs.insert(i, o);
             }
+            Mutation::DupDeliver => {
+                if let Some(i) = outputs.iter().position(|o| deliver(o).is_some()) {
+                    let o = outputs[i].clone();
+                    outputs.insert(i, o);
+                }
+            }
+            Mutation::SwapDeliver | Mutation::SwapDeliverAcross => {
+                let across = self == Mutation::SwapDeliverAcross;
+                let ds: Vec<(usize, SessionId, u64)> = outputs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, o)| deliver(o).map(|(s, id)| (i, s, id)))
+                    .collect();
+                let pair = ds.iter().enumerate().find_map(|(n, a)| {
+                    ds[n + 1..]
+                        .iter()
+                        .find(|b| a.2 != b.2 && (!across || a.1 != b.1))
+                        .map(|b| (a.0, b.0))
+                });
+                if let Some((i, j)) = pair {
+                    let (Output::Send { line: a, .. }, Output::Send { line: b, .. }) =
+                        (outputs[i].clone(), outputs[j].clone())
+                    else {
+                        unreachable!("both are deliveries")
+                    };
+                    if let Output::Send { line, .. } = &mut outputs[i] {
+                        *line = b;
+                    }
+                    if let Output::Send { line, .. } = &mut outputs[j] {
+                        *line = a;
+                    }
+                }
+            }
+            Mutation::DropReply => {
+                if let Some(i) = outputs.iter().position(|o| {
+                    sent(o, |l| {
+                        matches!(
+                            l,
+                            ServerLine::Who(_) | ServerLine::Delivered { .. } | ServerLine::Last(_)
+                        )
+                    })
+                }) {
+                    outputs.remove(i);
+                }
+            }
+            Mutation::DupReply => {
+                if let Some(i) = outputs.iter().position(|o| {
+                    sent(o, |l| {
+                        matches!(l, ServerLine::Who(_) | ServerLine::Status(_))
+                    })
+                }) {
+                    let o = outputs[i].clone();
+                    outputs.insert(i, o);
+                }
+            }
+            Mutation::CloseAfterReply => {
+                let first = outputs.iter().enumerate().find_map(|(i, o)| match o {
+                    Output::Send {
+                        session,
+                        line:
+                            ServerLine::Who(_)
+                            | ServerLine::Last(_)
+                            | ServerLine::Delivered { .. }
+                            | ServerLine::Queued { .. }
+                            | ServerLine::Broadcasted { .. }
+                            | ServerLine::Status(_),
+                    } => Some((i, *session)),
+                    _ => None,
+                });
+                if let Some((i, session)) = first {
+                    outputs.insert(i + 1, Output::Close { session });
+                }
+            }
+            Mutation::DropHold => {
+                outputs.retain(|o| !matches!(o, Output::Persist(StoreOp::Hold { .. })))
+            }
+            Mutation::DropRelease => {
+                outputs.retain(|o| !matches!(o, Output::Persist(StoreOp::Release { .. })))
+            }
+            Mutation::DropProbe => {
+                outputs.retain(|o| !sent(o, |l| matches!(l, ServerLine::Idle { .. })))
+            }
+            Mutation::DropClose => outputs.retain(|o| !matches!(o, Output::Close { .. })),
+            Mutation::DropNotify => outputs.retain(|o| !matches!(o, Output::NotifyWritten { .. })),
         }
-        _ => {}
     }
 }
 
@@ -129,8 +272,16 @@ impl Sut {
             assert!(outputs.len() < 100_000, "the server does not stop talking");
         }
         // Before the driver acts on them, so that the store sees a mutation too.
-        if let Ok(m) = std::env::var("CHAT_SM_MUTATE") {
-            mutate(&m, &mut outputs);
+        if let Some(m) = Mutation::from_env() {
+            let before = outputs.clone();
+            m.apply(&mut outputs);
+            if outputs != before {
+                self.oracle.note(format!(
+                    "!! CHAT_SM_MUTATE={} changes the next round",
+                    m.name()
+                ));
+                self.oracle.count("mutated");
+            }
         }
         let epoch = self.oracle.epoch;
         for o in &outputs {

@@ -317,6 +317,9 @@ impl Oracle {
     fn deliver_live(&mut self, key: Key, m: &Arc<Message>) {
         let now = self.now;
         let u = self.s(key).user().unwrap_or_default().to_string();
+        if !self.msgs.contains_key(&m.id) {
+            self.check_addressed(&u, m);
+        }
         let is_new = self.see_message(m);
         self.check(is_new, || {
             format!("{u} got message {} again outside an OFFLINE block", m.id)
@@ -326,6 +329,42 @@ impl Oracle {
         let s = self.sm(key);
         s.delivered.push(m.id);
         s.unprobed_since.get_or_insert(now);
+    }
+
+    /// A new message goes at once only to the sessions the command being
+    /// run sends it to now (its sender's oldest waiting command: commands
+    /// run in order). Checked at each delivery, so that a session handed a
+    /// message not meant for it fails there, named; the reply then checks
+    /// that nobody owed a copy missed it.
+    fn check_addressed(&self, u: &str, m: &Message) {
+        let running = self
+            .online
+            .get(&m.from)
+            .and_then(|k| Some((*k, self.s(*k).waiting.front()?.parsed.clone())));
+        let Some((sender, parsed)) = running else {
+            self.fail(&format!(
+                "{u} got new message {} from {}, who has no command running",
+                m.id, m.from
+            ))
+        };
+        let now = |f: &Fate| f.route == Some(Route::Deliver) && !f.deferred;
+        let addressed = match self.expectation(sender, &parsed) {
+            Expect::Message {
+                to, fate: Some(f), ..
+            } => to == u && now(&f),
+            Expect::Broadcast {
+                unknown,
+                recipients,
+                ..
+            } => unknown.is_empty() && recipients.iter().any(|(r, f)| r == u && now(f)),
+            _ => false,
+        };
+        self.check(addressed, || {
+            format!(
+                "{u} got message {} from {}, whose command {parsed:?} does not send it to {u} now",
+                m.id, m.from
+            )
+        });
     }
 
     fn check_delivery(&self, key: Key, u: &str, m: &Arc<Message>) {
@@ -375,7 +414,7 @@ impl Oracle {
         self.check_reply(key, expect, line);
     }
 
-    fn expectation(&mut self, key: Key, parsed: &Parsed) -> Expect {
+    fn expectation(&self, key: Key, parsed: &Parsed) -> Expect {
         let s = self.s(key).clone();
         let me = s.user().unwrap().to_string();
         let max = self.cfg.max_line_bytes;

@@ -67,7 +67,7 @@ impl Oracle {
                     .push_back(Want::Line(ServerLine::Ask(Ask::Password)));
             }
             (Stage::AwaitUser, In::Line(line)) => {
-                // Blanks around the name are dropped (docs/protocol-notes.md)
+                // Blanks around the name are dropped (docs/PROTOCOL.md §3)
                 // and nothing else; the trimmed name is the lockout pair's.
                 let name = line.trim_matches([' ', '\t']).to_string();
                 if name.is_empty() {

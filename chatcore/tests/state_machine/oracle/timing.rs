@@ -1,4 +1,4 @@
-//! Time: the flood bucket as docs/protocol-notes.md describes it, the
+//! Time: the flood bucket as docs/PROTOCOL.md §4 describes it, the
 //! deadlines that must have run by now, and what survives a restart.
 
 use std::collections::BTreeSet;
