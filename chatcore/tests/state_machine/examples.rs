@@ -523,6 +523,7 @@ fn example_work_behind_a_block_dies_with_its_session() {
             Jump { millis: 10_000 },
         ],
     );
+}
 
 /// A driver that wakes late runs two sessions' delayed commands in one
 /// round: ann's broadcast reaches bob and cat, bob's message reaches cat.
