@@ -2,24 +2,16 @@
 //! each one failed on the core before its fix. Driven through the harness
 //! with a clock that jumps.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
-use chatcore::testing::{accounts, Harness};
+use chatcore::testing::Harness;
 use chatcore::{Config, Event, FloodLimit, Input};
-
-const USERS: &[(&str, &str)] = &[("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")];
-
-fn harness_with(config: Config) -> Harness {
-    Harness::new(config, accounts(USERS))
-}
+use common::{harness_with, secs};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
 }
 
 /// Opens a connection from `from` and sends a name and a password; the

@@ -1,6 +1,8 @@
-//! What every `rules_*` test file shares: the four accounts the rules are
-//! written against and harness builders, so each file reads as its section
-//! of PROTOCOL.md and nothing else.
+//! What the harness-driven test files (`rules_*`, `defects`) share: the
+//! four accounts the rules are written against and harness builders, so
+//! each file reads as its section of PROTOCOL.md and nothing else.
+// Each test file uses a different part of this module.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
