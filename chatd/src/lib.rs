@@ -13,8 +13,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod limiter;
+pub mod outbound;
 pub mod passwords;
 pub mod server;
 pub mod store;

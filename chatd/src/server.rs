@@ -27,11 +27,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
 
+use crate::clock::Clock;
 use crate::config::Settings;
-use crate::conn::{
-    outbound, run_connection, Clock, ConnLimiter, ConnParams, Dead, Outbound, OutboundLimit,
-    TlsParams,
-};
+use crate::conn::{run_connection, ConnParams, TlsParams};
+use crate::limiter::ConnLimiter;
+use crate::outbound::{outbound, Dead, Outbound, OutboundLimit};
 use crate::passwords::{PasswordChecker, PasswordError};
 use crate::store::{Failure, Store, StoreError};
 
