@@ -84,7 +84,7 @@ impl Outbound {
         Ok(())
     }
 
-    /// Asks the writer to report [`Input::Written`] once every line queued
+    /// Asks the writer to report [`Input::Written`](chatcore::Input::Written) once every line queued
     /// so far is written to the socket (the core's `NotifyWritten`).
     pub fn mark(&self) {
         let _ = self.tx.send(Queued::Mark);

@@ -1,7 +1,7 @@
 //! The core task: the one owner of the [`chatcore::Server`].
 //!
 //! Each wake-up is a *round*: take every input that is ready (up to
-//! [`MAX_BATCH`]), feed them, run due timers, and gather all outputs. If the
+//! `MAX_BATCH`), feed them, run due timers, and gather all outputs. If the
 //! round asked for changes to be persisted, they are committed in one
 //! transaction *before* any of the round's lines are handed to connections,
 //! which meets the core's ordering rule (a line sent after a `Persist` must
@@ -23,7 +23,7 @@ use chatcore::{
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
 
@@ -33,7 +33,7 @@ use crate::conn::{run_connection, ConnParams, TlsParams};
 use crate::limiter::ConnLimiter;
 use crate::outbound::{outbound, Dead, Outbound, OutboundLimit};
 use crate::passwords::{PasswordChecker, PasswordError};
-use crate::store::{Failure, Store, StoreError};
+use crate::store::{Failure, Store, StoreError, StoreGone, StoreThread};
 
 /// Inputs fed in one round at most, so that timers and commits keep up
 /// under load.
@@ -107,50 +107,9 @@ pub enum RunError {
     Internal(String),
 }
 
-/// A request to the store thread: ops to commit, and where to answer (the
-/// ops come back, to be tried again if the store cannot write now).
-type Commit = (Vec<StoreOp>, oneshot::Sender<Committed>);
-
-/// The store thread's answer.
-type Committed = (Vec<StoreOp>, Result<(), StoreError>);
-
-/// The store, on a thread of its own: SQLite calls block, and one thread
-/// keeps one connection and its prepared statements.
-struct StoreThread {
-    tx: std::sync::mpsc::Sender<Commit>,
-    done: oneshot::Receiver<()>,
-}
-
-impl StoreThread {
-    fn start(mut store: Box<dyn Store>) -> std::io::Result<StoreThread> {
-        let (tx, rx) = std::sync::mpsc::channel::<Commit>();
-        let (done_tx, done) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("chatd-store".into())
-            .spawn(move || {
-                while let Ok((ops, answer)) = rx.recv() {
-                    let result = store.apply(&ops);
-                    let _ = answer.send((ops, result));
-                }
-                drop(store);
-                let _ = done_tx.send(());
-            })?;
-        Ok(StoreThread { tx, done })
-    }
-
-    /// Commits `ops`; they come back with the result.
-    async fn commit(&self, ops: Vec<StoreOp>) -> Result<Committed, RunError> {
-        let (answer, result) = oneshot::channel();
-        self.tx
-            .send((ops, answer))
-            .map_err(|_| RunError::StoreGone)?;
-        result.await.map_err(|_| RunError::StoreGone)
-    }
-
-    /// Closes the store and waits (briefly) for the thread to finish.
-    async fn close(self) {
-        drop(self.tx);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.done).await;
+impl From<StoreGone> for RunError {
+    fn from(StoreGone: StoreGone) -> RunError {
+        RunError::StoreGone
     }
 }
 
