@@ -35,14 +35,6 @@ pub use config::{Cli, Command, ConfigError, Settings};
 pub use server::{run, run_with_tls, RunError};
 pub use store::{MemoryStore, SqliteStore, Store, StoreError};
 
-impl Cli {
-    /// Parses the process's arguments; on a bad command line prints clap's
-    /// message and exits with status 2 (0 for `--help`/`--version`).
-    pub fn from_env() -> Cli {
-        <Cli as clap::Parser>::parse()
-    }
-}
-
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
