@@ -4,8 +4,9 @@
 //! What lives here and not in chatcore: sockets ([`conn`]), the clock and the
 //! round loop ([`server`]), the durable store ([`store`]), argon2 password
 //! checks ([`passwords`]), the command line and configuration file
-//! ([`config`]), TLS ([`tls`]), signals and logging. Every rule of the chat service itself
-//! is chatcore's.
+//! ([`config`]) and TLS ([`tls`]). Every rule of the chat service itself is
+//! chatcore's. Signals and logging belong to the process and are set up by
+//! the binary.
 //!
 //! The binary is `chatd/src/main.rs`, built as the root package's `chatd`
 //! target; it only maps the functions here onto exit statuses: 2 for a
@@ -24,7 +25,7 @@ pub mod store;
 pub mod tls;
 
 use std::future::Future;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -34,17 +35,6 @@ use tokio::net::TcpListener;
 pub use config::{Cli, Command, ConfigError, Settings};
 pub use server::{run, run_with_tls, RunError};
 pub use store::{MemoryStore, SqliteStore, Store, StoreError};
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
-}
 
 /// Reads and checks the users file (PROTOCOL.md §10): line errors name the
 /// line, unusable argon2id hashes name the user. Logs how many accounts
@@ -76,7 +66,7 @@ pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
 /// until `shutdown`.
 ///
 /// `shutdown` must already be listening for its event when it is passed in
-/// (as [`shutdown_signal`]'s future is): it is first polled only after the
+/// (as the binary's signal future is): it is first polled only after the
 /// readiness line is out.
 ///
 /// An unreadable or unusable TLS certificate or key is a startup failure
@@ -121,96 +111,9 @@ pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<
     Ok(())
 }
 
-/// Installs the SIGINT and SIGTERM handlers now and returns a future that
-/// completes on either. Must be called inside a tokio runtime.
-///
-/// The handlers are installed by this call, not when the future is first
-/// polled: the caller makes the future before [`serve`] prints its readiness
-/// line, and a supervisor that sends SIGTERM the instant it reads that line
-/// must get a clean shutdown (`BYE shutdown`, the store closed, exit 0)
-/// rather than the signal's default action. A signal that arrives while the
-/// server is still starting is kept and acted on once it runs.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
-    }
-    #[cfg(windows)]
-    {
-        let mut ctrl_c = tokio::signal::windows::ctrl_c()?;
-        Ok(async move {
-            let _ = ctrl_c.recv().await;
-        })
-    }
-}
-
-/// A bad password on `hash-password`'s stdin: exit status 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadPassword(pub String);
-
-/// `chatd hash-password`: one password line from `input`, its argon2id PHC
-/// string to `output`.
-pub fn hash_password_cmd(mut input: impl BufRead, mut output: impl Write) -> anyhow::Result<()> {
-    let mut line = String::new();
-    input
-        .read_line(&mut line)
-        .context("cannot read the password from stdin")?;
-    let password = line
-        .strip_suffix('\n')
-        .unwrap_or(&line)
-        .trim_end_matches('\r');
-    if password.is_empty() {
-        return Err(BadPassword("hash-password: no password on stdin".into()).into());
-    }
-    if password != password.trim() {
-        return Err(BadPassword(
-            "hash-password: the users file cannot keep blanks around a password".into(),
-        )
-        .into());
-    }
-    if password.chars().any(char::is_control) {
-        return Err(
-            BadPassword("hash-password: the password holds a control character".into()).into(),
-        );
-    }
-    let phc = passwords::hash_password(password)?;
-    writeln!(output, "{phc}")
-        .and_then(|()| output.flush())
-        .context("cannot write to stdout")?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_password_cmd_prints_a_verifiable_phc() {
-        let mut out = Vec::new();
-        hash_password_cmd(&b"s3cret pw\r\n"[..], &mut out).unwrap();
-        let out = String::from_utf8(out).unwrap();
-        let phc = out.strip_suffix('\n').unwrap();
-        assert!(phc.starts_with("$argon2id$"));
-        assert!(passwords::verify_phc(phc, "s3cret pw"));
-        assert!(!passwords::verify_phc(phc, "s3cret pw\r"));
-    }
-
-    #[test]
-    fn hash_password_cmd_refuses_what_the_users_file_cannot_hold() {
-        for bad in [&b""[..], b"\n", b" lead\n", b"a\x1bb\n"] {
-            let e = hash_password_cmd(bad, Vec::new()).unwrap_err();
-            assert!(e.downcast_ref::<BadPassword>().is_some(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn users_file_errors_name_the_line() {
