@@ -2,7 +2,7 @@
 //! the sans-IO [`chatcore::Server`].
 //!
 //! What lives here and not in chatcore: sockets ([`conn`]), the clock and the
-//! round loop ([`server`]), the durable store ([`store`]), argon2 password
+//! round loop ([`driver`]), the durable store ([`store`]), argon2 password
 //! checks ([`passwords`]), the command line and configuration file
 //! ([`config`]) and TLS ([`tls`]). Every rule of the chat service itself is
 //! chatcore's. Signals and logging belong to the process and are set up by
@@ -17,10 +17,10 @@
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod driver;
 pub mod limiter;
 pub mod outbound;
 pub mod passwords;
-pub mod server;
 pub mod store;
 pub mod tls;
 
@@ -33,7 +33,7 @@ use chatcore::Accounts;
 use tokio::net::TcpListener;
 
 pub use config::{Cli, Command, ConfigError, Settings};
-pub use server::{run, run_with_tls, RunError};
+pub use driver::{prepare, Prepared, RunError};
 pub use store::{MemoryStore, SqliteStore, Store, StoreError};
 
 /// Reads and checks the users file (PROTOCOL.md §10): line errors name the
@@ -61,9 +61,9 @@ pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
     Ok(accounts)
 }
 
-/// Starts the server as the binary does: users file, TLS files, store,
-/// listening socket, the readiness line on stdout, then [`run_with_tls`]
-/// until `shutdown`.
+/// Starts the server as the binary does: users file, store, TLS files
+/// ([`prepare`]), listening socket, the readiness line on stdout, then
+/// [`Prepared::run`] until `shutdown`.
 ///
 /// `shutdown` must already be listening for its event when it is passed in
 /// (as the binary's signal future is): it is first polled only after the
@@ -74,24 +74,12 @@ pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
 /// names the file.
 pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<()> {
     let accounts = load_accounts(&settings.users_file)?;
-    let tls = match &settings.tls {
-        Some(files) => {
-            let config = tls::server_config(&files.cert, &files.key)?;
-            tracing::info!(
-                "TLS on (1.2 and 1.3): certificate {}, key {}",
-                files.cert.display(),
-                files.key.display()
-            );
-            Some(config)
-        }
-        None => None,
-    };
     let data_dir = settings.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
         .await
         .context("opening the store")??;
     tracing::info!("store {}", store.path().display());
-    let prepared = server::prepare(settings.clone(), accounts, Box::new(store)).await?;
+    let prepared = driver::prepare(settings.clone(), accounts, Box::new(store)).await?;
     let listener = TcpListener::bind((settings.host.as_str(), settings.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
@@ -104,9 +92,13 @@ pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<
             .and_then(|()| stdout.flush())
             .context("cannot write to stdout")?;
     }
-    let transport = if tls.is_some() { "TLS" } else { "plain TCP" };
+    let transport = if settings.tls.is_some() {
+        "TLS"
+    } else {
+        "plain TCP"
+    };
     tracing::info!("listening on {local} ({transport})");
-    server::run_prepared(listener, tls, prepared, shutdown).await?;
+    prepared.run(listener, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
