@@ -2,10 +2,11 @@
 //! the sans-IO [`chatcore::Server`].
 //!
 //! What lives here and not in chatcore: sockets ([`conn`]), the clock and the
-//! round loop ([`server`]), the durable store ([`store`]), argon2 password
+//! round loop ([`driver`]), the durable store ([`store`]), argon2 password
 //! checks ([`passwords`]), the command line and configuration file
-//! ([`config`]), TLS ([`tls`]), signals and logging. Every rule of the chat service itself
-//! is chatcore's.
+//! ([`config`]) and TLS ([`tls`]). Every rule of the chat service itself is
+//! chatcore's. Signals and logging belong to the process and are set up by
+//! the binary.
 //!
 //! The binary is `chatd/src/main.rs`, built as the root package's `chatd`
 //! target; it only maps the functions here onto exit statuses: 2 for a
@@ -13,15 +14,18 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod driver;
+pub mod limiter;
+pub mod outbound;
 pub mod passwords;
-pub mod server;
 pub mod store;
 pub mod tls;
 
 use std::future::Future;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -29,27 +33,8 @@ use chatcore::Accounts;
 use tokio::net::TcpListener;
 
 pub use config::{Cli, Command, ConfigError, Settings};
-pub use server::{run, run_with_tls, RunError};
+pub use driver::{prepare, Prepared, RunError};
 pub use store::{MemoryStore, SqliteStore, Store, StoreError};
-
-impl Cli {
-    /// Parses the process's arguments; on a bad command line prints clap's
-    /// message and exits with status 2 (0 for `--help`/`--version`).
-    pub fn from_env() -> Cli {
-        <Cli as clap::Parser>::parse()
-    }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
-}
 
 /// Reads and checks the users file (PROTOCOL.md §10): line errors name the
 /// line, unusable argon2id hashes name the user. Logs how many accounts
@@ -76,12 +61,12 @@ pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
     Ok(accounts)
 }
 
-/// Starts the server as the binary does: users file, TLS files, store,
-/// listening socket, the readiness line on stdout, then [`run_with_tls`]
-/// until `shutdown`.
+/// Starts the server as the binary does: users file, store, TLS files
+/// ([`prepare`]), listening socket, the readiness line on stdout, then
+/// [`Prepared::run`] until `shutdown`.
 ///
 /// `shutdown` must already be listening for its event when it is passed in
-/// (as [`shutdown_signal`]'s future is): it is first polled only after the
+/// (as the binary's signal future is): it is first polled only after the
 /// readiness line is out.
 ///
 /// An unreadable or unusable TLS certificate or key is a startup failure
@@ -89,24 +74,12 @@ pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
 /// names the file.
 pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<()> {
     let accounts = load_accounts(&settings.users_file)?;
-    let tls = match &settings.tls {
-        Some(files) => {
-            let config = tls::server_config(&files.cert, &files.key)?;
-            tracing::info!(
-                "TLS on (1.2 and 1.3): certificate {}, key {}",
-                files.cert.display(),
-                files.key.display()
-            );
-            Some(config)
-        }
-        None => None,
-    };
     let data_dir = settings.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
         .await
         .context("opening the store")??;
     tracing::info!("store {}", store.path().display());
-    let prepared = server::prepare(settings.clone(), accounts, Box::new(store)).await?;
+    let prepared = driver::prepare(settings.clone(), accounts, Box::new(store)).await?;
     let listener = TcpListener::bind((settings.host.as_str(), settings.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
@@ -119,103 +92,20 @@ pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<
             .and_then(|()| stdout.flush())
             .context("cannot write to stdout")?;
     }
-    let transport = if tls.is_some() { "TLS" } else { "plain TCP" };
+    let transport = if settings.tls.is_some() {
+        "TLS"
+    } else {
+        "plain TCP"
+    };
     tracing::info!("listening on {local} ({transport})");
-    server::run_prepared(listener, tls, prepared, shutdown).await?;
+    prepared.run(listener, shutdown).await?;
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// Installs the SIGINT and SIGTERM handlers now and returns a future that
-/// completes on either. Must be called inside a tokio runtime.
-///
-/// The handlers are installed by this call, not when the future is first
-/// polled: the caller makes the future before [`serve`] prints its readiness
-/// line, and a supervisor that sends SIGTERM the instant it reads that line
-/// must get a clean shutdown (`BYE shutdown`, the store closed, exit 0)
-/// rather than the signal's default action. A signal that arrives while the
-/// server is still starting is kept and acted on once it runs.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
-    }
-    #[cfg(windows)]
-    {
-        let mut ctrl_c = tokio::signal::windows::ctrl_c()?;
-        Ok(async move {
-            let _ = ctrl_c.recv().await;
-        })
-    }
-}
-
-/// A bad password on `hash-password`'s stdin: exit status 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadPassword(pub String);
-
-/// `chatd hash-password`: one password line from `input`, its argon2id PHC
-/// string to `output`.
-pub fn hash_password_cmd(mut input: impl BufRead, mut output: impl Write) -> anyhow::Result<()> {
-    let mut line = String::new();
-    input
-        .read_line(&mut line)
-        .context("cannot read the password from stdin")?;
-    let password = line
-        .strip_suffix('\n')
-        .unwrap_or(&line)
-        .trim_end_matches('\r');
-    if password.is_empty() {
-        return Err(BadPassword("hash-password: no password on stdin".into()).into());
-    }
-    if password != password.trim() {
-        return Err(BadPassword(
-            "hash-password: the users file cannot keep blanks around a password".into(),
-        )
-        .into());
-    }
-    if password.chars().any(char::is_control) {
-        return Err(
-            BadPassword("hash-password: the password holds a control character".into()).into(),
-        );
-    }
-    let phc = passwords::hash_password(password)?;
-    writeln!(output, "{phc}")
-        .and_then(|()| output.flush())
-        .context("cannot write to stdout")?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_password_cmd_prints_a_verifiable_phc() {
-        let mut out = Vec::new();
-        hash_password_cmd(&b"s3cret pw\r\n"[..], &mut out).unwrap();
-        let out = String::from_utf8(out).unwrap();
-        let phc = out.strip_suffix('\n').unwrap();
-        assert!(phc.starts_with("$argon2id$"));
-        assert!(passwords::verify_phc(phc, "s3cret pw"));
-        assert!(!passwords::verify_phc(phc, "s3cret pw\r"));
-    }
-
-    #[test]
-    fn hash_password_cmd_refuses_what_the_users_file_cannot_hold() {
-        for bad in [&b""[..], b"\n", b" lead\n", b"a\x1bb\n"] {
-            let e = hash_password_cmd(bad, Vec::new()).unwrap_err();
-            assert!(e.downcast_ref::<BadPassword>().is_some(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn users_file_errors_name_the_line() {

@@ -1,8 +1,12 @@
 //! The `chatd` binary: the command line, then [`chatd::serve`]; errors
 //! become exit statuses (2: bad command line or configuration, 1: runtime
-//! failure), each with a one-line cause on stderr.
+//! failure), each with a one-line cause on stderr. Logging and signal
+//! handling are set up here because they belong to the process, not to the
+//! library: a test that runs the server in-process keeps its own.
 #![forbid(unsafe_code)]
 
+use std::future::Future;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -12,16 +16,22 @@ use chatd::{Cli, Command, Settings};
 fn main() -> ExitCode {
     let cli = Cli::from_env(); // exits 2 itself on a bad command line
     if let Some(Command::HashPassword) = cli.command {
-        return match chatd::hash_password_cmd(std::io::stdin().lock(), std::io::stdout().lock()) {
+        return match chatd::passwords::hash_password_cmd(
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e, e.downcast_ref::<chatd::BadPassword>().is_some()),
+            Err(e) => fail(
+                &e,
+                e.downcast_ref::<chatd::passwords::BadPassword>().is_some(),
+            ),
         };
     }
     let settings = match Settings::from_cli(&cli) {
         Ok(s) => s,
         Err(e) => return fail(&e.into(), true),
     };
-    chatd::init_logging();
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,8 +41,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         // Before `serve` prints its readiness line: see `shutdown_signal`.
-        let shutdown =
-            chatd::shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
+        let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
         chatd::serve(settings, shutdown).await
     });
     match result {
@@ -45,4 +54,46 @@ fn main() -> ExitCode {
 fn fail(e: &anyhow::Error, usage: bool) -> ExitCode {
     eprintln!("chatd: {e:#}");
     ExitCode::from(if usage { 2 } else { 1 })
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that
+/// completes on either. Must be called inside a tokio runtime.
+///
+/// The handlers are installed by this call, not when the future is first
+/// polled: the caller makes the future before [`chatd::serve`] prints its readiness
+/// line, and a supervisor that sends SIGTERM the instant it reads that line
+/// must get a clean shutdown (`BYE shutdown`, the store closed, exit 0)
+/// rather than the signal's default action. A signal that arrives while the
+/// server is still starting is kept and acted on once it runs.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+    }
+    #[cfg(windows)]
+    {
+        let mut ctrl_c = tokio::signal::windows::ctrl_c()?;
+        Ok(async move {
+            let _ = ctrl_c.recv().await;
+        })
+    }
 }

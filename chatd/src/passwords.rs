@@ -17,9 +17,11 @@
 //! exist or how their passwords are stored.
 
 use std::collections::HashMap;
+use std::io::{BufRead, Write};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use anyhow::Context;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{Output, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
@@ -357,6 +359,43 @@ fn check_thread(queue: &Mutex<mpsc::Receiver<Job>>, mut verifier: Verifier) {
     }
 }
 
+/// A bad password on `hash-password`'s stdin: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadPassword(pub String);
+
+/// `chatd hash-password`: one password line from `input`, its argon2id PHC
+/// string to `output`.
+pub fn hash_password_cmd(mut input: impl BufRead, mut output: impl Write) -> anyhow::Result<()> {
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line
+        .strip_suffix('\n')
+        .unwrap_or(&line)
+        .trim_end_matches('\r');
+    if password.is_empty() {
+        return Err(BadPassword("hash-password: no password on stdin".into()).into());
+    }
+    if password != password.trim() {
+        return Err(BadPassword(
+            "hash-password: the users file cannot keep blanks around a password".into(),
+        )
+        .into());
+    }
+    if password.chars().any(char::is_control) {
+        return Err(
+            BadPassword("hash-password: the password holds a control character".into()).into(),
+        );
+    }
+    let phc = hash_password(password)?;
+    writeln!(output, "{phc}")
+        .and_then(|()| output.flush())
+        .context("cannot write to stdout")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,5 +579,24 @@ mod tests {
                 .check(accounts.get("alice").cloned(), "a".into())
                 .await
         );
+    }
+
+    #[test]
+    fn hash_password_cmd_prints_a_verifiable_phc() {
+        let mut out = Vec::new();
+        hash_password_cmd(&b"s3cret pw\r\n"[..], &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let phc = out.strip_suffix('\n').unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(verify_phc(phc, "s3cret pw"));
+        assert!(!verify_phc(phc, "s3cret pw\r"));
+    }
+
+    #[test]
+    fn hash_password_cmd_refuses_what_the_users_file_cannot_hold() {
+        for bad in [&b""[..], b"\n", b" lead\n", b"a\x1bb\n"] {
+            let e = hash_password_cmd(bad, Vec::new()).unwrap_err();
+            assert!(e.downcast_ref::<BadPassword>().is_some(), "{bad:?}");
+        }
     }
 }

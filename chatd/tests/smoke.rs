@@ -1,4 +1,4 @@
-//! Smoke tests of `chatd::run` in-process on port 0: the driver's own
+//! Smoke tests of the server (`chatd::prepare`, then `Prepared::run`) in-process on port 0: the driver's own
 //! duties (framing, shutdown, connection limits, slow readers, the store
 //! across restarts). The protocol itself is tested end to end in the
 //! workspace's `tests/`.
@@ -27,15 +27,15 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(chatd::run(
-            listener,
-            settings,
-            accounts,
-            store,
-            async move {
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
                 let _ = stopped.await;
-            },
-        ));
+            };
+            chatd::prepare(settings, accounts, store)
+                .await?
+                .run(listener, shutdown)
+                .await
+        });
         TestServer {
             port,
             stop: Some(stop),

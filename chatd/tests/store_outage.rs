@@ -2,7 +2,7 @@
 //! what must be durable is refused with `ERR unavailable`, everything else
 //! goes on, and once a commit succeeds again everything works without a
 //! restart. Failures that leave the store's state unknown (a failed fsync)
-//! still stop the server. Runs `chatd::run` in-process with a store that
+//! still stop the server. Runs the server (`chatd::prepare`, then `Prepared::run`) in-process with a store that
 //! fails on demand.
 
 use std::sync::{Arc, Mutex};
@@ -145,15 +145,16 @@ impl TestServer {
         settings.core.heartbeat = Duration::from_secs(600);
         settings.core.heartbeat_timeout = Duration::from_secs(1200);
         tune(&mut settings);
-        let task = tokio::spawn(chatd::run(
-            listener,
-            settings,
-            accounts,
-            Box::new(disk.clone()),
-            async move {
+        let store: Box<dyn Store> = Box::new(disk.clone());
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
                 let _ = stopped.await;
-            },
-        ));
+            };
+            chatd::prepare(settings, accounts, store)
+                .await?
+                .run(listener, shutdown)
+                .await
+        });
         TestServer {
             port,
             stop: Some(stop),

@@ -1,7 +1,8 @@
-//! The core task: the one owner of the [`chatcore::Server`].
+//! The driver: the task that owns the [`chatcore::Server`] and drives it
+//! with sockets, a clock and the store.
 //!
 //! Each wake-up is a *round*: take every input that is ready (up to
-//! [`MAX_BATCH`]), feed them, run due timers, and gather all outputs. If the
+//! `MAX_BATCH`), feed them, run due timers, and gather all outputs. If the
 //! round asked for changes to be persisted, they are committed in one
 //! transaction *before* any of the round's lines are handed to connections,
 //! which meets the core's ordering rule (a line sent after a `Persist` must
@@ -10,10 +11,12 @@
 //! the channel and the next round takes them all (group commit).
 //!
 //! A store that cannot write now (a full disk, see [`Failure`]) does not
-//! stop the server: see `Core::commit` for what waits and what goes on.
+//! stop the server: see `Driver::commit` (in `outage.rs`) for what waits and
+//! what goes on.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chatcore::wire::ServerLine;
@@ -23,17 +26,23 @@ use chatcore::{
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
 
+use crate::clock::Clock;
 use crate::config::Settings;
-use crate::conn::{
-    outbound, run_connection, Clock, ConnLimiter, ConnParams, Dead, Outbound, OutboundLimit,
-    TlsParams,
-};
+use crate::conn::{run_connection, ConnParams, TlsParams};
+use crate::limiter::ConnLimiter;
+use crate::outbound::{outbound, Dead, Outbound, OutboundLimit};
 use crate::passwords::{PasswordChecker, PasswordError};
-use crate::store::{Failure, Store, StoreError};
+#[cfg(doc)]
+use crate::store::Failure;
+use crate::store::{Store, StoreError, StoreGone, StoreThread};
+
+mod outage;
+
+use outage::{Held, Outage, RETRY_INTERVAL};
 
 /// Inputs fed in one round at most, so that timers and commits keep up
 /// under load.
@@ -44,23 +53,6 @@ const MAX_BATCH: usize = 1024;
 /// are always ready, and a loop that serves them first never accepts. The
 /// bound keeps a burst of connections from delaying the round's inputs.
 const MAX_ACCEPTS_PER_ROUND: usize = 64;
-
-/// While the store cannot write, how long after a failed try the next one
-/// comes at the latest.
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-
-/// While the store cannot write, the least time between two tries: a round
-/// with changes tries at once, unless the last try was this recent. Each
-/// failed try costs the core a commit's worth of time.
-const RETRY_MIN_GAP: Duration = Duration::from_millis(100);
-
-/// While the store cannot write, how often at most a log line says so.
-const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Changes committed in one transaction at most when the store can write
-/// again (whole rounds, so a round's changes are never split; a single
-/// larger round goes alone). Bounds what one failed try costs.
-const RETRY_CHUNK_OPS: usize = 4096;
 
 /// Capacity of the channel from connections to the core: readers wait when
 /// it is full, which pushes back on whoever floods.
@@ -102,55 +94,18 @@ pub enum RunError {
     /// The dummy password hash could not be made.
     #[error(transparent)]
     Password(#[from] PasswordError),
+    /// The TLS certificate or key in `settings.tls` is unreadable or
+    /// unusable: the server stops before it says it is listening.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A startup step could not run (a thread could not be started).
     #[error("{0}")]
     Internal(String),
 }
 
-/// A request to the store thread: ops to commit, and where to answer (the
-/// ops come back, to be tried again if the store cannot write now).
-type Commit = (Vec<StoreOp>, oneshot::Sender<Committed>);
-
-/// The store thread's answer.
-type Committed = (Vec<StoreOp>, Result<(), StoreError>);
-
-/// The store, on a thread of its own: SQLite calls block, and one thread
-/// keeps one connection and its prepared statements.
-struct StoreThread {
-    tx: std::sync::mpsc::Sender<Commit>,
-    done: oneshot::Receiver<()>,
-}
-
-impl StoreThread {
-    fn start(mut store: Box<dyn Store>) -> std::io::Result<StoreThread> {
-        let (tx, rx) = std::sync::mpsc::channel::<Commit>();
-        let (done_tx, done) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("chatd-store".into())
-            .spawn(move || {
-                while let Ok((ops, answer)) = rx.recv() {
-                    let result = store.apply(&ops);
-                    let _ = answer.send((ops, result));
-                }
-                drop(store);
-                let _ = done_tx.send(());
-            })?;
-        Ok(StoreThread { tx, done })
-    }
-
-    /// Commits `ops`; they come back with the result.
-    async fn commit(&self, ops: Vec<StoreOp>) -> Result<Committed, RunError> {
-        let (answer, result) = oneshot::channel();
-        self.tx
-            .send((ops, answer))
-            .map_err(|_| RunError::StoreGone)?;
-        result.await.map_err(|_| RunError::StoreGone)
-    }
-
-    /// Closes the store and waits (briefly) for the thread to finish.
-    async fn close(self) {
-        drop(self.tx);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.done).await;
+impl From<StoreGone> for RunError {
+    fn from(StoreGone: StoreGone) -> RunError {
+        RunError::StoreGone
     }
 }
 
@@ -163,8 +118,8 @@ struct Conn {
     live: bool,
 }
 
-/// Everything the core task owns.
-struct Core {
+/// Everything the driver owns.
+struct Driver {
     server: Server,
     clock: Clock,
     conns: HashMap<SessionId, Conn>,
@@ -178,8 +133,8 @@ struct Core {
     max_line_bytes: usize,
     /// TLS for every connection, if the port speaks it.
     tls: Option<TlsParams>,
-    /// Outputs of the current round, in order.
-    round: Vec<Output>,
+    /// The current round's outputs for connections, in order.
+    round: Vec<RoundOutput>,
     /// The round's store changes, committed before its lines go out.
     round_ops: Vec<StoreOp>,
     /// Inputs the driver itself generated (dead peers), for the next round.
@@ -207,90 +162,75 @@ struct Core {
     held_bytes: HashMap<SessionId, usize>,
 }
 
-/// The store cannot write (see [`Core::commit`]).
-struct Outage {
-    /// Since when.
-    since: Instant,
-    /// When it was last tried.
-    tried: Instant,
-    /// Failed tries so far.
-    tries: u64,
-    /// When it was last logged.
-    logged: Instant,
-    /// The last error, with its causes, for logs.
-    cause: String,
-}
-
-/// One held output.
-enum Held {
-    /// A line, `\n` included.
-    Line(String),
+/// An output of the round that goes to a connection: the only kinds the
+/// round buffer holds, since password checks and events are acted on at
+/// once and store changes are gathered apart (`round_ops`).
+enum RoundOutput {
+    /// [`Output::Send`].
+    Send {
+        session: SessionId,
+        line: ServerLine,
+    },
     /// [`Output::Close`].
-    Close,
+    Close { session: SessionId },
     /// [`Output::NotifyWritten`].
-    NotifyWritten,
+    NotifyWritten { session: SessionId },
 }
 
-/// Runs the chat service on `listener` until `shutdown` completes, then
-/// shuts down as PROTOCOL.md §7 says: stop accepting, `BYE shutdown` to
-/// every session, commit, give connections a few seconds to flush, return.
-///
-/// `store` is loaded here; the server carries on from what it holds.
-///
-/// Connections are plain TCP whatever `settings.tls` says: see
-/// [`run_with_tls`].
-pub async fn run(
-    listener: TcpListener,
-    settings: Settings,
-    accounts: Accounts,
-    store: Box<dyn Store>,
-    shutdown: impl Future,
-) -> Result<(), RunError> {
-    run_with_tls(listener, None, settings, accounts, store, shutdown).await
+impl RoundOutput {
+    /// The session it is for.
+    fn session(&self) -> SessionId {
+        match self {
+            RoundOutput::Send { session, .. }
+            | RoundOutput::Close { session }
+            | RoundOutput::NotifyWritten { session } => *session,
+        }
+    }
 }
 
-/// [`run`], with every connection speaking TLS with `tls` if it is given
-/// (made from `settings.tls` by [`crate::tls::server_config`] at startup, so
-/// that a bad file stops the server before it says it is listening). Each
-/// handshake runs in its connection's task and must finish within
-/// `login_timeout`.
-pub async fn run_with_tls(
-    listener: TcpListener,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    settings: Settings,
-    accounts: Accounts,
-    store: Box<dyn Store>,
-    shutdown: impl Future,
-) -> Result<(), RunError> {
-    let prepared = prepare(settings, accounts, store).await?;
-    run_prepared(listener, tls, prepared, shutdown).await
-}
-
-/// What the server needs before it may say it is listening: the store read
-/// back and the password checker ready. Doing this first means a large or
-/// broken store is dealt with before the readiness line, not after.
+/// What the server needs before it may say it is listening: the TLS
+/// configuration built, the store read back and the password checker
+/// ready. Doing this first means a bad certificate or a large or broken
+/// store is dealt with before the readiness line, not after.
 pub struct Prepared {
     settings: Settings,
     accounts: Accounts,
     store: Box<dyn Store>,
     restored: chatcore::Restored,
     checker: PasswordChecker,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared")
             .field("accounts", &self.accounts.len())
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// Loads the store and builds the password checker (see [`Prepared`]).
+/// The one way to start the server: builds the TLS configuration from
+/// `settings.tls` (an unreadable or unusable file fails here, naming it),
+/// loads `store` (the server carries on from what it holds) and builds the
+/// password checker; then [`Prepared::run`] serves.
 pub async fn prepare(
     settings: Settings,
     accounts: Accounts,
     mut store: Box<dyn Store>,
 ) -> Result<Prepared, RunError> {
+    let tls = match &settings.tls {
+        Some(files) => {
+            let config = crate::tls::server_config(&files.cert, &files.key)?;
+            tracing::info!(
+                "TLS on (1.2 and 1.3): certificate {}, key {}",
+                files.cert.display(),
+                files.key.display()
+            );
+            Some(config)
+        }
+        None => None,
+    };
     let (store, restored) = tokio::task::spawn_blocking(move || {
         let r = store.load();
         (store, r)
@@ -311,73 +251,78 @@ pub async fn prepare(
         store,
         restored,
         checker,
+        tls,
     })
 }
 
-/// [`run_with_tls`] once [`prepare`] is done.
-pub async fn run_prepared(
-    listener: TcpListener,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    prepared: Prepared,
-    shutdown: impl Future,
-) -> Result<(), RunError> {
-    let Prepared {
-        settings,
-        accounts,
-        store,
-        restored,
-        checker,
-    } = prepared;
-    let clock = Clock::start();
-    let server = Server::restore(clock.now(), settings.core.clone(), accounts, restored);
-    let (inputs, mut rx) = mpsc::channel(INPUT_CHANNEL);
-    let store = StoreThread::start(store)
-        .map_err(|e| RunError::Internal(format!("cannot start the store thread: {e}")))?;
-    let mut core = Core {
-        server,
-        clock,
-        conns: HashMap::new(),
-        tasks: JoinSet::new(),
-        limiter: ConnLimiter::new(settings.max_connections, settings.max_connections_per_ip),
-        refusals: Default::default(),
-        checker,
-        inputs,
-        store,
-        limit: OutboundLimit {
-            max_bytes: settings.max_outbound_bytes,
-            stall_grace: settings
-                .core
-                .heartbeat
-                .clamp(Duration::from_secs(1), Duration::from_secs(30)),
-            hard_factor: crate::config::OUTBOUND_HARD_FACTOR,
-        },
-        max_line_bytes: settings.core.max_line_bytes,
-        tls: tls.map(|config| TlsParams {
-            acceptor: tokio_rustls::TlsAcceptor::from(config),
-            handshake_timeout: settings.core.login_timeout,
-        }),
-        round: Vec::new(),
-        round_ops: Vec::new(),
-        internal: VecDeque::new(),
-        forget: Vec::new(),
-        dead: Vec::new(),
-        outage: None,
-        waiting: VecDeque::new(),
-        waiting_ops: 0,
-        waiting_bytes: 0,
-        max_waiting_bytes: settings.max_unwritten_bytes,
-        held: VecDeque::new(),
-        held_bytes: HashMap::new(),
-    };
-    let result = core.serve(&listener, &mut rx, shutdown).await;
-    drop(listener);
-    if result.is_ok() {
-        core.shut_down(rx).await?;
+impl Prepared {
+    /// Runs the chat service on `listener` until `shutdown` completes, then
+    /// shuts down as PROTOCOL.md §7 says: stop accepting, `BYE shutdown` to
+    /// every session, commit, give connections a few seconds to flush,
+    /// return.
+    ///
+    /// With TLS configured, every connection speaks it; each handshake runs
+    /// in its connection's task and must finish within `login_timeout`.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future) -> Result<(), RunError> {
+        let Prepared {
+            settings,
+            accounts,
+            store,
+            restored,
+            checker,
+            tls,
+        } = self;
+        let clock = Clock::start();
+        let server = Server::restore(clock.now(), settings.core.clone(), accounts, restored);
+        let (inputs, mut rx) = mpsc::channel(INPUT_CHANNEL);
+        let store = StoreThread::start(store)
+            .map_err(|e| RunError::Internal(format!("cannot start the store thread: {e}")))?;
+        let mut driver = Driver {
+            server,
+            clock,
+            conns: HashMap::new(),
+            tasks: JoinSet::new(),
+            limiter: ConnLimiter::new(settings.max_connections, settings.max_connections_per_ip),
+            refusals: Default::default(),
+            checker,
+            inputs,
+            store,
+            limit: OutboundLimit {
+                max_bytes: settings.max_outbound_bytes,
+                stall_grace: settings
+                    .core
+                    .heartbeat
+                    .clamp(Duration::from_secs(1), Duration::from_secs(30)),
+                hard_factor: crate::config::OUTBOUND_HARD_FACTOR,
+            },
+            max_line_bytes: settings.core.max_line_bytes,
+            tls: tls.map(|config| TlsParams {
+                acceptor: tokio_rustls::TlsAcceptor::from(config),
+                handshake_timeout: settings.core.login_timeout,
+            }),
+            round: Vec::new(),
+            round_ops: Vec::new(),
+            internal: VecDeque::new(),
+            forget: Vec::new(),
+            dead: Vec::new(),
+            outage: None,
+            waiting: VecDeque::new(),
+            waiting_ops: 0,
+            waiting_bytes: 0,
+            max_waiting_bytes: settings.max_unwritten_bytes,
+            held: VecDeque::new(),
+            held_bytes: HashMap::new(),
+        };
+        let result = driver.serve(&listener, &mut rx, shutdown).await;
+        drop(listener);
+        if result.is_ok() {
+            driver.shut_down(rx).await?;
+        }
+        result
     }
-    result
 }
 
-impl Core {
+impl Driver {
     /// The main loop, until `shutdown` completes or the store fails.
     async fn serve(
         &mut self,
@@ -477,28 +422,28 @@ impl Core {
                     if let Some(conn) = self.conns.get_mut(&session) {
                         conn.live = false;
                     }
-                    self.round.push(Output::Close { session });
+                    self.round.push(RoundOutput::Close { session });
                 }
                 Output::Persist(op) => self.round_ops.push(op),
-                other => self.round.push(other),
+                Output::Send { session, line } => {
+                    self.round.push(RoundOutput::Send { session, line });
+                }
+                Output::NotifyWritten { session } => {
+                    self.round.push(RoundOutput::NotifyWritten { session });
+                }
             }
         }
     }
 
     /// Commits the round's changes, then hands its lines to connections
-    /// (or holds them back: see [`Core::commit`]).
+    /// (or holds them back: see [`Driver::commit`]).
     async fn finish_round(&mut self) -> Result<(), RunError> {
         loop {
             let round = std::mem::take(&mut self.round);
             let ops = std::mem::take(&mut self.round_ops);
             let hold = self.commit(ops).await?;
             for output in round {
-                let session = match &output {
-                    Output::Send { session, .. }
-                    | Output::Close { session }
-                    | Output::NotifyWritten { session } => *session,
-                    Output::Persist(_) | Output::CheckPassword(_) | Output::Event(_) => continue,
-                };
+                let session = output.session();
                 if hold || self.held_bytes.contains_key(&session) {
                     self.hold(session, output);
                 } else {
@@ -532,271 +477,24 @@ impl Core {
         }
     }
 
-    /// Commits a round's `ops`; returns whether the round's lines must be
-    /// held back until a later commit succeeds.
-    ///
-    /// While the store can write, the round's ops are committed and its
-    /// lines go out after. A commit that fails with
-    /// [`Failure::CannotWriteNow`] starts an outage:
-    /// - The ops are kept, in order, ahead of every later round's ops
-    ///   (SQLite rolled the transaction back, so all of them must be
-    ///   applied again), and tried again at least every
-    ///   [`RETRY_INTERVAL`], and by any round with changes of its own.
-    /// - The core is told [`Input::StoreUnavailable`]: from the next round
-    ///   on it refuses `message` and `broadcast` with `ERR unavailable` and
-    ///   carries on with everything else.
-    /// - The round's lines are held back if its ops include a `Hold` or
-    ///   `ReserveIds`: then the round accepted a message, and its `OK` (and
-    ///   its deliveries) must not be seen before the message is durable.
-    ///   Every later line for a session with held lines waits behind them.
-    ///   A round with only bookkeeping (`Seen`, `Release`, login failures)
-    ///   sends its lines at once: none of them says that those are durable,
-    ///   and losing them in a crash costs a redelivery or a stale record,
-    ///   never an acknowledged message.
-    ///
-    /// Rounds during the outage send their lines at once (behind held lines
-    /// of their session): the core accepts no message then, so their ops
-    /// are bookkeeping; a `Hold` among them puts back deliveries a session
-    /// left unconfirmed, already acknowledged to their senders. Holding
-    /// those rounds would stall every session with a line in them (probes
-    /// included) until the disk has room, and stalled sessions time out,
-    /// which puts back more. A `ReserveIds` there would mean the core
-    /// accepted a message anyway; such a round is held, to be safe.
-    ///
-    /// Once everything waiting is committed, the held lines go out in
-    /// order and the core is told [`Input::StoreAvailable`].
-    ///
-    /// A [`Failure::Fatal`] error, at any time, stops the server.
-    async fn commit(&mut self, ops: Vec<StoreOp>) -> Result<bool, RunError> {
-        if self.outage.is_none() {
-            if ops.is_empty() {
-                return Ok(false);
-            }
-            let acknowledges = ops
-                .iter()
-                .any(|op| matches!(op, StoreOp::Hold { .. } | StoreOp::ReserveIds { .. }));
-            let (ops, result) = self.store.commit(ops).await?;
-            let Err(e) = result else {
-                return Ok(false);
-            };
-            let Failure::CannotWriteNow(detail) = e.failure() else {
-                return Err(RunError::Store(e));
-            };
-            self.begin_outage(&e, detail);
-            self.wait_for_store(ops)?;
-            return Ok(acknowledges);
-        }
-        let accepted = ops
-            .iter()
-            .any(|op| matches!(op, StoreOp::ReserveIds { .. }));
-        let gap = if ops.is_empty() {
-            RETRY_INTERVAL
-        } else {
-            self.wait_for_store(ops)?;
-            RETRY_MIN_GAP
-        };
-        if self
-            .outage
-            .as_ref()
-            .is_some_and(|o| o.tried.elapsed() >= gap)
-        {
-            self.retry().await?;
-        }
-        if accepted && self.outage.is_some() {
-            tracing::error!("the core accepted a message while the store cannot write");
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// The store cannot write: tell the core, and log it.
-    fn begin_outage(&mut self, e: &StoreError, detail: &str) {
-        let cause = error_chain(e);
-        tracing::warn!(
-            "cannot commit to the store, refusing messages until it can \
-             (trying again every {} s): {cause}",
-            RETRY_INTERVAL.as_secs()
-        );
-        let now = Instant::now();
-        self.outage = Some(Outage {
-            since: now,
-            tried: now,
-            tries: 1,
-            logged: now,
-            cause,
-        });
-        self.server.handle_input(
-            self.clock.now(),
-            Input::StoreUnavailable {
-                detail: detail.to_string(),
-            },
-        );
-        self.drain();
-    }
-
-    /// Keeps `ops` for a later commit, after those already waiting; fails
-    /// once too much waits.
-    fn wait_for_store(&mut self, ops: Vec<StoreOp>) -> Result<(), RunError> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        self.waiting_ops += ops.len();
-        self.waiting_bytes += ops.iter().map(op_bytes).sum::<usize>();
-        self.waiting.push_back(ops);
-        // Past the bound the server stops, as it did on any failed commit
-        // before: nothing waiting was acknowledged, so nothing acknowledged
-        // is lost, and a restart comes up on the full disk.
-        if self.waiting_bytes > self.max_waiting_bytes {
-            let outage = self.outage.as_ref();
-            return Err(RunError::Unwritable {
-                why: format!(
-                    "giving up: the store has not been writable for {} s and {} changes \
-                     ({} bytes) wait for it, over max_unwritten_bytes ({})",
-                    outage.map_or(0, |o| o.since.elapsed().as_secs()),
-                    self.waiting_ops,
-                    self.waiting_bytes,
-                    self.max_waiting_bytes,
-                ),
-                cause: outage.map_or_else(String::new, |o| o.cause.clone()),
-            });
-        }
-        Ok(())
-    }
-
-    /// Tries to commit everything waiting, a chunk of whole rounds at a
-    /// time (each chunk committed is a state the core went through, so a
-    /// crash between chunks leaves the store consistent). Ends the outage
-    /// once nothing waits.
-    async fn retry(&mut self) -> Result<(), RunError> {
-        while !self.waiting.is_empty() {
-            let mut chunk = self.waiting.pop_front().unwrap_or_default();
-            while let Some(next) = self.waiting.front() {
-                if chunk.len() + next.len() > RETRY_CHUNK_OPS {
-                    break;
-                }
-                chunk.extend(self.waiting.pop_front().unwrap_or_default());
-            }
-            let (chunk, result) = self.store.commit(chunk).await?;
-            match result {
-                Ok(()) => {
-                    self.waiting_ops -= chunk.len();
-                    self.waiting_bytes -= chunk.iter().map(op_bytes).sum::<usize>();
-                }
-                Err(e) => {
-                    let Failure::CannotWriteNow(_) = e.failure() else {
-                        return Err(RunError::Store(e));
-                    };
-                    self.waiting.push_front(chunk);
-                    if let Some(outage) = &mut self.outage {
-                        outage.tried = Instant::now();
-                        outage.tries += 1;
-                        outage.cause = error_chain(&e);
-                        if outage.logged.elapsed() >= OUTAGE_LOG_INTERVAL {
-                            outage.logged = Instant::now();
-                            tracing::warn!(
-                                "the store still cannot commit after {} s ({} tries, {} changes \
-                                 waiting): {}",
-                                outage.since.elapsed().as_secs(),
-                                outage.tries,
-                                self.waiting_ops,
-                                outage.cause
-                            );
-                        }
-                    }
-                    return Ok(());
-                }
-            }
-        }
-        self.end_outage();
-        Ok(())
-    }
-
-    /// Everything waiting is committed: send the held lines in order and
-    /// tell the core.
-    fn end_outage(&mut self) {
-        let Some(outage) = self.outage.take() else {
-            return;
-        };
-        let held = std::mem::take(&mut self.held);
-        self.held_bytes.clear();
-        let lines = held.len();
-        for (session, item) in held {
-            match item {
-                Held::Line(text) => {
-                    let Some(conn) = self.conns.get_mut(&session) else {
-                        continue;
-                    };
-                    tracing::trace!(%session, "-> (held) {}", text.trim_end());
-                    if conn.out.push(text, &self.limit, &self.clock).is_err() {
-                        self.dead.push(session);
-                    }
-                }
-                Held::Close => {
-                    self.conns.remove(&session);
-                }
-                Held::NotifyWritten => {
-                    if let Some(conn) = self.conns.get(&session) {
-                        conn.out.mark();
-                    }
-                }
-            }
-        }
-        self.server
-            .handle_input(self.clock.now(), Input::StoreAvailable);
-        self.drain();
-        tracing::info!(
-            "the store commits again after {:.1} s ({} failed tries); \
-             {lines} held lines sent, messages accepted again",
-            outage.since.elapsed().as_secs_f64(),
-            outage.tries,
-        );
-    }
-
-    /// Holds one output back behind the session's other held ones. A
-    /// session whose held lines pass `max_outbound_bytes` is dropped, as a
-    /// peer that stops reading is.
-    fn hold(&mut self, session: SessionId, output: Output) {
-        let item = match output {
-            Output::Send { line, .. } => {
-                let mut text = line.to_string();
-                text.push('\n');
-                Held::Line(text)
-            }
-            Output::Close { .. } => Held::Close,
-            Output::NotifyWritten { .. } => Held::NotifyWritten,
-            Output::Persist(_) | Output::CheckPassword(_) | Output::Event(_) => return,
-        };
-        let bytes = match &item {
-            Held::Line(text) => text.len(),
-            Held::Close | Held::NotifyWritten => 0,
-        };
-        let held = self.held_bytes.entry(session).or_default();
-        *held += bytes;
-        if *held > self.limit.max_bytes {
-            self.dead.push(session);
-        }
-        self.held.push_back((session, item));
-    }
-
     /// Acts on one output of a round whose changes are committed.
-    fn dispatch(&mut self, output: Output) {
+    fn dispatch(&mut self, output: RoundOutput) {
         match output {
-            Output::Send { session, line } => {
+            RoundOutput::Send { session, line } => {
                 if self.send(session, &line).is_err() {
                     self.dead.push(session);
                 }
             }
-            Output::Close { session } => {
+            RoundOutput::Close { session } => {
                 // Dropping the queue makes the writer flush what is
                 // queued and shut the socket down.
                 self.conns.remove(&session);
             }
-            Output::NotifyWritten { session } => {
+            RoundOutput::NotifyWritten { session } => {
                 if let Some(conn) = self.conns.get(&session) {
                     conn.out.mark();
                 }
             }
-            Output::Persist(_) | Output::CheckPassword(_) | Output::Event(_) => {}
         }
     }
 
@@ -944,34 +642,6 @@ impl Core {
         self.store.close().await;
         result
     }
-}
-
-/// An error and its causes on one line, as the binary prints them.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// About how much memory a waiting op keeps alive: its strings and a
-/// fixed overhead. A held message's text counts in full, though the core
-/// may share it, so the bound errs on the safe side.
-fn op_bytes(op: &StoreOp) -> usize {
-    const OVERHEAD: usize = 64;
-    OVERHEAD
-        + match op {
-            StoreOp::Hold { user, message } => user.len() + message.from.len() + message.text.len(),
-            StoreOp::Release { user, .. }
-            | StoreOp::Seen { user, .. }
-            | StoreOp::ClearLoginFailures { user, .. } => user.len(),
-            StoreOp::LoginFailures(f) => f.user.len(),
-            StoreOp::ReserveIds { .. } => 0,
-        }
 }
 
 /// A connection waiting to be accepted, if there is one: never waits.

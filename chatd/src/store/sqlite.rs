@@ -1,0 +1,472 @@
+//! The SQLite engine: [`SqliteStore`] opens the database (migrating an
+//! older layout), reads the state back, and applies each round's ops in one
+//! transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chatcore::{LoginFailures, Message, MessageKind, Restored, StoreOp, Time};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::error::StoreError;
+use super::schema::{self, SCHEMA_VERSION};
+use super::Store;
+
+/// The store on SQLite, in `<data_dir>/chatd.db`.
+///
+/// Why SQLite: the whole state is one file an operator can inspect with the
+/// `sqlite3` shell (once chatd is stopped, see below); transactions are
+/// atomic and crash-safe, so a `kill -9` loses nothing committed; write-ahead
+/// logging makes a commit one sequential append plus one fsync
+/// (`synchronous=FULL`: durable at commit, not just consistent); and it is
+/// about as mature and well-tested as storage code gets. `bundled` compiles
+/// it in, so no system library version matters.
+///
+/// The database is opened with `locking_mode=EXCLUSIVE`, so a second chatd
+/// pointed at the same data directory fails at startup instead of handing
+/// out the same message ids.
+///
+/// Numbers the core keeps as `u64` (ids, milliseconds) are stored as SQLite
+/// 64-bit integers; values fit well below 2^63 in practice, and the
+/// comparisons done in SQL (`MAX`) assume so.
+pub struct SqliteStore {
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every failed-login record, in update order.
+pub(super) const LOAD_FAILURES: &str =
+    "SELECT user, ip, count, last, blocked_until FROM login_failures ORDER BY seq";
+
+/// `u64` to SQLite's `i64`, bit for bit.
+pub(super) fn to_sql(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// The inverse of [`to_sql`].
+pub(super) fn from_sql(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// A message's columns: id, ts, sender, kind, text.
+pub(super) type MessageRow = (i64, i64, String, String, String);
+
+/// Reads [`MessageRow`] from the given columns.
+pub(super) fn message_row_at(
+    r: &rusqlite::Row<'_>,
+    at: [usize; 5],
+) -> rusqlite::Result<MessageRow> {
+    Ok((
+        r.get(at[0])?,
+        r.get(at[1])?,
+        r.get(at[2])?,
+        r.get(at[3])?,
+        r.get(at[4])?,
+    ))
+}
+
+/// Reads [`MessageRow`] from the first five columns.
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    message_row_at(r, [0, 1, 2, 3, 4])
+}
+
+pub(super) fn kind_str(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Private => "private",
+        MessageKind::Broadcast => "broadcast",
+    }
+}
+
+impl SqliteStore {
+    /// The database file name inside the data directory.
+    pub const FILE_NAME: &'static str = "chatd.db";
+
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(Self::FILE_NAME);
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(sql)?;
+        // Exclusive first, so that entering WAL takes the lock and no
+        // shared-memory file is needed.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(sql)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(sql)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt {
+                path,
+                detail: format!("cannot switch to WAL mode (journal_mode is {mode})"),
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        // Room for every statement `apply` and `load` use, so none is
+        // compiled twice.
+        conn.set_prepared_statement_cache_capacity(32);
+        // Take the write lock now: a second server on this directory fails
+        // here, at startup.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
+        schema::migrate(&tx, &path, version)?;
+        let migrated = version != SCHEMA_VERSION;
+        tx.commit().map_err(|source| {
+            if migrated {
+                // A migration's commit needs disk space: say so.
+                StoreError::Migrate {
+                    path: path.clone(),
+                    from: version,
+                    source,
+                }
+            } else {
+                sql(source)
+            }
+        })?;
+        Ok(SqliteStore { conn, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    /// A `messages` (or `held_variant`) row as a [`Message`].
+    pub(super) fn message(
+        &self,
+        id: i64,
+        ts: i64,
+        from: String,
+        kind: &str,
+        text: String,
+    ) -> Result<Message, StoreError> {
+        let kind = match kind {
+            "private" => MessageKind::Private,
+            "broadcast" => MessageKind::Broadcast,
+            other => return Err(self.corrupt(format!("unknown message kind `{other}`"))),
+        };
+        Ok(Message {
+            id: from_sql(id),
+            at: Time::from_unix_millis(from_sql(ts)),
+            from,
+            kind,
+            text,
+        })
+    }
+
+    fn load_inner(&self) -> Result<Restored, StoreError> {
+        let mut restored = self.load_other()?;
+        restored.held = self.load_held()?;
+        Ok(restored)
+    }
+
+    /// Every box, each in id order.
+    fn load_held(&self) -> Result<BTreeMap<String, Vec<Arc<Message>>>, StoreError> {
+        let mut held: BTreeMap<String, Vec<Arc<Message>>> = BTreeMap::new();
+        // Each message once, shared by every box that holds it, so memory
+        // after a restart is not multiplied by receivers either.
+        let mut messages: HashMap<i64, Arc<Message>> = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, ts, sender, kind, text FROM messages")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], message_row).map_err(|e| self.err(e))?;
+        for row in rows {
+            let (id, ts, from, kind, text) = row.map_err(|e| self.err(e))?;
+            let message = self.message(id, ts, from, &kind, text)?;
+            messages.insert(id, Arc::new(message));
+        }
+        drop(stmt);
+
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, user FROM held")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (id, user) = row.map_err(|e| self.err(e))?;
+            let message = messages.get(&id).ok_or_else(|| {
+                self.corrupt(format!("held message {} is not in messages", from_sql(id)))
+            })?;
+            held.entry(user).or_default().push(Arc::clone(message));
+        }
+        drop(stmt);
+        drop(messages);
+        // SQL orders ids as signed numbers; the core's order is unsigned.
+        for boxed in held.values_mut() {
+            boxed.sort_by_key(|m| m.id);
+        }
+
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, user, ts, sender, kind, text FROM held_variant")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(1)?, message_row_at(r, [0, 2, 3, 4, 5])?))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (user, (id, ts, from, kind, text)) = row.map_err(|e| self.err(e))?;
+            let message = self.message(id, ts, from, &kind, text)?;
+            let entry = held.get_mut(&user).and_then(|boxed| {
+                let at = boxed.partition_point(|m| m.id < message.id);
+                boxed.get_mut(at).filter(|m| m.id == message.id)
+            });
+            let Some(entry) = entry else {
+                return Err(self.corrupt(format!(
+                    "held_variant ({}, {user}) is not in held",
+                    message.id
+                )));
+            };
+            *entry = Arc::new(message);
+        }
+        drop(stmt);
+
+        Ok(held)
+    }
+
+    /// Everything but the boxes.
+    pub(super) fn load_other(&self) -> Result<Restored, StoreError> {
+        let mut restored = Restored::default();
+        let next: Option<i64> = self
+            .conn
+            .query_row("SELECT next FROM id_reservation WHERE one = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        restored.next_id = next.map_or(0, from_sql);
+
+        let mut stmt = self
+            .conn
+            .prepare("SELECT user, at FROM last_seen")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (user, at) = row.map_err(|e| self.err(e))?;
+            restored
+                .last_seen
+                .insert(user, Time::from_unix_millis(from_sql(at)));
+        }
+        drop(stmt);
+
+        let mut stmt = self.conn.prepare(LOAD_FAILURES).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (user, ip, count, last, blocked_until) = row.map_err(|e| self.err(e))?;
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| self.corrupt(format!("bad address `{ip}` in login_failures")))?;
+            let count = u32::try_from(count)
+                .map_err(|_| self.corrupt(format!("bad count {count} in login_failures")))?;
+            restored.login_failures.push(LoginFailures {
+                user,
+                ip,
+                count,
+                last: Time::from_unix_millis(from_sql(last)),
+                blocked_until: blocked_until.map(|t| Time::from_unix_millis(from_sql(t))),
+            });
+        }
+        Ok(restored)
+    }
+}
+
+/// What one `apply` has learnt about the `messages` row of an id: the
+/// message last held under that id (by address: every hold of one
+/// broadcast shares one `Arc`) and whether the row is that message. Saves
+/// re-checking the row for each of a broadcast's receivers.
+pub(super) type Known = HashMap<i64, (*const Message, bool)>;
+
+/// Makes sure `messages` has a row for `message`'s id; returns whether
+/// that row is `message` (else the box entry is a variant).
+fn store_message(tx: &rusqlite::Transaction<'_>, message: &Message) -> rusqlite::Result<bool> {
+    let id = to_sql(message.id);
+    let ts = to_sql(message.at.unix_millis());
+    let kind = kind_str(message.kind);
+    let added = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO messages (id, ts, sender, kind, text)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![id, ts, message.from, kind, message.text])?;
+    if added == 1 {
+        return Ok(true);
+    }
+    tx.prepare_cached(
+        "SELECT ts = ?2 AND sender = ?3 AND kind = ?4 AND text = ?5 FROM messages WHERE id = ?1",
+    )?
+    .query_row(params![id, ts, message.from, kind, message.text], |r| {
+        r.get(0)
+    })
+}
+
+/// Writes one (user name, address) pair's failed-login record, last in
+/// update order.
+pub(super) const RECORD_FAILURES: &str =
+    "INSERT OR REPLACE INTO login_failures (user, ip, count, last, blocked_until, seq)
+     VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) + 1 FROM login_failures))";
+
+/// Applies one op inside an open transaction, mirroring [`Restored::apply`].
+pub(super) fn apply_op(
+    tx: &rusqlite::Transaction<'_>,
+    op: &StoreOp,
+    known: &mut Known,
+) -> rusqlite::Result<()> {
+    match op {
+        StoreOp::Hold { user, message } => {
+            let id = to_sql(message.id);
+            let ptr = Arc::as_ptr(message);
+            let same = match known.get(&id) {
+                Some(&(seen, same)) if seen == ptr => same,
+                _ => {
+                    let same = store_message(tx, message)?;
+                    known.insert(id, (ptr, same));
+                    same
+                }
+            };
+            let added = tx
+                .prepare_cached("INSERT OR IGNORE INTO held (id, user) VALUES (?1, ?2)")?
+                .execute(params![id, user])?;
+            if added == 1 && !same {
+                tx.prepare_cached(
+                    "INSERT INTO held_variant (id, user, ts, sender, kind, text)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    id,
+                    user,
+                    to_sql(message.at.unix_millis()),
+                    message.from,
+                    kind_str(message.kind),
+                    message.text,
+                ])?;
+            }
+        }
+        StoreOp::Release { user, id } => {
+            let id = to_sql(*id);
+            let removed = tx
+                .prepare_cached("DELETE FROM held WHERE id = ?1 AND user = ?2")?
+                .execute(params![id, user])?;
+            if removed == 1 {
+                tx.prepare_cached("DELETE FROM held_variant WHERE id = ?1 AND user = ?2")?
+                    .execute(params![id, user])?;
+                let gone = tx
+                    .prepare_cached(
+                        "DELETE FROM messages
+                         WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM held WHERE id = ?1)",
+                    )?
+                    .execute(params![id])?;
+                if gone == 1 {
+                    known.remove(&id);
+                }
+            }
+        }
+        StoreOp::ReserveIds { next } => {
+            tx.prepare_cached(
+                "INSERT INTO id_reservation (one, next) VALUES (1, ?1)
+                 ON CONFLICT (one) DO UPDATE SET next = MAX(next, excluded.next)",
+            )?
+            .execute(params![to_sql(*next)])?;
+        }
+        StoreOp::Seen { user, at } => {
+            tx.prepare_cached(
+                "INSERT INTO last_seen (user, at) VALUES (?1, ?2)
+                 ON CONFLICT (user) DO UPDATE SET at = MAX(at, excluded.at)",
+            )?
+            .execute(params![user, to_sql(at.unix_millis())])?;
+        }
+        StoreOp::LoginFailures(f) => {
+            tx.prepare_cached(RECORD_FAILURES)?.execute(params![
+                f.user,
+                f.ip.to_string(),
+                i64::from(f.count),
+                to_sql(f.last.unix_millis()),
+                f.blocked_until.map(|t| to_sql(t.unix_millis())),
+            ])?;
+        }
+        StoreOp::ClearLoginFailures { user, ip } => {
+            tx.prepare_cached("DELETE FROM login_failures WHERE user = ?1 AND ip = ?2")?
+                .execute(params![user, ip.to_string()])?;
+        }
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn load(&mut self) -> Result<Restored, StoreError> {
+        self.load_inner()
+    }
+
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let result = apply_all(&mut self.conn, ops);
+        if result.is_err() && !self.conn.is_autocommit() {
+            // Dropping the transaction rolls it back; should that have
+            // failed too, make sure the next `apply` starts afresh rather
+            // than inside what is left of this one.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        result.map_err(|e| self.err(e))
+    }
+}
+
+/// `ops` in one transaction.
+fn apply_all(conn: &mut Connection, ops: &[StoreOp]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut known = Known::new();
+    for op in ops {
+        apply_op(&tx, op, &mut known)?;
+    }
+    tx.commit()
+}

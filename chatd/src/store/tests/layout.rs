@@ -1,0 +1,156 @@
+//! The layout: new databases, the index the login-failure records need,
+//! and migrations from every older layout.
+
+use super::*;
+
+#[test]
+fn a_new_database_is_created_at_the_current_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+}
+
+/// Recording a failure finds the next sequence number through an index,
+/// not by reading every record: with 20 000 records (of 1 KB names, as
+/// an attacker would pick) one more costs a few dozen steps of
+/// SQLite's virtual machine, not tens of thousands.
+#[test]
+fn recording_a_login_failure_reads_no_other_record() {
+    use rusqlite::StatementStatus;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    fill_failures(&mut store, 20_000, 1024);
+    let tx = store.conn.transaction().unwrap();
+    let mut stmt = tx.prepare_cached(RECORD_FAILURES).unwrap();
+    stmt.execute(params!["mallory", "192.0.2.9", 1, 5, None::<i64>])
+        .unwrap();
+    let full_scan = stmt.get_status(StatementStatus::FullscanStep);
+    let steps = stmt.get_status(StatementStatus::VmStep);
+    assert_eq!(
+        full_scan, 0,
+        "a full scan of login_failures ({steps} steps)"
+    );
+    assert!(steps < 500, "{steps} steps for one record");
+    drop(stmt);
+    // Load reads the records in update order without sorting them.
+    let plan: Vec<String> = tx
+        .prepare(&format!("EXPLAIN QUERY PLAN {LOAD_FAILURES}"))
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+        "{plan:?}"
+    );
+}
+
+/// A version 1 database with a broadcast, a private message, a
+/// redelivered one, one id held with two contents and the other tables
+/// filled, opened by this version.
+#[test]
+fn a_v1_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = msg(9, "carol", MessageKind::Broadcast, &"é".repeat(2000));
+    let mut ops = sample_ops();
+    for user in ["alice", "bob", "carol", "dave"] {
+        ops.push(StoreOp::Hold {
+            user: user.into(),
+            message: Arc::clone(&b),
+        });
+    }
+    ops.extend([
+        StoreOp::Release {
+            user: "carol".into(),
+            id: 9,
+        },
+        StoreOp::Hold {
+            user: "dave".into(),
+            message: msg(3, "alice", MessageKind::Private, "see you later"),
+        },
+        StoreOp::Hold {
+            user: "erin".into(),
+            message: msg(3, "mallory", MessageKind::Private, "not the same"),
+        },
+    ]);
+    {
+        let mut old = v1::open(dir.path());
+        v1::apply(&mut old, &ops);
+        assert_eq!(user_version(&old), 0);
+        assert_eq!(v1::load(&old), expected(&ops));
+    }
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    let got = store.load().unwrap();
+    assert_eq!(got, expected(&ops));
+    assert!(Arc::ptr_eq(&got.held["alice"][0], &got.held["dave"][1]));
+    assert_eq!(got.held["erin"][0].text, "not the same");
+    let tables: Vec<String> = store
+        .conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "held",
+            "held_variant",
+            "id_reservation",
+            "last_seen",
+            "login_failures",
+            "messages"
+        ]
+    );
+    let count = |sql: &str| -> i64 { store.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    // Ids 1, 3 and 9, each once; erin's copy of 3 is a variant.
+    assert_eq!(count("SELECT COUNT(*) FROM messages"), 3);
+    assert_eq!(count("SELECT COUNT(*) FROM held_variant"), 1);
+    drop(store);
+    // Opening again migrates nothing more.
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.load().unwrap(), expected(&ops));
+}
+
+/// A version 2 database (no index on `login_failures.seq`) gets the
+/// index, keeps its content and update order, and records failures
+/// after it in order.
+#[test]
+fn a_v2_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = sample_ops();
+    {
+        let mut old = v2::open(dir.path());
+        old.apply(&ops).unwrap();
+        assert_eq!(user_version(&old), 2);
+        assert!(indexes(&old).is_empty());
+    }
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    assert_eq!(indexes(&store), ["login_failures_by_seq"]);
+    assert_eq!(store.load().unwrap(), expected(&ops));
+    let more = [StoreOp::LoginFailures(failure(1, 10))];
+    store.apply(&more).unwrap();
+    drop(store);
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
+    assert_eq!(store.load().unwrap(), expected(&all));
+    assert_eq!(indexes(&store), ["login_failures_by_seq"]);
+}
+
+#[test]
+fn a_newer_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    {
+        let conn = Connection::open(dir.path().join(SqliteStore::FILE_NAME)).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    let e = SqliteStore::open(dir.path()).unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+}

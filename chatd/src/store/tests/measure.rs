@@ -1,0 +1,130 @@
+//! Measurements that justified the current layout, run by hand.
+
+use super::*;
+
+/// Times the version 1 and the current layout on broadcast load: 100
+/// rounds of one 4000-byte broadcast held for 1000 users in one
+/// `apply`, then released by all of them, either in one `apply` or in
+/// 20 of 50 (confirmations arriving over several rounds). Run by hand:
+/// `cargo test --release -p chatd measure_broadcast -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_broadcast_v1_vs_v2() {
+    use std::time::{Duration, Instant};
+
+    const ROUNDS: u64 = 100;
+    const USERS: usize = 1000;
+    let users: Vec<String> = (0..USERS).map(|i| format!("user{i:04}")).collect();
+    let round = |id: u64| {
+        let m = msg(id, "alice", MessageKind::Broadcast, &"b".repeat(4000));
+        let holds: Vec<StoreOp> = users
+            .iter()
+            .map(|user| StoreOp::Hold {
+                user: user.clone(),
+                message: Arc::clone(&m),
+            })
+            .collect();
+        let releases: Vec<StoreOp> = users
+            .iter()
+            .map(|user| StoreOp::Release {
+                user: user.clone(),
+                id,
+            })
+            .collect();
+        (holds, releases)
+    };
+    let run = |label: &str, release_batch: usize, apply: &mut dyn FnMut(&[StoreOp])| {
+        let (mut hold_time, mut release_time) = (Duration::ZERO, Duration::ZERO);
+        for id in 1..=ROUNDS {
+            let (holds, releases) = round(id);
+            let t = Instant::now();
+            apply(&holds);
+            hold_time += t.elapsed();
+            let t = Instant::now();
+            for chunk in releases.chunks(release_batch) {
+                apply(chunk);
+            }
+            release_time += t.elapsed();
+        }
+        let per = |d: Duration| d.as_secs_f64() * 1000.0 / ROUNDS as f64;
+        println!(
+            "{label:<32} hold {:7.2} ms/round  release {:7.2} ms/round  total {:7.2} s",
+            per(hold_time),
+            per(release_time),
+            (hold_time + release_time).as_secs_f64(),
+        );
+    };
+    for release_batch in [USERS, 50] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = v1::open(dir.path());
+        run(
+            &format!("v1, releases in batches of {release_batch}"),
+            release_batch,
+            &mut |ops| v1::apply(&mut old, ops),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut new = SqliteStore::open(dir.path()).unwrap();
+        run(
+            &format!("v2, releases in batches of {release_batch}"),
+            release_batch,
+            &mut |ops| new.apply(ops).unwrap(),
+        );
+    }
+}
+
+/// Times recording one failed login (one `apply`, so one commit) over
+/// 100 000 records, with short and with 4 KB names, on the version 2
+/// layout (no index on `seq`) and the current one. Run by hand:
+/// `cargo test --release -p chatd measure_login_failures -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_login_failures_v2_vs_v3() {
+    use std::time::Instant;
+
+    const RECORDS: usize = 100_000;
+    const FAILURES: usize = 200;
+    for name_bytes in [16, 4096] {
+        for layout in [2, SCHEMA_VERSION] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = if layout == 2 {
+                v2::open(dir.path())
+            } else {
+                SqliteStore::open(dir.path()).unwrap()
+            };
+            fill_failures(&mut store, RECORDS, name_bytes);
+            let t = Instant::now();
+            for i in 0..FAILURES {
+                let f = failure(RECORDS + i, name_bytes);
+                store.apply(&[StoreOp::LoginFailures(f)]).unwrap();
+            }
+            let per = t.elapsed().as_secs_f64() * 1000.0 / FAILURES as f64;
+            // The statement alone, without the commit's fsync.
+            let tx = store.conn.transaction().unwrap();
+            let t = Instant::now();
+            for i in 0..FAILURES {
+                let f = failure(2 * RECORDS + i, name_bytes);
+                apply_op(&tx, &StoreOp::LoginFailures(f), &mut Known::new()).unwrap();
+            }
+            let statement = t.elapsed().as_secs_f64() * 1000.0 / FAILURES as f64;
+            drop(tx);
+            println!(
+                "layout {layout}, {RECORDS} records of {name_bytes}-byte names: \
+                 {per:7.3} ms per failure with its commit, {statement:7.3} ms without"
+            );
+        }
+    }
+    // The commit alone, for comparison: the same on any layout.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    let t = Instant::now();
+    for i in 0..FAILURES {
+        store
+            .apply(&[StoreOp::Seen {
+                user: format!("user{i}"),
+                at: Time::from_unix_millis(1),
+            }])
+            .unwrap();
+    }
+    let per = t.elapsed().as_secs_f64() * 1000.0 / FAILURES as f64;
+    println!("an empty-ish commit (one Seen): {per:7.3} ms");
+}
