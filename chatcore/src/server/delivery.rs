@@ -7,7 +7,7 @@ use super::api::Output;
 use super::api::SessionId;
 use super::session::{Paged, Phase, Unconfirmed};
 use super::Server;
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::persist::StoreOp;
 use crate::wire::{HeldBecause, ServerLine};
 
@@ -127,9 +127,14 @@ impl Server {
             }
         }
         let user = active.user.clone();
-        for id in released {
+        self.release(&user, released);
+    }
+
+    /// Removes confirmed messages from `user`'s box in the store.
+    fn release(&mut self, user: &str, ids: Vec<MessageId>) {
+        for id in ids {
             self.persist(StoreOp::Release {
-                user: user.clone(),
+                user: user.to_string(),
                 id,
             });
         }
@@ -266,12 +271,7 @@ impl Server {
             }
         }
         let user = active.user.clone();
-        for released in released {
-            self.persist(StoreOp::Release {
-                user: user.clone(),
-                id: released,
-            });
-        }
+        self.release(&user, released);
         // A block that waited for room below `max_unconfirmed` goes on.
         self.next_page(id);
     }
@@ -288,12 +288,7 @@ impl Server {
             .filter(|u| u.stored)
             .map(|u| u.message.id)
             .collect();
-        for id in released {
-            self.persist(StoreOp::Release {
-                user: user.clone(),
-                id,
-            });
-        }
+        self.release(&user, released);
     }
 
     /// Puts unconfirmed deliveries back at the front of the user's box, in
