@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::irc::{self, IrcLine};
 use crate::users::Account;
 
 /// Which server a client talks to.
@@ -24,6 +25,8 @@ pub enum Kind {
     Chat,
     /// The baseline relay (see `relay.rs`).
     Relay,
+    /// ngircd, speaking IRC (see `irc.rs`).
+    Irc,
 }
 
 impl Kind {
@@ -32,6 +35,7 @@ impl Kind {
         match self {
             Kind::Chat => "chatd",
             Kind::Relay => "baseline",
+            Kind::Irc => "ngircd",
         }
     }
 
@@ -40,14 +44,35 @@ impl Kind {
         match self {
             Kind::Chat => format!("message {user} {text}"),
             Kind::Relay => format!("to {user} {text}"),
+            Kind::Irc => format!("PRIVMSG {user} :{text}"),
         }
     }
 
-    /// The line that sends `text` to every online session.
+    /// The line that sends `text` to every online session (for IRC, to
+    /// every member of [`irc::CHANNEL`] but the sender: IRC does not echo a
+    /// channel message to its sender).
     pub fn broadcast(self, text: &str) -> String {
         match self {
             Kind::Chat => format!("broadcast message {text}"),
             Kind::Relay => format!("all {text}"),
+            Kind::Irc => format!("PRIVMSG {} :{text}", irc::CHANNEL),
+        }
+    }
+
+    /// How many sessions of `n` receive one broadcast.
+    pub fn broadcast_receivers(self, n: usize) -> usize {
+        match self {
+            Kind::Chat | Kind::Relay => n,
+            Kind::Irc => n.saturating_sub(1),
+        }
+    }
+
+    /// The line that ends a session politely, if the protocol has one.
+    fn goodbye(self) -> Option<&'static str> {
+        match self {
+            Kind::Chat => Some("logout"),
+            Kind::Relay => None,
+            Kind::Irc => Some("QUIT :bench done"),
         }
     }
 }
@@ -152,6 +177,20 @@ pub async fn connect_login(kind: Kind, addr: SocketAddr, account: &Account) -> R
                 .await?;
         }
         Kind::Relay => writer.write_all(format!("{user}\n").as_bytes()).await?,
+        Kind::Irc => {
+            writer
+                .write_all(format!("NICK {user}\nUSER {user} 0 * :{user}\n").as_bytes())
+                .await?;
+            irc_wait(&mut reader, &mut writer, "001", |l| *l == IrcLine::Welcome)
+                .await
+                .with_context(|| format!("registering as {user}"))?;
+            return Ok(LoggedIn {
+                user: user.clone(),
+                kind,
+                reader,
+                writer,
+            });
+        }
     }
     expect(
         &mut reader,
@@ -166,6 +205,27 @@ pub async fn connect_login(kind: Kind, addr: SocketAddr, account: &Account) -> R
         reader,
         writer,
     })
+}
+
+/// Reads IRC lines until one `ok` accepts, answering `PING`s meanwhile.
+async fn irc_wait(
+    r: &mut LineReader,
+    w: &mut OwnedWriteHalf,
+    what: &str,
+    ok: impl Fn(&IrcLine) -> bool,
+) -> Result<()> {
+    loop {
+        let line = r
+            .next_line()
+            .await?
+            .ok_or_else(|| anyhow!("connection closed while waiting for {what}"))?;
+        match irc::parse(&line) {
+            l if ok(&l) => return Ok(()),
+            IrcLine::Ping(token) => w.write_all(format!("PONG :{token}\n").as_bytes()).await?,
+            IrcLine::Error(reason) => bail!("server closed while waiting for {what}: {reason}"),
+            _ => {}
+        }
+    }
 }
 
 /// Logs every account in, `concurrency` at a time, in order.
@@ -286,7 +346,10 @@ impl LoggedIn {
         let (tx, rx) = mpsc::unbounded_channel();
         let out = Out(tx);
         let writer = tokio::spawn(write_loop(self.writer, rx));
-        let reader = tokio::spawn(read_loop(self.reader, out.clone(), handler));
+        let reader = match self.kind {
+            Kind::Irc => tokio::spawn(irc_read_loop(self.reader, out.clone(), handler)),
+            Kind::Chat | Kind::Relay => tokio::spawn(read_loop(self.reader, out.clone(), handler)),
+        };
         Session {
             user: self.user,
             out,
@@ -296,10 +359,24 @@ impl LoggedIn {
         }
     }
 
-    /// Ends a session that never got tasks: `logout` for chatd, then close.
+    /// Joins an IRC channel and waits for the end of its `NAMES` list,
+    /// the last reply to the `JOIN`.
+    pub async fn join(&mut self, channel: &str) -> Result<()> {
+        self.writer
+            .write_all(format!("JOIN {channel}\n").as_bytes())
+            .await?;
+        irc_wait(&mut self.reader, &mut self.writer, "366", |l| {
+            *l == IrcLine::EndOfNames
+        })
+        .await
+        .with_context(|| format!("{} joining {channel}", self.user))
+    }
+
+    /// Ends a session that never got tasks: `logout` for chatd, `QUIT` for
+    /// IRC, then close.
     pub async fn logout(mut self) {
-        if self.kind == Kind::Chat {
-            let _ = self.writer.write_all(b"logout\n").await;
+        if let Some(bye) = self.kind.goodbye() {
+            let _ = self.writer.write_all(format!("{bye}\n").as_bytes()).await;
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 while let Ok(Some(_)) = self.reader.next_line().await {}
             })
@@ -327,12 +404,12 @@ impl LoggedIn {
 }
 
 impl<H: Handler> Session<H> {
-    /// Ends the session (`logout` for chatd, end of stream for the relay)
-    /// and gives the handler back, or `None` when the server did not close
-    /// the connection within `timeout`.
+    /// Ends the session (`logout` for chatd, `QUIT` for IRC, end of stream
+    /// for the relay) and gives the handler back, or `None` when the server
+    /// did not close the connection within `timeout`.
     pub async fn close(self, timeout: Duration) -> Option<(H, ReadEnd)> {
-        if self.kind == Kind::Chat {
-            self.out.send("logout".into());
+        if let Some(bye) = self.kind.goodbye() {
+            self.out.send(bye.into());
         }
         self.out.close();
         self.finish(timeout).await
@@ -438,6 +515,34 @@ async fn read_loop<H: Handler>(mut r: LineReader, out: Out, mut h: H) -> (H, Rea
     (h, end)
 }
 
+/// [`read_loop`] for IRC: answers `PING`, hands `PRIVMSG`s to the handler
+/// as deliveries and drops every other line (an IRC server sends many the
+/// scenarios do not measure, such as others' `JOIN`s).
+async fn irc_read_loop<H: Handler>(mut r: LineReader, out: Out, mut h: H) -> (H, ReadEnd) {
+    let mut end = ReadEnd::default();
+    loop {
+        let line = match r.next_line().await {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) => {
+                end.error = Some(e.to_string());
+                break;
+            }
+        };
+        match irc::parse(&line) {
+            IrcLine::Ping(token) => out.send(format!("PONG :{token}")),
+            IrcLine::Privmsg { from, target, text } => {
+                h.on_line(&irc::as_delivery(&from, &target, &text), &out);
+            }
+            IrcLine::Error(reason) => {
+                end.error.get_or_insert(format!("ERROR :{reason}"));
+            }
+            _ => {}
+        }
+    }
+    (h, end)
+}
+
 /// The text of a measured message: the send time (µs on the harness
 /// clock), a sequence number, and padding up to `len` bytes.
 pub fn payload(t_us: u64, seq: u64, len: usize) -> String {
@@ -478,5 +583,9 @@ mod tests {
         assert_eq!(Kind::Relay.private("bob", "hi"), "to bob hi");
         assert_eq!(Kind::Chat.broadcast("hi"), "broadcast message hi");
         assert_eq!(Kind::Relay.broadcast("hi"), "all hi");
+        assert_eq!(Kind::Irc.private("bob", "hi x"), "PRIVMSG bob :hi x");
+        assert_eq!(Kind::Irc.broadcast("hi x"), "PRIVMSG #bench :hi x");
+        assert_eq!(Kind::Irc.broadcast_receivers(1000), 999);
+        assert_eq!(Kind::Chat.broadcast_receivers(1000), 1000);
     }
 }

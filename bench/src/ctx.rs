@@ -102,6 +102,8 @@ pub struct Ctx {
     pub opts: Opts,
     /// Who plays chatd's part: chatd, or (harness self-test) the relay.
     pub chat: Kind,
+    /// ngircd, the second reference of S1–S3, when it is on `PATH`.
+    pub ngircd: Option<PathBuf>,
     notes: Mutex<Vec<String>>,
     refused: Mutex<Vec<String>>,
     counter: AtomicUsize,
@@ -167,6 +169,7 @@ impl Ctx {
             cache: exe_dir.join("chat-bench-cache"),
             opts,
             chat: if self_test { Kind::Relay } else { Kind::Chat },
+            ngircd: crate::irc::find_ngircd(),
             notes: Mutex::new(Vec::new()),
             refused: Mutex::new(Vec::new()),
             counter: AtomicUsize::new(0),
@@ -221,6 +224,45 @@ impl Ctx {
         }
         .start()
         .map_err(|e| anyhow!("baseline relay did not start: {e}"))
+    }
+
+    /// Starts ngircd with its own configuration (see
+    /// [`crate::irc::ngircd_config`]) on a free loopback port, or notes
+    /// that `scenario`'s ngircd rows are skipped when it is not on `PATH`.
+    pub fn start_ngircd(&self, scenario: &str) -> Result<Option<ServerProc>> {
+        let Some(program) = self.ngircd.clone() else {
+            self.note(format!(
+                "{scenario}: ngircd is not on PATH (`apt-get install ngircd`), so its rows are skipped"
+            ));
+            return Ok(None);
+        };
+        let dir = self.fresh_dir(&format!("{}-ngircd", scenario.to_lowercase()))?;
+        // A port the kernel just handed out and took back: free unless
+        // another process grabs it in between, which start-up would report.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let motd = dir.join("motd");
+        std::fs::write(&motd, "chat-bench\n")?;
+        let config = dir.join("ngircd.conf");
+        std::fs::write(&config, crate::irc::ngircd_config(port, &motd))?;
+        // ngircd drops root for `nobody`, who must be able to read both.
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        Spawn {
+            name: format!("ngircd ({scenario})"),
+            program,
+            args: vec![
+                "--nodaemon".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ],
+            ready_prefix: String::new(),
+            stderr_log: dir.join("ngircd.log"),
+            ready_timeout: Duration::from_secs(20),
+        }
+        .start_accepting(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .map(Some)
+        .map_err(|e| anyhow!("ngircd did not start: {e}"))
     }
 
     /// Writes a chatd instance's users file and configuration.

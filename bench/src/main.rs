@@ -14,6 +14,7 @@
 mod client;
 mod ctx;
 mod hist;
+mod irc;
 mod proc;
 mod relay;
 mod report;

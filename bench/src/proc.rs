@@ -86,18 +86,8 @@ impl Spawn {
         let fail = |status, stderr| StartFailure { status, stderr };
         let stderr = std::fs::File::create(&self.stderr_log)
             .map_err(|e| fail(None, format!("creating {}: {e}", self.stderr_log.display())))?;
-        let setpriv = Path::new("/usr/bin/setpriv");
-        let mut cmd = if setpriv.exists() {
-            let mut c = Command::new(setpriv);
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&self.program);
-            c
-        } else {
-            Command::new(&self.program)
-        };
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr);
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::piped()).stderr(stderr);
         let started = Instant::now();
         let mut child = cmd
             .spawn()
@@ -155,6 +145,65 @@ impl Spawn {
                 drop(proc); // stops it if it still runs
                 return Err(fail(exited, tail));
             }
+        }
+    }
+}
+
+impl Spawn {
+    /// The command, under `setpriv --pdeathsig KILL` when it exists.
+    fn command(&self) -> Command {
+        let setpriv = Path::new("/usr/bin/setpriv");
+        let mut cmd = if setpriv.exists() {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(&self.program);
+            c
+        } else {
+            Command::new(&self.program)
+        };
+        cmd.args(&self.args).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts a server that prints no ready line of its own (ngircd) and
+    /// waits until it accepts a connection on `addr`. Its stdout and
+    /// stderr both go to the stderr log; `ready_prefix` is not used.
+    pub fn start_accepting(&self, addr: SocketAddr) -> Result<ServerProc, StartFailure> {
+        let fail = |status, stderr| StartFailure { status, stderr };
+        let log = std::fs::File::create(&self.stderr_log)
+            .map_err(|e| fail(None, format!("creating {}: {e}", self.stderr_log.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| fail(None, format!("sharing the log: {e}")))?;
+        let mut cmd = self.command();
+        cmd.stdout(log).stderr(log2);
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| fail(None, format!("spawning {}: {e}", self.program.display())))?;
+        let mut proc = ServerProc {
+            name: self.name.clone(),
+            addr,
+            startup: Duration::ZERO,
+            spawned: started,
+            child: Some(child),
+            stderr_log: self.stderr_log.clone(),
+        };
+        let deadline = started + self.ready_timeout;
+        loop {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                proc.startup = started.elapsed();
+                return Ok(proc);
+            }
+            let exited = proc
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= deadline {
+                let tail = proc.stderr_tail();
+                drop(proc);
+                return Err(fail(exited, tail));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

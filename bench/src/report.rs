@@ -244,6 +244,23 @@ pub struct PlotData {
     pub s2: Vec<S2Point>,
     /// S1 with many pairs: round-trip percentiles of chatd and the baseline.
     pub s1: Option<(usize, Summary, Summary)>,
+    /// S2: (receivers, ngircd deliveries/s), when ngircd ran.
+    pub s2_ngircd: Vec<(usize, f64)>,
+    /// S1 with many pairs: ngircd's round-trip percentiles, when it ran.
+    pub s1_ngircd: Option<Summary>,
+}
+
+/// The legend of ngircd's S2 line: chatd/ngircd at the largest receiver
+/// count both reached, so the plot carries the ratio the report's rows do.
+fn s2_ngircd_label(data: &PlotData) -> String {
+    let last = data.s2_ngircd.iter().rev().find_map(|&(n, irc)| {
+        let chatd = data.s2.iter().find(|p| p.0 == n)?.1?;
+        (irc > 0.0).then_some((n, chatd / irc))
+    });
+    match last {
+        Some((n, r)) => format!("ngircd (chatd/ngircd {r:.2}× at {n})"),
+        None => "ngircd".to_string(),
+    }
 }
 
 /// Draws the plot as SVG: S2 throughput against receivers, and S1
@@ -265,9 +282,12 @@ pub fn plot(path: &Path, data: &PlotData) -> Result<()> {
     };
     let chatd_pts = points(|p| p.1);
     let base_pts = points(|p| p.2);
+    let irc_pts: Vec<(f64, f64)> = data.s2_ngircd.iter().map(|&(n, v)| (n as f64, v)).collect();
+    let irc_color = RGBColor(40, 150, 60);
     let ymax = chatd_pts
         .iter()
         .chain(&base_pts)
+        .chain(&irc_pts)
         .map(|p| p.1)
         .fold(1.0, f64::max)
         * 1.15;
@@ -287,10 +307,15 @@ pub fn plot(path: &Path, data: &PlotData) -> Result<()> {
         .y_desc("deliveries/s")
         .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
         .draw()?;
+    let irc_label = s2_ngircd_label(data);
     for (pts, color, label) in [
-        (&chatd_pts, chatd_color, "chatd"),
-        (&base_pts, base_color, "baseline relay"),
+        (&chatd_pts, chatd_color, "chatd".to_string()),
+        (&base_pts, base_color, "baseline relay".to_string()),
+        (&irc_pts, irc_color, irc_label),
     ] {
+        if pts.is_empty() {
+            continue;
+        }
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
             .label(label)
@@ -312,7 +337,13 @@ pub fn plot(path: &Path, data: &PlotData) -> Result<()> {
         .unwrap_or((0, Summary::default(), Summary::default()));
     let vals = |s: &Summary| [s.p50, s.p90, s.p99, s.p999].map(|v| (v.max(1)) as f64);
     let (cv, bv) = (vals(&c), vals(&b));
-    let top = cv.iter().chain(&bv).fold(10.0f64, |a, &v| a.max(v)) * 2.0;
+    let iv = data.s1_ngircd.as_ref().map(vals);
+    let top = cv
+        .iter()
+        .chain(&bv)
+        .chain(iv.iter().flatten())
+        .fold(10.0f64, |a, &v| a.max(v))
+        * 2.0;
     let mut chart = ChartBuilder::on(&right)
         .caption(
             format!("S1 round trip, {pairs} pairs (log scale)"),
@@ -336,10 +367,19 @@ pub fn plot(path: &Path, data: &PlotData) -> Result<()> {
         .y_desc("µs")
         .y_label_formatter(&|v| fmt_us(*v))
         .draw()?;
-    for (vals, color, label) in [
-        (cv, chatd_color, "chatd"),
-        (bv, base_color, "baseline relay"),
-    ] {
+    let mut series = vec![
+        (cv, chatd_color, "chatd".to_string()),
+        (bv, base_color, "baseline relay".to_string()),
+    ];
+    if let (Some(iv), Some(ci)) = (iv, data.s1_ngircd) {
+        let ratio = c.p50 as f64 / ci.p50.max(1) as f64;
+        series.push((
+            iv,
+            irc_color,
+            format!("ngircd (chatd/ngircd p50 {ratio:.2}×)"),
+        ));
+    }
+    for (vals, color, label) in series {
         let pts: Vec<(f64, f64)> = vals
             .iter()
             .enumerate()
@@ -444,11 +484,14 @@ mod tests {
                 (1000, None, Some(80_000.0)),
             ],
             s1: Some((50, s, s)),
+            s2_ngircd: vec![(100, 100_000.0)],
+            s1_ngircd: Some(s),
         };
+        assert_eq!(s2_ngircd_label(&data), "ngircd (chatd/ngircd 0.50× at 100)");
         plot(&path, &data).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(
-            svg.starts_with("<svg") && svg.contains("deliveries/s"),
+            svg.starts_with("<svg") && svg.contains("deliveries/s") && svg.contains("ngircd"),
             "{}",
             &svg[..200.min(svg.len())]
         );

@@ -1,5 +1,6 @@
 //! S1: private-message round trips, one pair and many pairs, against the
-//! relay, chatd, and chatd without persisted deliveries.
+//! relay, chatd, chatd without persisted deliveries, and ngircd (IRC
+//! `PRIVMSG` to a nick) when it is installed.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -93,8 +94,15 @@ pub async fn s1(ctx: &Ctx, plot: &mut PlotData) -> Result<Vec<Row>> {
         }
     }
     drop(chatd);
+    let mut irc = Vec::new();
+    if let Some(ngircd) = ctx.start_ngircd("S1")? {
+        for &n in &cases {
+            irc.push(measure_pairs(ctx, Kind::Irc, ngircd.addr, &accounts, n).await?);
+        }
+    }
 
     plot.s1 = Some((o.s1_pairs, chat[1].lat, base[1].lat));
+    plot.s1_ngircd = irc.get(1).map(|f| f.lat);
     let mut rows = Vec::new();
     let mut add = |figs: &[PairFigures], suffix: &str| {
         for (i, &n) in cases.iter().enumerate() {
@@ -131,6 +139,35 @@ pub async fn s1(ctx: &Ctx, plot: &mut PlotData) -> Result<Vec<Row>> {
     add(&chat, "");
     if !chat_nopersist.is_empty() {
         add(&chat_nopersist, " (persist_deliveries=false)");
+    }
+    for (i, (&n, f)) in cases.iter().zip(&irc).enumerate() {
+        let case = if n == 1 {
+            "1 pair".to_string()
+        } else {
+            format!("{n} pairs")
+        };
+        let c = chat[i];
+        for (what, unit, cv, iv) in [
+            (
+                "p50 round trip",
+                Unit::Micros,
+                c.lat.p50 as f64,
+                f.lat.p50 as f64,
+            ),
+            (
+                "p99 round trip",
+                Unit::Micros,
+                c.lat.p99 as f64,
+                f.lat.p99 as f64,
+            ),
+            ("round trips/s", Unit::PerSec, c.per_sec, f.per_sec),
+        ] {
+            rows.push(
+                Row::new("S1", format!("{case}: {what}"), unit)
+                    .values(Some(cv), Some(iv))
+                    .reference("ngircd"),
+            );
+        }
     }
     Ok(rows)
 }

@@ -1,5 +1,5 @@
 //! S2: broadcast fan-out, throughput at saturation and latency at a fixed
-//! load.
+//! load; for ngircd, a `PRIVMSG` to a channel every session joined.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -83,11 +83,19 @@ impl BroadcastSet {
         window: usize,
         senders: usize,
     ) -> Result<Self> {
-        let logged = login_many(kind, addr, accounts, 100).await?;
+        let mut logged = login_many(kind, addr, accounts, 100).await?;
+        if kind == Kind::Irc {
+            // One at a time: every join is announced to the members so far,
+            // and those lines wait unread in their sockets until the
+            // sessions' readers start.
+            for s in &mut logged {
+                s.join(crate::irc::CHANNEL).await?;
+            }
+        }
         let mut counts = Vec::with_capacity(MAX_BROADCASTS);
         counts.resize_with(MAX_BROADCASTS, || AtomicU32::new(0));
         let fan = Arc::new(Fanout {
-            receivers: u32::try_from(accounts.len())?,
+            receivers: u32::try_from(kind.broadcast_receivers(accounts.len()))?,
             counts,
             window: Semaphore::new(window),
             completed: AtomicU64::new(0),
@@ -175,7 +183,7 @@ impl BroadcastSet {
                 self.n()
             );
         }
-        let rate = (c1 - c0) as f64 * self.n() as f64 / secs;
+        let rate = (c1 - c0) as f64 * f64::from(self.fan.receivers) / secs;
         println!(
             "  {:8} {:5} receivers: {:.0} deliveries/s at saturation ({} broadcasts)",
             self.kind.label(),
@@ -195,7 +203,7 @@ impl BroadcastSet {
         phase: Duration,
         text: usize,
     ) -> Result<()> {
-        let per_sec = (deliveries_per_sec / self.n() as f64).max(0.5);
+        let per_sec = (deliveries_per_sec / f64::from(self.fan.receivers.max(1))).max(0.5);
         let warm = (warmup.as_secs_f64() * per_sec).ceil() as u64;
         let total = warm + (phase.as_secs_f64() * per_sec).ceil() as u64;
         let outs: Vec<Out> = self.senders().collect();
@@ -244,6 +252,7 @@ pub async fn s2(ctx: &Ctx, plot: &mut PlotData) -> Result<Vec<Row>> {
     let relay = ctx.start_relay("s2")?;
     let setup = ctx.chatd_setup("s2", &accounts, ChatdConfig::load_test())?;
     let chatd = ctx.start_chatd(&setup)?;
+    let ngircd = ctx.start_ngircd("S2")?;
     let senders = if ctx.flood_configurable() {
         1
     } else {
@@ -299,6 +308,10 @@ pub async fn s2(ctx: &Ctx, plot: &mut PlotData) -> Result<Vec<Row>> {
             "  {n} receivers at {load:.0} deliveries/s: chatd {lc}\n  {:>14} baseline {lb}",
             ""
         );
+        let irc = match &ngircd {
+            Some(server) => Some(ngircd_figures(ctx, server.addr, &accounts[..n], load).await?),
+            None => None,
+        };
         let mut sat = Row::new(
             "S2",
             format!("{n} receivers: deliveries/s, window {}", o.s2_window),
@@ -326,6 +339,53 @@ pub async fn s2(ctx: &Ctx, plot: &mut PlotData) -> Result<Vec<Row>> {
             )
             .values(Some(lc.p99 as f64), Some(lb.p99 as f64)),
         );
+        if let Some((sat_i, li)) = irc {
+            plot.s2_ngircd.push((n, sat_i));
+            rows.push(
+                Row::new(
+                    "S2",
+                    format!("{n} receivers: deliveries/s, window {}", o.s2_window),
+                    Unit::PerSec,
+                )
+                .values(Some(sat_c), Some(sat_i))
+                .reference("ngircd"),
+            );
+            rows.push(
+                Row::new(
+                    "S2",
+                    format!("{n} receivers: p50 latency at {at}"),
+                    Unit::Micros,
+                )
+                .values(Some(lc.p50 as f64), Some(li.p50 as f64))
+                .reference("ngircd"),
+            );
+        }
     }
     Ok(rows)
+}
+
+/// ngircd's S2 figures for `accounts.len()` channel members: deliveries/s
+/// at saturation, and latency at the offered load chatd and the relay got.
+/// One member sends and gets no copy back, so a broadcast makes one
+/// delivery fewer than chatd's.
+async fn ngircd_figures(
+    ctx: &Ctx,
+    addr: SocketAddr,
+    accounts: &[Account],
+    load: f64,
+) -> Result<(f64, crate::hist::Summary)> {
+    let o = &ctx.opts;
+    let mut i = BroadcastSet::login(Kind::Irc, addr, accounts, o.s2_window, 1).await?;
+    let sat = match i.saturate(o.warmup, o.phase, o.text_bytes).await {
+        Ok(x) => x,
+        Err(e) => {
+            i.close().await;
+            return Err(e);
+        }
+    };
+    let fixed = i.fixed(load, o.warmup, o.phase, o.text_bytes).await;
+    let lat = i.close().await.lat[2].summary();
+    fixed?;
+    println!("  {:>14} ngircd {lat}", "");
+    Ok((sat, lat))
 }

@@ -1,4 +1,5 @@
-//! S3: what an idle logged-in session costs the server in memory.
+//! S3: what an idle logged-in session costs the server in memory (chatd,
+//! the relay, and ngircd's registered IRC connections when it is installed).
 
 use std::time::{Duration, Instant};
 
@@ -60,7 +61,33 @@ pub async fn s3(ctx: &Ctx) -> Result<Vec<Row>> {
     let setup = ctx.chatd_setup("s3", &accounts, ChatdConfig::load_test())?;
     let chatd = ctx.start_chatd(&setup)?;
     let (chat, before, after) = idle_sessions(ctx.chat, &chatd, &accounts[..n]).await?;
-    Ok(vec![
+    drop(chatd);
+    let mut irc_rows = Vec::new();
+    if let Some(ngircd) = ctx.start_ngircd("S3")? {
+        let (irc, before, after) = idle_sessions(Kind::Irc, &ngircd, &accounts[..n]).await?;
+        irc_rows.push(
+            Row::new(
+                "S3",
+                format!("{n} idle sessions: server memory per session"),
+                Unit::Bytes,
+            )
+            .values(Some(chat), Some(irc))
+            .reference("ngircd"),
+        );
+        irc_rows.push(
+            Row::new(
+                "S3",
+                format!("{n} idle sessions: ngircd RSS before → after"),
+                Unit::Bytes,
+            )
+            .values(
+                Some(after.rss_kib as f64 * 1024.0),
+                Some(before.rss_kib as f64 * 1024.0),
+            )
+            .reference("ngircd before"),
+        );
+    }
+    let mut rows = vec![
         Row::new(
             "S3",
             format!("{n} idle sessions: server memory per session"),
@@ -78,5 +105,7 @@ pub async fn s3(ctx: &Ctx) -> Result<Vec<Row>> {
             Some(before.rss_kib as f64 * 1024.0),
         )
         .reference("chatd before"),
-    ])
+    ];
+    rows.extend(irc_rows);
+    Ok(rows)
 }
