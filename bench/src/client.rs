@@ -235,6 +235,10 @@ pub async fn login_many(
     accounts: &[Account],
     concurrency: usize,
 ) -> Result<Vec<LoggedIn>> {
+    let concurrency = match kind {
+        Kind::Irc => concurrency.min(irc::LOGIN_CONCURRENCY),
+        Kind::Chat | Kind::Relay => concurrency,
+    };
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(accounts.len());
     for a in accounts {

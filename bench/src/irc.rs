@@ -16,6 +16,11 @@ use chatcore::{Message, MessageKind, Time};
 /// The channel S2's fan-out goes through.
 pub const CHANNEL: &str = "#bench";
 
+/// At most this many IRC logins at once. ngircd listens with a backlog of
+/// 10 connections; a larger burst of connects from one process overflows
+/// it, and some connections are reset (seen in S3 with 256 at once).
+pub const LOGIN_CONCURRENCY: usize = 8;
+
 /// What the harness cares about in a line from an IRC server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IrcLine {
@@ -121,7 +126,7 @@ pub fn find_ngircd() -> Option<PathBuf> {
 
 /// ngircd's configuration for a load test on `127.0.0.1:<port>`: no limit
 /// on connections (per IP too, all clients share 127.0.0.1) or channels,
-/// nicks as long as the harness's user names, no flood penalties (chatd's
+/// nicks as long as ngircd allows (31; the harness's names are shorter), no flood penalties (chatd's
 /// flood control is raised the same way), no PAM, IDENT or DNS look-ups
 /// (they would time every login), and PING only after 10 idle minutes so
 /// S3's idle sessions stay idle.
@@ -138,7 +143,7 @@ pub fn ngircd_config(port: u16, motd: &std::path::Path) -> String {
          MaxConnections = 0\n\
          MaxConnectionsIP = 0\n\
          MaxJoins = 0\n\
-         MaxNickLength = 32\n\
+         MaxNickLength = 31\n\
          MaxPenaltyTime = 0\n\
          PingTimeout = 600\n\
          PongTimeout = 600\n\
