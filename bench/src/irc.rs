@@ -217,6 +217,58 @@ mod tests {
         assert_eq!(m.kind, MessageKind::Broadcast);
     }
 
+    /// The IRC client mode against a real ngircd: registration, a private
+    /// message, and a channel message that reaches the other member but not
+    /// the sender. Skipped (passes) when ngircd is not installed.
+    #[tokio::test]
+    async fn talks_to_a_real_ngircd() {
+        use crate::client::{connect_login, Kind};
+        use crate::ctx::{Ctx, Opts};
+        let ctx = Ctx::new(None, Opts::quick(), false).unwrap();
+        if ctx.ngircd.is_none() {
+            eprintln!("ngircd not installed; skipped");
+            return;
+        }
+        let server = ctx.start_ngircd("test").unwrap().unwrap();
+        let accounts = crate::users::plain("t", 2);
+        let mut a = connect_login(Kind::Irc, server.addr, &accounts[0])
+            .await
+            .unwrap();
+        let mut b = connect_login(Kind::Irc, server.addr, &accounts[1])
+            .await
+            .unwrap();
+        a.join(CHANNEL).await.unwrap();
+        b.join(CHANNEL).await.unwrap();
+        a.send_line_for_test(&Kind::Irc.private(&b.user, "1 2 private"))
+            .await;
+        a.send_line_for_test(&Kind::Irc.broadcast("3 4 to all"))
+            .await;
+        a.send_line_for_test("PING :marker").await;
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            if let IrcLine::Privmsg { from, target, text } = parse(&b.next_line_for_test().await) {
+                got.push((from, target.starts_with('#'), text));
+            }
+        }
+        assert_eq!(
+            got,
+            vec![
+                (a.user.clone(), false, "1 2 private".to_string()),
+                (a.user.clone(), true, "3 4 to all".to_string()),
+            ]
+        );
+        // The sender gets its PONG and no copy of its channel message.
+        loop {
+            let line = a.next_line_for_test().await;
+            assert!(!line.contains("PRIVMSG"), "echoed to the sender: {line}");
+            if line.contains("PONG") && line.contains("marker") {
+                break;
+            }
+        }
+        drop(server);
+        ctx.cleanup();
+    }
+
     #[test]
     fn config_sets_the_port_and_lifts_the_limits() {
         let c = ngircd_config(16667, std::path::Path::new("/tmp/motd"));
