@@ -6,104 +6,15 @@
 use std::time::Duration;
 
 use chatcore::Accounts;
-use chatd::{MemoryStore, Settings, SqliteStore, Store};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use chatd::{MemoryStore, Settings, SqliteStore};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
 
-struct TestServer {
-    port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), chatd::RunError>>,
-}
+use common::{TestServer, WAIT};
 
-impl TestServer {
-    async fn start(settings: Settings, store: Box<dyn Store>) -> TestServer {
-        let accounts = Accounts::parse("alice a\nbob b\ncarol c\n").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            chatd::prepare(settings, accounts, store)
-                .await?
-                .run(listener, shutdown)
-                .await
-        });
-        TestServer {
-            port,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn connect(&self) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        let (r, w) = stream.into_split();
-        Client {
-            r: BufReader::new(r),
-            w,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("server stops in time")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-struct Client {
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
-}
-
-impl Client {
-    async fn send(&mut self, text: &str) {
-        self.w.write_all(text.as_bytes()).await.unwrap();
-    }
-
-    /// The next line, `None` at EOF.
-    async fn line(&mut self) -> Option<String> {
-        let mut line = String::new();
-        let n = tokio::time::timeout(WAIT, self.r.read_line(&mut line))
-            .await
-            .expect("a line in time")
-            .unwrap();
-        (n > 0).then(|| line.trim_end_matches('\n').to_string())
-    }
-
-    /// Skips heartbeat probes.
-    async fn reply(&mut self) -> Option<String> {
-        loop {
-            let line = self.line().await?;
-            if !line.starts_with("IDLE ") {
-                return Some(line);
-            }
-        }
-    }
-
-    async fn expect(&mut self, want: &str) {
-        assert_eq!(self.reply().await.as_deref(), Some(want));
-    }
-
-    async fn login(&mut self, user: &str, password: &str) {
-        self.expect("HELLO CHAT/1").await;
-        self.expect("ASK username").await;
-        self.send(&format!("{user}\n")).await;
-        self.expect("ASK password").await;
-        self.send(&format!("{password}\n")).await;
-        self.expect(&format!("OK login {user}")).await;
-    }
+fn accounts() -> Accounts {
+    Accounts::parse("alice a\nbob b\ncarol c\n").unwrap()
 }
 
 fn settings() -> Settings {
@@ -118,15 +29,15 @@ fn settings() -> Settings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_message_and_shutdown() {
-    let server = TestServer::start(settings(), Box::new(MemoryStore::default())).await;
+    let server = TestServer::start(settings(), accounts(), Box::new(MemoryStore::default())).await;
     let mut alice = server.connect().await;
     alice.login("alice", "a").await;
     let mut bob = server.connect().await;
     bob.login("bob", "b").await;
     // One line over several writes, and several lines in one write.
-    alice.send("mess").await;
-    alice.send("age bob hi\r").await;
-    alice.send("\nwhoelse\n").await;
+    alice.send_raw("mess").await;
+    alice.send_raw("age bob hi\r").await;
+    alice.send_raw("\nwhoelse\n").await;
     let msg = bob.reply().await.unwrap();
     assert!(
         msg.starts_with("MSG ") && msg.ends_with(" alice hi"),
@@ -134,7 +45,7 @@ async fn login_message_and_shutdown() {
     );
     alice.expect("OK message bob delivered").await;
     alice.expect("WHO bob").await;
-    server.stop().await;
+    server.stop().await.unwrap();
     alice.expect("BYE shutdown").await;
     assert_eq!(alice.reply().await, None);
     bob.expect("BYE shutdown").await;
@@ -145,7 +56,7 @@ async fn login_message_and_shutdown() {
 async fn connections_over_the_limit_are_refused() {
     let mut s = settings();
     s.max_connections_per_ip = 2;
-    let server = TestServer::start(s, Box::new(MemoryStore::default())).await;
+    let server = TestServer::start(s, accounts(), Box::new(MemoryStore::default())).await;
     let mut one = server.connect().await;
     one.expect("HELLO CHAT/1").await;
     let mut two = server.connect().await;
@@ -166,23 +77,33 @@ async fn connections_over_the_limit_are_refused() {
     }
     assert!(four.is_some(), "a freed place is reused");
     drop(two);
-    server.stop().await;
+    server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_messages_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        TestServer::start(settings(), Box::new(SqliteStore::open(dir.path()).unwrap())).await;
+    let server = TestServer::start(
+        settings(),
+        accounts(),
+        Box::new(SqliteStore::open(dir.path()).unwrap()),
+    )
+    .await;
     let mut alice = server.connect().await;
     alice.login("alice", "a").await;
-    alice.send("message bob first\nmessage bob second\n").await;
+    alice
+        .send_raw("message bob first\nmessage bob second\n")
+        .await;
     alice.expect("OK message bob queued offline").await;
     alice.expect("OK message bob queued offline").await;
-    server.stop().await;
+    server.stop().await.unwrap();
 
-    let server =
-        TestServer::start(settings(), Box::new(SqliteStore::open(dir.path()).unwrap())).await;
+    let server = TestServer::start(
+        settings(),
+        accounts(),
+        Box::new(SqliteStore::open(dir.path()).unwrap()),
+    )
+    .await;
     let mut bob = server.connect().await;
     bob.login("bob", "b").await;
     bob.expect("OFFLINE 2").await;
@@ -190,7 +111,7 @@ async fn held_messages_survive_a_restart() {
     let second = bob.reply().await.unwrap();
     assert!(first.ends_with(" alice first"), "{first}");
     assert!(second.ends_with(" alice second"), "{second}");
-    server.stop().await;
+    server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +124,7 @@ async fn a_peer_that_stops_reading_is_dropped() {
     s.core.heartbeat_timeout = Duration::from_secs(600);
     s.core.flood = None;
     let started = std::time::Instant::now();
-    let server = TestServer::start(s, Box::new(MemoryStore::default())).await;
+    let server = TestServer::start(s, accounts(), Box::new(MemoryStore::default())).await;
     let mut bob = server.connect().await;
     bob.login("bob", "b").await;
     // Bob stops reading. Alice sends until the server gives up on him.
@@ -249,5 +170,5 @@ async fn a_peer_that_stops_reading_is_dropped() {
     })
     .await;
     assert!(eof.is_ok(), "bob's connection is closed");
-    server.stop().await;
+    server.stop().await.unwrap();
 }

@@ -11,13 +11,10 @@ use std::time::Duration;
 use chatcore::{Accounts, Restored, StoreOp};
 use chatd::{RunError, Settings, Store, StoreError};
 use rusqlite::ffi;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
+
+use common::{TestServer, WAIT};
 
 /// What the fake store does with the next commits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,121 +117,23 @@ impl Store for Disk {
     }
 }
 
-struct TestServer {
-    port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), RunError>>,
+async fn start(disk: &Disk) -> TestServer {
+    start_with(disk, |_| {}).await
 }
 
-impl TestServer {
-    async fn start(disk: &Disk) -> TestServer {
-        Self::start_with(disk, |_| {}).await
-    }
-
-    async fn start_with(disk: &Disk, tune: impl FnOnce(&mut Settings)) -> TestServer {
-        let accounts = Accounts::parse("alice a\nbob b\ncarol c\ndave d\n").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let mut settings = Settings {
-            port: 0,
-            ..Settings::default()
-        };
-        // No probe may land in a round by chance: these tests decide which
-        // sessions have lines in the round whose commit fails.
-        settings.core.heartbeat = Duration::from_secs(600);
-        settings.core.heartbeat_timeout = Duration::from_secs(1200);
-        tune(&mut settings);
-        let store: Box<dyn Store> = Box::new(disk.clone());
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            chatd::prepare(settings, accounts, store)
-                .await?
-                .run(listener, shutdown)
-                .await
-        });
-        TestServer {
-            port,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn connect(&self) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        let (r, w) = stream.into_split();
-        Client {
-            r: BufReader::new(r),
-            w,
-        }
-    }
-
-    async fn login(&self, user: &str, password: &str) -> Client {
-        let mut c = self.connect().await;
-        c.login(user, password).await;
-        c
-    }
-
-    /// Asks the server to stop and returns how `run` ended.
-    async fn stop(mut self) -> Result<(), RunError> {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("server stops in time")
-            .unwrap()
-    }
-}
-
-struct Client {
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
-}
-
-impl Client {
-    async fn send(&mut self, text: &str) {
-        self.w
-            .write_all(format!("{text}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    /// The next line within `within`: `Ok(None)` at EOF, `Err` on timeout.
-    async fn line_within(&mut self, within: Duration) -> Result<Option<String>, ()> {
-        let mut line = String::new();
-        match tokio::time::timeout(within, self.r.read_line(&mut line)).await {
-            Err(_) => Err(()),
-            Ok(Ok(0)) | Ok(Err(_)) => Ok(None),
-            Ok(Ok(_)) => Ok(Some(line.trim_end_matches('\n').to_string())),
-        }
-    }
-
-    /// The next line, `None` at EOF.
-    async fn line(&mut self) -> Option<String> {
-        self.line_within(WAIT).await.expect("a line in time")
-    }
-
-    async fn expect(&mut self, want: &str) {
-        assert_eq!(self.line().await.as_deref(), Some(want));
-    }
-
-    async fn login(&mut self, user: &str, password: &str) {
-        self.expect("HELLO CHAT/1").await;
-        self.expect("ASK username").await;
-        self.send(user).await;
-        self.expect("ASK password").await;
-        self.send(password).await;
-        self.expect(&format!("OK login {user}")).await;
-    }
-
-    /// Nothing arrives for a while. Absence can only be checked by
-    /// waiting: a slow machine can make this pass wrongly, never fail
-    /// wrongly.
-    async fn expect_silence(&mut self) {
-        let got = self.line_within(Duration::from_millis(300)).await;
-        assert!(got.is_err(), "expected nothing yet, got {got:?}");
-    }
+async fn start_with(disk: &Disk, tune: impl FnOnce(&mut Settings)) -> TestServer {
+    let accounts = Accounts::parse("alice a\nbob b\ncarol c\ndave d\n").unwrap();
+    let mut settings = Settings {
+        port: 0,
+        ..Settings::default()
+    };
+    // No probe may land in a round by chance: these tests decide which
+    // sessions have lines in the round whose commit fails.
+    settings.core.heartbeat = Duration::from_secs(600);
+    settings.core.heartbeat_timeout = Duration::from_secs(1200);
+    tune(&mut settings);
+    let store: Box<dyn Store> = Box::new(disk.clone());
+    TestServer::start(settings, accounts, store).await
 }
 
 /// An error and its causes, as chatd prints them.
@@ -254,7 +153,7 @@ const UNAVAILABLE: &str = "ERR unavailable the server's disk is full";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_messages_until_it_has_room_again() {
     let disk = Disk::new();
-    let server = TestServer::start(&disk).await;
+    let server = start(&disk).await;
     let mut alice = server.login("alice", "a").await;
     let mut bob = server.login("bob", "b").await;
     alice.send("message carol one").await;
@@ -306,7 +205,7 @@ async fn a_full_disk_refuses_messages_until_it_has_room_again() {
 
     // Everything acknowledged is in the store: carol gets it after a
     // restart, and nothing that was refused.
-    let server = TestServer::start(&disk).await;
+    let server = start(&disk).await;
     let mut carol = server.login("carol", "c").await;
     carol.expect("OFFLINE 4").await;
     for text in ["one", "two", "four", "five"] {
@@ -319,7 +218,7 @@ async fn a_full_disk_refuses_messages_until_it_has_room_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_of_bookkeeping_only_holds_nothing_back() {
     let disk = Disk::new();
-    let server = TestServer::start(&disk).await;
+    let server = start(&disk).await;
     let mut alice = server.login("alice", "a").await;
     disk.set(Mode::DiskFull);
     // Bob's login records when he was seen: the first commit to fail. His
@@ -353,7 +252,7 @@ async fn a_failed_commit_of_bookkeeping_only_holds_nothing_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_closed_while_the_disk_is_full_loses_nothing_acknowledged() {
     let disk = Disk::new();
-    let server = TestServer::start(&disk).await;
+    let server = start(&disk).await;
     let mut alice = server.login("alice", "a").await;
     let mut bob = server.login("bob", "b").await;
     disk.set(Mode::DiskFull);
@@ -392,7 +291,7 @@ async fn a_session_closed_while_the_disk_is_full_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_lines_are_bounded_per_session() {
     let disk = Disk::new();
-    let server = TestServer::start_with(&disk, |s| {
+    let server = start_with(&disk, |s| {
         s.max_outbound_bytes = 4096;
         s.core.flood = None;
     })
@@ -433,7 +332,7 @@ async fn held_lines_are_bounded_per_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_down_while_the_disk_is_full_fails_and_acknowledges_nothing() {
     let disk = Disk::new();
-    let server = TestServer::start(&disk).await;
+    let server = start(&disk).await;
     let mut alice = server.login("alice", "a").await;
     let mut bob = server.login("bob", "b").await;
     disk.set(Mode::DiskFull);
@@ -454,7 +353,7 @@ async fn shutting_down_while_the_disk_is_full_fails_and_acknowledges_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_stops_the_server() {
     let disk = Disk::new();
-    let server = TestServer::start(&disk).await;
+    let server = start(&disk).await;
     let mut alice = server.login("alice", "a").await;
     disk.set(Mode::FsyncFails);
     alice.send("message carol in doubt").await;
