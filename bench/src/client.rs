@@ -490,17 +490,32 @@ async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Msg>)
     }
 }
 
-async fn read_loop<H: Handler>(mut r: LineReader, out: Out, mut h: H) -> (H, ReadEnd) {
+/// Reads lines until EOF or an error, handing each to `on_line`; a read
+/// error ends the loop and is kept in the [`ReadEnd`].
+async fn read_lines<H: Handler>(
+    mut r: LineReader,
+    out: Out,
+    mut h: H,
+    mut on_line: impl FnMut(String, &Out, &mut H, &mut ReadEnd),
+) -> (H, ReadEnd) {
     let mut end = ReadEnd::default();
     loop {
-        let line = match r.next_line().await {
-            Ok(Some(l)) => l,
+        match r.next_line().await {
+            Ok(Some(line)) => on_line(line, &out, &mut h, &mut end),
             Ok(None) => break,
             Err(e) => {
                 end.error = Some(e.to_string());
                 break;
             }
-        };
+        }
+    }
+    (h, end)
+}
+
+/// The reader of a CHAT/1 session: answers `IDLE`, notes `BYE`, counts
+/// lines that do not parse.
+async fn read_loop<H: Handler>(r: LineReader, out: Out, h: H) -> (H, ReadEnd) {
+    read_lines(r, out, h, |line, out, h, end| {
         match ServerLine::parse(&line) {
             Ok(parsed) => {
                 match &parsed {
@@ -508,43 +523,32 @@ async fn read_loop<H: Handler>(mut r: LineReader, out: Out, mut h: H) -> (H, Rea
                     ServerLine::Bye(reason) => end.bye = Some(*reason),
                     _ => {}
                 }
-                h.on_line(&parsed, &out);
+                h.on_line(&parsed, out);
             }
             Err(_) => {
                 end.bad_lines += 1;
                 end.first_bad.get_or_insert(line);
             }
         }
-    }
-    (h, end)
+    })
+    .await
 }
 
 /// [`read_loop`] for IRC: answers `PING`, hands `PRIVMSG`s to the handler
 /// as deliveries and drops every other line (an IRC server sends many the
 /// scenarios do not measure, such as others' `JOIN`s).
-async fn irc_read_loop<H: Handler>(mut r: LineReader, out: Out, mut h: H) -> (H, ReadEnd) {
-    let mut end = ReadEnd::default();
-    loop {
-        let line = match r.next_line().await {
-            Ok(Some(l)) => l,
-            Ok(None) => break,
-            Err(e) => {
-                end.error = Some(e.to_string());
-                break;
-            }
-        };
-        match irc::parse(&line) {
-            IrcLine::Ping(token) => out.send(format!("PONG :{token}")),
-            IrcLine::Privmsg { from, target, text } => {
-                h.on_line(&irc::as_delivery(&from, &target, &text), &out);
-            }
-            IrcLine::Error(reason) => {
-                end.error.get_or_insert(format!("ERROR :{reason}"));
-            }
-            _ => {}
+async fn irc_read_loop<H: Handler>(r: LineReader, out: Out, h: H) -> (H, ReadEnd) {
+    read_lines(r, out, h, |line, out, h, end| match irc::parse(&line) {
+        IrcLine::Ping(token) => out.send(format!("PONG :{token}")),
+        IrcLine::Privmsg { from, target, text } => {
+            h.on_line(&irc::as_delivery(&from, &target, &text), out);
         }
-    }
-    (h, end)
+        IrcLine::Error(reason) => {
+            end.error.get_or_insert(format!("ERROR :{reason}"));
+        }
+        _ => {}
+    })
+    .await
 }
 
 /// The text of a measured message: the send time (µs on the harness
