@@ -52,6 +52,8 @@ impl Driver {
                     );
                 }
                 Output::Persist(op) => self.store.apply(&op),
+                // Changes are applied at once: nothing waits for them.
+                Output::Barrier { .. } => {}
                 Output::Event(event) => println!("  event {event:?}"),
                 // Lines are "written" as soon as they are sent here.
                 Output::NotifyWritten { session } => self

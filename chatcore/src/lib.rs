@@ -50,7 +50,10 @@
 //!                 let answer = Input::PasswordChecked { session: check.session, check: check.check, ok };
 //!                 server.handle_input(now, answer);
 //!             }
-//!             Output::Persist(_op) => { /* commit before writing later lines */ }
+//!             Output::Persist(_op) => { /* make it durable */ }
+//!             // Lines after a barrier wait until the changes before it are
+//!             // durable; nothing to do for a driver that commits at once.
+//!             Output::Barrier { .. } => {}
 //!             // Only with `Config::held_page_size` set: answer with
 //!             // `Input::Written` once the lines before it are on the socket.
 //!             Output::NotifyWritten { .. } => {}
@@ -84,9 +87,12 @@
 //! Build a server from what your store gives back with [`Server::restore`].
 //! The store applies [`StoreOp`]s in order; [`Restored::apply`] is the
 //! reference for what each means. One rule ties sends to persistence: a line
-//! emitted after a `Persist` must not reach the network before that change
-//! is durable. Committing each round's changes in one transaction before
-//! writing its lines (group commit) meets it.
+//! emitted after an [`Output::Barrier`] must not reach the network before
+//! every change emitted before the barrier is durable. Committing each
+//! round's changes in one transaction before writing its lines (group
+//! commit) meets it; a faster driver commits in the background and holds
+//! back only the lines behind a barrier (the `OK` of a message, not its
+//! delivery).
 //!
 //! # Testing
 //!

@@ -11,11 +11,13 @@ use crate::time::Time;
 /// One change to durable state, emitted as [`crate::Output::Persist`].
 ///
 /// The driver applies changes in the order given. Ordering rule: a line
-/// sent after a `Persist` output must not reach the network before that
-/// change is durable (so `OK message bob queued offline` is only seen once
-/// the message is committed). Drivers meet it cheaply by committing every
-/// change gathered from one round of inputs in one transaction (group
-/// commit) before writing that round's lines.
+/// after an [`crate::Output::Barrier`] must not reach the network before
+/// every change emitted before the barrier is durable (so `OK message bob
+/// queued offline` is only seen once the message is committed); other lines
+/// need not wait. Drivers meet it simply by committing every change
+/// gathered from one round of inputs in one transaction (group commit)
+/// before writing that round's lines, or faster by committing in the
+/// background and holding back only the lines behind a barrier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOp {
     /// Append a message to `user`'s box. A box is read back in id order.

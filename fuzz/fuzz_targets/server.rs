@@ -169,7 +169,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 Output::Close { session } => assert!(closed.insert(session), "closed twice"),
                 Output::CheckPassword(c) => checks.push_back(c),
                 Output::NotifyWritten { session } => written.push_back(session),
-                Output::Persist(_) | Output::Event(_) => {}
+                Output::Persist(_) | Output::Barrier { .. } | Output::Event(_) => {}
             }
         }
     }

@@ -122,8 +122,9 @@ impl Input {
 /// fail to compile in every driver until it is handled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Write `line` and a `\n` to the connection. See [`StoreOp`] for the
-    /// one ordering rule between sends and persisted changes.
+    /// Write `line` and a `\n` to the connection, after the lines sent to it
+    /// before. It may reach the network before earlier [`Output::Persist`]
+    /// changes are durable, unless an [`Output::Barrier`] came between them.
     Send {
         /// To whom.
         session: SessionId,
@@ -148,8 +149,33 @@ pub enum Output {
     /// Verify a password, off the event loop if it is slow, and answer with
     /// [`Input::PasswordChecked`].
     CheckPassword(PasswordCheck),
-    /// Make a change durable.
+    /// Make a change durable. Changes are applied in the order given.
     Persist(StoreOp),
+    /// Lines after this one wait for the store: no line sent after it to
+    /// `session` (with `None`: no delivery, `ServerLine::Deliver`, to any
+    /// session) may reach the network before every [`Output::Persist`]
+    /// change emitted before it is durable. Later lines of a session with a
+    /// line waiting, and its [`Output::Close`], wait behind it, in order.
+    ///
+    /// The core emits one for a session before a line that promises
+    /// durability: the `OK` of a `message` or `broadcast` that held
+    /// something, and the answer to a failed login whose record changed.
+    /// It emits one for deliveries after reserving a block of message ids:
+    /// a delivery carrying one of them must not be seen before the
+    /// reservation is durable, or a crash could hand the same id out twice
+    /// (blocks are reserved well ahead, so this rarely holds anything
+    /// back). Every other line (deliveries to online users, probes,
+    /// replies that changed nothing durable) may go out at once, while the
+    /// changes before it are still being committed: a crash then loses
+    /// only messages whose senders never got `OK`.
+    ///
+    /// A driver that commits every change of a round before writing any of
+    /// the round's lines meets this without doing anything; one that commits
+    /// in the background holds back only what a barrier names.
+    Barrier {
+        /// Whose lines wait: one session's, or everyone's.
+        session: Option<SessionId>,
+    },
     /// Something worth a log line.
     Event(Event),
 }

@@ -209,13 +209,14 @@ impl Server {
             self.send(id, ServerLine::Err(ErrorReply::QueueFull { user: to }));
             return;
         }
+        let before = self.persisted;
         let message = self.new_message(from, MessageKind::Private, text);
         let reply = match self.route(&to, &message, true) {
             Routed::Delivered => ServerLine::Delivered { user: to },
             Routed::Held(because) => ServerLine::Queued { user: to, because },
             Routed::Full | Routed::Skipped => ServerLine::Err(ErrorReply::QueueFull { user: to }),
         };
-        self.send(id, reply);
+        self.acknowledge(id, before, reply);
     }
 
     fn broadcast(&mut self, id: SessionId, from: &str, audience: Audience, text: String) {
@@ -240,6 +241,7 @@ impl Server {
         if self.refuse_if_unavailable(id) {
             return;
         }
+        let before = self.persisted;
         let message = self.new_message(from, MessageKind::Broadcast, text);
         let (mut delivered, mut queued, mut full) = (0, 0, Vec::new());
         for user in recipients {
@@ -251,8 +253,9 @@ impl Server {
             }
         }
         full.sort();
-        self.send(
+        self.acknowledge(
             id,
+            before,
             ServerLine::Broadcasted {
                 delivered,
                 queued,

@@ -208,6 +208,9 @@ impl Server {
         }
         let snapshot = record.clone();
         self.persist(StoreOp::LoginFailures(snapshot));
+        // The answer says the failure counted: it must not be undone by a
+        // crash, or crashing the server would reset an attacker's count.
+        self.barrier(Some(id));
         if blocked {
             let until = now + self.config.block_time;
             self.event(Event::Blocked {

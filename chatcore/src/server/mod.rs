@@ -62,6 +62,9 @@ pub struct Server {
     shut_down: bool,
     /// Why the store cannot commit, while it cannot (`ERR unavailable`).
     store_unavailable: Option<String>,
+    /// How many changes were persisted so far: a reply acknowledges those
+    /// made while it was being answered.
+    persisted: u64,
 }
 
 impl Server {
@@ -106,6 +109,7 @@ impl Server {
             out: VecDeque::new(),
             shut_down: false,
             store_unavailable: None,
+            persisted: 0,
         }
     }
 
@@ -261,22 +265,42 @@ impl Server {
     }
 
     fn persist(&mut self, op: StoreOp) {
+        self.persisted += 1;
         self.out.push_back(Output::Persist(op));
+    }
+
+    /// Lines after this wait until everything persisted so far is durable
+    /// (see [`Output::Barrier`]).
+    fn barrier(&mut self, session: Option<SessionId>) {
+        self.out.push_back(Output::Barrier { session });
+    }
+
+    /// Sends a reply that acknowledges what was persisted since `before`
+    /// (a value of `self.persisted`): behind a barrier if anything was.
+    fn acknowledge(&mut self, id: SessionId, before: u64, line: ServerLine) {
+        if self.persisted != before {
+            self.barrier(Some(id));
+        }
+        self.send(id, line);
     }
 
     fn event(&mut self, event: Event) {
         self.out.push_back(Output::Event(event));
     }
 
-    /// Hands out a fresh message id, reserving a block in the store first
-    /// when the last one is used up (the reservation precedes every line
-    /// carrying the id, so a crash never lets an id be used twice).
+    /// Hands out a fresh message id. The next block is reserved in the
+    /// store when half of the current one is used, behind a barrier for
+    /// deliveries: a delivery carrying an id of the new block is never seen
+    /// before the reservation is durable, so a crash never lets an id be
+    /// used twice. Reserving ahead means the barrier rarely holds anything
+    /// back: the commit is long done when the block's first id is used.
     fn allocate_id(&mut self) -> MessageId {
-        if self.next_id >= self.reserved {
-            self.reserved = self.next_id + ID_BLOCK;
+        if self.next_id + ID_BLOCK / 2 >= self.reserved {
+            self.reserved = self.reserved.max(self.next_id) + ID_BLOCK;
             self.persist(StoreOp::ReserveIds {
                 next: self.reserved,
             });
+            self.barrier(None);
         }
         let id = self.next_id;
         self.next_id += 1;

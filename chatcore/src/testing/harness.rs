@@ -331,6 +331,8 @@ impl Harness {
                 );
             }
             Output::Persist(op) => self.store.apply(&op),
+            // Every change is applied at once, so nothing waits.
+            Output::Barrier { .. } => {}
             Output::Event(e) => self.events.push(e),
             Output::CheckPassword(check) => self.checks.push_back(check),
             Output::NotifyWritten { session } => self.written.push_back(session),

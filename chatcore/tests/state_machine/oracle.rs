@@ -258,6 +258,11 @@ struct Effects {
     msg: Option<Arc<Message>>,
     delivered_to: BTreeSet<String>,
     held_for: BTreeSet<String>,
+    /// A copy of the new message was persisted: its `OK` may only go out
+    /// behind a barrier for its session, or for everyone, emitted since.
+    hold_not_behind_barrier: bool,
+    /// The barriers emitted since the last copy was persisted.
+    barriers_since_hold: Vec<Option<Key>>,
 }
 
 pub struct Oracle {
@@ -272,6 +277,9 @@ pub struct Oracle {
     owed: BTreeMap<String, BTreeSet<u64>>,
     max_id: Option<u64>,
     reserved: u64,
+    /// Ids below this were reserved before a barrier for everyone: a
+    /// delivery may carry them (a crash cannot hand them out again).
+    reserved_behind_barrier: u64,
     ever: BTreeSet<String>,
     /// When each user who left was last online: (at least, at most).
     left: BTreeMap<String, (Time, Time)>,
@@ -373,6 +381,7 @@ impl Oracle {
             owed: BTreeMap::new(),
             max_id: None,
             reserved: 0,
+            reserved_behind_barrier: 0,
             ever: BTreeSet::new(),
             left: BTreeMap::new(),
             trace: Vec::new(),
@@ -540,12 +549,14 @@ impl Oracle {
             Output::CheckPassword(pc) => self.check_asked((epoch, pc.session), pc),
             Output::NotifyWritten { session } => self.notify((epoch, *session)),
             Output::Persist(op) => self.persisted(op),
+            Output::Barrier { session } => self.barrier(session.map(|s| (epoch, s))),
             Output::Event(_) => {}
         }
     }
 
     fn sent(&mut self, key: Key, line: &ServerLine) {
         self.note(format!("  -> {} {line}", key.1.get()));
+        self.check_durable_before(key, line);
         self.count(label(line));
         let Some(s) = self.sess.get(&key) else {
             self.fail(&format!("line for a session never opened: {}", key.1))

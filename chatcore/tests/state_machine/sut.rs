@@ -70,11 +70,17 @@ pub enum Mutation {
     DropClose,
     /// No `NotifyWritten` is asked for (the next page never comes).
     DropNotify,
+    /// No barrier for a session: an `OK` could be seen before its message
+    /// is durable.
+    DropBarrier,
+    /// No barrier for everyone: a delivery could carry an id whose
+    /// reservation is not durable, which a crash would hand out again.
+    DropIdBarrier,
 }
 
 impl Mutation {
     /// Every mutation with its name, as `CHAT_SM_MUTATE` spells it.
-    pub const ALL: [(&'static str, Mutation); 12] = [
+    pub const ALL: [(&'static str, Mutation); 14] = [
         ("drop-deliver", Mutation::DropDeliver),
         ("dup-deliver", Mutation::DupDeliver),
         ("swap-deliver", Mutation::SwapDeliver),
@@ -87,6 +93,8 @@ impl Mutation {
         ("drop-probe", Mutation::DropProbe),
         ("drop-close", Mutation::DropClose),
         ("drop-notify", Mutation::DropNotify),
+        ("drop-barrier", Mutation::DropBarrier),
+        ("drop-id-barrier", Mutation::DropIdBarrier),
     ];
 
     /// The mutation `CHAT_SM_MUTATE` names, if any (see [`Mutation::parse`]);
@@ -237,6 +245,12 @@ impl Mutation {
             }
             Mutation::DropClose => outputs.retain(|o| !matches!(o, Output::Close { .. })),
             Mutation::DropNotify => outputs.retain(|o| !matches!(o, Output::NotifyWritten { .. })),
+            Mutation::DropBarrier => {
+                outputs.retain(|o| !matches!(o, Output::Barrier { session: Some(_) }))
+            }
+            Mutation::DropIdBarrier => {
+                outputs.retain(|o| !matches!(o, Output::Barrier { session: None }))
+            }
         }
     }
 }

@@ -2,17 +2,14 @@
 //! with sockets, a clock and the store.
 //!
 //! Each wake-up is a *round*: take every input that is ready (up to
-//! `MAX_BATCH`), feed them, run due timers, and gather all outputs. If the
-//! round asked for changes to be persisted, they are committed in one
-//! transaction *before* any of the round's lines are handed to connections,
-//! which meets the core's ordering rule (a line sent after a `Persist` must
-//! not reach the network before the change is durable) at the cost of one
-//! commit per round, not per change: while a commit runs, inputs pile up in
-//! the channel and the next round takes them all (group commit).
-//!
-//! A store that cannot write now (a full disk, see [`Failure`]) does not
-//! stop the server: see `Driver::commit` (in `outage.rs`) for what waits and
-//! what goes on.
+//! `MAX_BATCH`), feed them, run due timers, and act on every output at
+//! once: lines go to their connections' queues as the core produces them,
+//! and the round's changes to the store are sealed into one batch at its
+//! end and committed in the background, never waited for. Only lines
+//! behind an [`chatcore::Output::Barrier`] (an `OK` that promises a message
+//! is durable) wait for their commit: see `commits.rs`, which also says
+//! what happens when the store cannot write now (a full disk, see
+//! [`Failure`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -20,9 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatcore::wire::ServerLine;
-use chatcore::{
-    Accounts, Event, Input, LoginFailure, Output, PasswordCheck, Server, SessionId, StoreOp,
-};
+use chatcore::{Accounts, Event, Input, LoginFailure, Output, PasswordCheck, Server, SessionId};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -40,9 +35,9 @@ use crate::passwords::{PasswordChecker, PasswordError};
 use crate::store::Failure;
 use crate::store::{Store, StoreError, StoreGone, StoreThread};
 
-mod outage;
+mod commits;
 
-use outage::{Held, Outage, RETRY_INTERVAL};
+use commits::{commit_ended, Commits};
 
 /// Inputs fed in one round at most, so that timers and commits keep up
 /// under load.
@@ -133,38 +128,17 @@ struct Driver {
     max_line_bytes: usize,
     /// TLS for every connection, if the port speaks it.
     tls: Option<TlsParams>,
-    /// The current round's outputs for connections, in order.
-    round: Vec<RoundOutput>,
-    /// The round's store changes, committed before its lines go out.
-    round_ops: Vec<StoreOp>,
+    /// Changes for the store, and the lines that wait for them.
+    commits: Commits,
     /// Inputs the driver itself generated (dead peers), for the next round.
     internal: VecDeque<Input>,
     /// Sessions to forget once the round's lines are dispatched.
     forget: Vec<SessionId>,
     /// Sessions whose peer stopped reading, found while dispatching lines.
     dead: Vec<SessionId>,
-    /// Set while the store cannot write.
-    outage: Option<Outage>,
-    /// Changes not committed yet because the store cannot write, one entry
-    /// per round (or per failed chunk of rounds), oldest first.
-    waiting: VecDeque<Vec<StoreOp>>,
-    /// How many ops `waiting` holds, and their estimated bytes.
-    waiting_ops: usize,
-    waiting_bytes: usize,
-    /// `max_unwritten_bytes`: the bound on `waiting_bytes`.
-    max_waiting_bytes: usize,
-    /// Lines (and closes) held back until the store commits what they
-    /// depend on, oldest first.
-    held: VecDeque<(SessionId, Held)>,
-    /// Sessions with held lines, and the bytes held for each: every later
-    /// line of theirs waits behind them, so each session sees its lines in
-    /// order.
-    held_bytes: HashMap<SessionId, usize>,
 }
 
-/// An output of the round that goes to a connection: the only kinds the
-/// round buffer holds, since password checks and events are acted on at
-/// once and store changes are gathered apart (`round_ops`).
+/// An output that goes to a connection: what may wait behind a barrier.
 enum RoundOutput {
     /// [`Output::Send`].
     Send {
@@ -300,18 +274,10 @@ impl Prepared {
                 acceptor: tokio_rustls::TlsAcceptor::from(config),
                 handshake_timeout: settings.core.login_timeout,
             }),
-            round: Vec::new(),
-            round_ops: Vec::new(),
+            commits: Commits::new(settings.max_unwritten_bytes),
             internal: VecDeque::new(),
             forget: Vec::new(),
             dead: Vec::new(),
-            outage: None,
-            waiting: VecDeque::new(),
-            waiting_ops: 0,
-            waiting_bytes: 0,
-            max_waiting_bytes: settings.max_unwritten_bytes,
-            held: VecDeque::new(),
-            held_bytes: HashMap::new(),
         };
         let result = driver.serve(&listener, &mut rx, shutdown).await;
         drop(listener);
@@ -335,14 +301,19 @@ impl Driver {
         let mut batch: Vec<Input> = Vec::with_capacity(MAX_BATCH);
         loop {
             let deadline = self.server.poll_timeout().map(|t| self.clock.instant_of(t));
-            let retry = self.outage.as_ref().map(|o| o.tried + RETRY_INTERVAL);
+            let retry = self.commits.retry_at();
+            let reading = !self.commits.backlogged();
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return Ok(()),
+                ended = commit_ended(&mut self.commits), if self.commits.committing() => {
+                    self.commit_done(ended)?;
+                }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
-                // The round below tries the store again.
-                () = sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {}
-                Some(input) = rx.recv() => {
+                () = sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {
+                    self.start_commit()?;
+                }
+                Some(input) = rx.recv(), if reading => {
                     batch.push(input);
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
@@ -383,7 +354,7 @@ impl Driver {
             }
             self.server.handle_timeout(now);
             self.drain();
-            self.finish_round().await?;
+            self.finish_round()?;
         }
     }
 
@@ -411,8 +382,9 @@ impl Driver {
         self.drain();
     }
 
-    /// Collects the core's outputs into the round, starting password checks
-    /// and logging events at once (neither depends on the store).
+    /// Acts on the core's outputs: lines go out (or wait behind a barrier),
+    /// changes join the open batch, password checks start, events are
+    /// logged.
     fn drain(&mut self) {
         while let Some(output) = self.server.poll_output() {
             match output {
@@ -422,40 +394,29 @@ impl Driver {
                     if let Some(conn) = self.conns.get_mut(&session) {
                         conn.live = false;
                     }
-                    self.round.push(RoundOutput::Close { session });
+                    self.emit(RoundOutput::Close { session });
                 }
-                Output::Persist(op) => self.round_ops.push(op),
+                Output::Persist(op) => self.commits.persist(op),
+                Output::Barrier { session } => self.barrier(session),
                 Output::Send { session, line } => {
-                    self.round.push(RoundOutput::Send { session, line });
+                    self.emit(RoundOutput::Send { session, line });
                 }
                 Output::NotifyWritten { session } => {
-                    self.round.push(RoundOutput::NotifyWritten { session });
+                    self.emit(RoundOutput::NotifyWritten { session });
                 }
             }
         }
     }
 
-    /// Commits the round's changes, then hands its lines to connections
-    /// (or holds them back: see [`Driver::commit`]).
-    async fn finish_round(&mut self) -> Result<(), RunError> {
+    /// Ends a round: forgets closed connections, drops peers that stopped
+    /// reading (which the core hears of at once, in a round of its own),
+    /// and seals the round's changes for a commit.
+    fn finish_round(&mut self) -> Result<(), RunError> {
         loop {
-            let round = std::mem::take(&mut self.round);
-            let ops = std::mem::take(&mut self.round_ops);
-            let hold = self.commit(ops).await?;
-            for output in round {
-                let session = output.session();
-                if hold || self.held_bytes.contains_key(&session) {
-                    self.hold(session, output);
-                } else {
-                    self.dispatch(output);
-                }
-            }
             for session in std::mem::take(&mut self.forget) {
                 self.conns.remove(&session);
-                if self.held_bytes.remove(&session).is_some() {
-                    // Nobody left to send them to.
-                    self.held.retain(|(s, _)| *s != session);
-                }
+                // Nobody left to send them to.
+                self.commits.forget(session);
             }
             for session in std::mem::take(&mut self.dead) {
                 let Some(conn) = self.conns.get_mut(&session) else {
@@ -467,8 +428,8 @@ impl Driver {
                     self.internal.push_back(Input::Closed { session });
                 }
             }
-            if self.internal.is_empty() && self.round.is_empty() && self.round_ops.is_empty() {
-                return Ok(());
+            if self.internal.is_empty() {
+                return self.seal();
             }
             let now = self.clock.now();
             while let Some(input) = self.internal.pop_front() {
@@ -477,7 +438,7 @@ impl Driver {
         }
     }
 
-    /// Acts on one output of a round whose changes are committed.
+    /// Acts on one output that waits for nothing (any more).
     fn dispatch(&mut self, output: RoundOutput) {
         match output {
             RoundOutput::Send { session, line } => {
@@ -607,24 +568,12 @@ impl Driver {
         let now = self.clock.now();
         self.server.handle_input(now, Input::Shutdown);
         self.drain();
-        let mut result = self.finish_round().await;
-        if result.is_ok() && self.outage.is_some() {
-            // One last try; if the disk is still full, the changes waiting
-            // are lost, but none of them was acknowledged: their lines are
-            // still held.
-            result = self.retry().await;
-            if result.is_ok() {
-                if let Some(outage) = &self.outage {
-                    result = Err(RunError::Unwritable {
-                        why: format!(
-                            "shutting down with {} changes the store could not commit \
-                             (none of them acknowledged)",
-                            self.waiting_ops
-                        ),
-                        cause: outage.cause.clone(),
-                    });
-                }
-            }
+        let mut result = self.finish_round();
+        if result.is_ok() {
+            // If the disk is still full after one last try, the changes
+            // waiting are lost, but none of them was acknowledged: their
+            // lines are still held.
+            result = self.flush_commits().await;
         }
         // Drop every queue (writers flush and close) and the input channel
         // (readers stop at their next line).

@@ -22,7 +22,7 @@ mod tests;
 
 pub use error::{Failure, StoreError};
 pub use sqlite::SqliteStore;
-pub(crate) use thread::{StoreGone, StoreThread};
+pub(crate) use thread::{Committed, StoreGone, StoreThread};
 
 /// A durable home for the core's state.
 pub trait Store: Send {

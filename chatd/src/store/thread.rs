@@ -45,11 +45,15 @@ impl StoreThread {
         Ok(StoreThread { tx, done })
     }
 
-    /// Commits `ops`; they come back with the result.
-    pub(crate) async fn commit(&self, ops: Vec<StoreOp>) -> Result<Committed, StoreGone> {
+    /// Starts committing `ops`; they come back with the result. Commits
+    /// run one after another, in the order started.
+    pub(crate) fn start_commit(
+        &self,
+        ops: Vec<StoreOp>,
+    ) -> Result<oneshot::Receiver<Committed>, StoreGone> {
         let (answer, result) = oneshot::channel();
         self.tx.send((ops, answer)).map_err(|_| StoreGone)?;
-        result.await.map_err(|_| StoreGone)
+        Ok(result)
     }
 
     /// Closes the store and waits (briefly) for the thread to finish.

@@ -1,8 +1,10 @@
 //! The outputs other than lines: `Close`, password checks, page
-//! notifications and store changes.
+//! notifications, store changes and barriers (and the rules that tie lines
+//! to them).
 
 use std::sync::Arc;
 
+use chatcore::wire::ServerLine;
 use chatcore::{Message, PasswordCheck, StoreOp};
 
 use super::{rel, Key, Kind, Oracle, Stage, Want};
@@ -124,7 +126,12 @@ impl Oracle {
         self.note(format!("  persist {op:?}"));
         match op {
             StoreOp::Hold { user, message } => {
-                if self.see_message(message) {
+                let new = self.see_message(message);
+                if self.acc.msg.as_ref().is_some_and(|m| m.id == message.id) {
+                    self.acc.hold_not_behind_barrier = true;
+                    self.acc.barriers_since_hold.clear();
+                }
+                if new {
                     self.acc.held_for.insert(user.clone());
                 } else {
                     self.check(self.owed(user).contains(&message.id), || {
@@ -145,6 +152,46 @@ impl Oracle {
             StoreOp::Seen { .. }
             | StoreOp::LoginFailures(_)
             | StoreOp::ClearLoginFailures { .. } => {}
+        }
+    }
+
+    /// A barrier: for one session (`Some`), or for everyone.
+    pub(super) fn barrier(&mut self, key: Option<Key>) {
+        self.note(format!("  barrier {:?}", key.map(|k| k.1.get())));
+        if key.is_none() {
+            self.reserved_behind_barrier = self.reserved;
+        }
+        self.acc.barriers_since_hold.push(key);
+    }
+
+    /// The rules that tie lines to what is durable (PROTOCOL.md §6): a
+    /// reply that accepts a message follows a barrier once a copy of it
+    /// was persisted, and a delivery carries only an id whose reservation a
+    /// barrier for everyone followed.
+    pub(super) fn check_durable_before(&mut self, key: Key, line: &ServerLine) {
+        if matches!(
+            line,
+            ServerLine::Delivered { .. }
+                | ServerLine::Queued { .. }
+                | ServerLine::Broadcasted { .. }
+        ) {
+            let behind = !self.acc.hold_not_behind_barrier
+                || self
+                    .acc
+                    .barriers_since_hold
+                    .iter()
+                    .any(|b| b.is_none_or(|b| b == key));
+            self.check(behind, || {
+                format!("{line:?} acknowledges a message persisted after the last barrier")
+            });
+        }
+        if let ServerLine::Deliver(m) = line {
+            self.check(m.id < self.reserved_behind_barrier, || {
+                format!(
+                    "delivery of id {} whose reservation no barrier followed (durable below {})",
+                    m.id, self.reserved_behind_barrier
+                )
+            });
         }
     }
 

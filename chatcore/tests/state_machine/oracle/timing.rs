@@ -144,5 +144,7 @@ impl Oracle {
         }
         self.epoch += 1;
         self.reserved = restored.next_id;
+        // What the store gave back is durable.
+        self.reserved_behind_barrier = restored.next_id;
     }
 }

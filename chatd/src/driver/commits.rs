@@ -1,0 +1,536 @@
+//! Commits in the background, and the lines that wait for them.
+//!
+//! The core never waits for the disk. Every change it asks for
+//! ([`Output::Persist`]) goes into the *open batch*; at the end of a round
+//! the open batch is sealed with the next *ticket* number, and sealed
+//! batches go to the store thread one commit at a time, merged (group
+//! commit: while one commit runs, the rounds after it pile up and go
+//! together in the next). Meanwhile the core goes on with new inputs.
+//!
+//! Lines go out at once, except those behind an [`Output::Barrier`]: a
+//! barrier for one session puts a *wait* for the ticket of the batch
+//! holding every change before it at the end of that session's queue, and
+//! the session's later lines (and its close) queue behind it, in order; a
+//! barrier for everyone (after a block of message ids is reserved) makes
+//! every delivery wait for that ticket. When a commit ends, the queues move on
+//! as far as the tickets now durable allow. So an `OK` is seen only once
+//! its message is durable, while deliveries to online users, probes and
+//! other replies never wait for the disk; a crash before the commit loses
+//! only messages whose senders never got their `OK` (PROTOCOL.md §6).
+//!
+//! A store that cannot write now (a full disk, see [`Failure`]) does not
+//! stop the server: the batch that failed goes back to the head of the
+//! line, the core is told [`Input::StoreUnavailable`] (it refuses messages
+//! until the store commits again), and the commit is tried again at least
+//! every [`RETRY_INTERVAL`]. Lines behind barriers wait the outage out;
+//! lines that acknowledge nothing (bookkeeping: `Seen`, `Release`, boxes
+//! put back when a session ends) go out at once, so sessions stay alive.
+//! Past `max_unwritten_bytes` waiting, or at shutdown with the store still
+//! unwritable, the server stops: nothing waiting was acknowledged.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use chatcore::wire::ServerLine;
+#[cfg(doc)]
+use chatcore::Output;
+use chatcore::{Input, SessionId, StoreOp};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Driver, RoundOutput, RunError};
+use crate::store::{Committed, Failure, StoreError, StoreGone};
+
+/// While the store cannot write, how long after a failed try the next one
+/// comes at the latest.
+pub(super) const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// While the store cannot write, the least time between two tries: a round
+/// with changes tries again this soon, not sooner.
+const RETRY_MIN_GAP: Duration = Duration::from_millis(100);
+
+/// While the store cannot write, how often at most a log line says so.
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Changes committed in one transaction at most, when several sealed
+/// batches wait (whole batches, so a round's changes are never split; a
+/// larger round goes alone). Bounds what one commit, or one failed try,
+/// costs.
+const COMMIT_CHUNK_OPS: usize = 4096;
+
+/// Past this many bytes of sealed changes waiting behind the commit that
+/// runs, the driver stops reading inputs until it ends: a disk slower than
+/// the clients then slows the clients, as it did when every round waited
+/// for its commit, instead of growing memory. (While the store cannot write
+/// at all, inputs go on: the core refuses messages then, and
+/// `max_unwritten_bytes` bounds what waits.)
+const BACKLOG_BYTES: usize = 8 << 20;
+
+/// The store cannot write.
+pub(super) struct Outage {
+    /// Since when.
+    since: Instant,
+    /// When it was last tried.
+    tried: Instant,
+    /// Failed tries so far.
+    tries: u64,
+    /// When it was last logged.
+    logged: Instant,
+    /// The last error, with its causes, for logs.
+    pub(super) cause: String,
+    /// Whether a round sealed new changes since the last try.
+    new_changes: bool,
+}
+
+/// A commit running on the store thread.
+struct InFlight {
+    /// The last ticket it makes durable.
+    upto: u64,
+    answer: oneshot::Receiver<Committed>,
+}
+
+/// One item of a session's queue of lines that wait.
+enum Waiting {
+    /// Nothing behind this goes out before this ticket is durable.
+    Ticket(u64),
+    /// An output, in order, and its size in bytes.
+    Output(RoundOutput, usize),
+}
+
+/// A session's lines that wait, and their size.
+#[derive(Default)]
+struct SessionQueue {
+    items: VecDeque<Waiting>,
+    bytes: usize,
+}
+
+/// The driver's side of the store: batches, tickets, and the lines that
+/// wait for them.
+pub(super) struct Commits {
+    /// Changes of the round so far.
+    open: Vec<StoreOp>,
+    /// The ticket the open batch gets when it is sealed.
+    open_ticket: u64,
+    /// Sealed batches not yet sent to the store, oldest first.
+    sealed: VecDeque<(u64, Vec<StoreOp>)>,
+    /// Bytes of `sealed` (see [`op_bytes`]).
+    sealed_bytes: usize,
+    /// How many changes are not durable yet, and their bytes: open, sealed
+    /// and in flight.
+    unwritten_ops: usize,
+    unwritten_bytes: usize,
+    /// `max_unwritten_bytes`: past it while the store cannot write, the
+    /// server stops.
+    max_unwritten_bytes: usize,
+    in_flight: Option<InFlight>,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// Every delivery waits for this ticket (a barrier for everyone).
+    everyone_waits_for: u64,
+    /// Lines waiting, per session.
+    queues: HashMap<SessionId, SessionQueue>,
+    pub(super) outage: Option<Outage>,
+}
+
+impl Commits {
+    pub(super) fn new(max_unwritten_bytes: usize) -> Commits {
+        Commits {
+            open: Vec::new(),
+            open_ticket: 1,
+            sealed: VecDeque::new(),
+            sealed_bytes: 0,
+            unwritten_ops: 0,
+            unwritten_bytes: 0,
+            max_unwritten_bytes,
+            in_flight: None,
+            durable: 0,
+            everyone_waits_for: 0,
+            queues: HashMap::new(),
+            outage: None,
+        }
+    }
+
+    /// A change for the open batch.
+    pub(super) fn persist(&mut self, op: StoreOp) {
+        self.unwritten_ops += 1;
+        self.unwritten_bytes += op_bytes(&op);
+        self.open.push(op);
+    }
+
+    /// The ticket that makes every change so far durable.
+    fn ticket_of_everything(&self) -> u64 {
+        if self.open.is_empty() {
+            self.open_ticket - 1
+        } else {
+            self.open_ticket
+        }
+    }
+
+    /// Whether the driver should stop reading inputs until the running
+    /// commit ends (see [`BACKLOG_BYTES`]).
+    pub(super) fn backlogged(&self) -> bool {
+        self.outage.is_none() && self.sealed_bytes > BACKLOG_BYTES
+    }
+
+    /// When the store should be tried again, while it cannot write and no
+    /// try is running.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        let outage = self.outage.as_ref()?;
+        if self.in_flight.is_some() || self.sealed.is_empty() {
+            return None;
+        }
+        let gap = if outage.new_changes {
+            RETRY_MIN_GAP
+        } else {
+            RETRY_INTERVAL
+        };
+        Some(outage.tried + gap)
+    }
+
+    /// Whether a commit is running.
+    pub(super) fn committing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Whether every change so far is durable.
+    fn all_durable(&self) -> bool {
+        self.open.is_empty() && self.sealed.is_empty() && self.in_flight.is_none()
+    }
+
+    /// Seals the open batch, if it holds anything, with the next ticket.
+    fn seal_open(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.open);
+        self.sealed_bytes += ops.iter().map(op_bytes).sum::<usize>();
+        self.sealed.push_back((self.open_ticket, ops));
+        self.open_ticket += 1;
+        if let Some(outage) = &mut self.outage {
+            outage.new_changes = true;
+        }
+    }
+
+    /// Forgets the lines waiting for a session that is gone.
+    pub(super) fn forget(&mut self, session: SessionId) {
+        self.queues.remove(&session);
+    }
+}
+
+/// Waits for the running commit to end; never ends if none runs (for a
+/// `select!` branch guarded by [`Commits::committing`]).
+pub(super) async fn commit_ended(commits: &mut Commits) -> Result<Committed, StoreGone> {
+    match &mut commits.in_flight {
+        Some(f) => (&mut f.answer).await.map_err(|_| StoreGone),
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    /// Acts on a barrier (see the module docs).
+    pub(super) fn barrier(&mut self, session: Option<SessionId>) {
+        let c = &mut self.commits;
+        let ticket = c.ticket_of_everything();
+        if ticket <= c.durable {
+            return;
+        }
+        match session {
+            None => c.everyone_waits_for = c.everyone_waits_for.max(ticket),
+            Some(session) => c
+                .queues
+                .entry(session)
+                .or_default()
+                .items
+                .push_back(Waiting::Ticket(ticket)),
+        }
+    }
+
+    /// An output for a connection: out at once, or behind what the session
+    /// waits for.
+    pub(super) fn emit(&mut self, output: RoundOutput) {
+        let session = output.session();
+        let c = &mut self.commits;
+        let delivery = matches!(
+            &output,
+            RoundOutput::Send {
+                line: ServerLine::Deliver(_),
+                ..
+            }
+        );
+        let everyone =
+            (delivery && c.everyone_waits_for > c.durable).then_some(c.everyone_waits_for);
+        if everyone.is_none() && !c.queues.contains_key(&session) {
+            self.dispatch(output);
+            return;
+        }
+        let queue = c.queues.entry(session).or_default();
+        if let Some(ticket) = everyone {
+            let waits = queue
+                .items
+                .iter()
+                .rev()
+                .find_map(|w| match w {
+                    Waiting::Ticket(t) => Some(*t),
+                    Waiting::Output(..) => None,
+                })
+                .unwrap_or(0);
+            if waits < ticket {
+                queue.items.push_back(Waiting::Ticket(ticket));
+            }
+        }
+        let bytes = match &output {
+            // Only lines that wait are measured.
+            RoundOutput::Send { line, .. } => line.to_string().len() + 1,
+            RoundOutput::Close { .. } | RoundOutput::NotifyWritten { .. } => 0,
+        };
+        queue.bytes += bytes;
+        // While the store commits, a queue empties at every commit, and a
+        // backlog of commits stops the reading of inputs. While it cannot
+        // write, nothing empties it: then, as for a peer that stops
+        // reading, a session cannot make the server keep without bound
+        // what it may not send yet.
+        if c.outage.is_some() && queue.bytes > self.limit.max_bytes {
+            self.dead.push(session);
+        }
+        queue.items.push_back(Waiting::Output(output, bytes));
+    }
+
+    /// Sends what waited for tickets now durable, in each session's order.
+    fn release(&mut self) {
+        let durable = self.commits.durable;
+        let mut ready = Vec::new();
+        self.commits.queues.retain(|_, queue| {
+            while let Some(front) = queue.items.front() {
+                match front {
+                    Waiting::Ticket(t) if *t > durable => return true,
+                    Waiting::Ticket(_) => {
+                        queue.items.pop_front();
+                    }
+                    Waiting::Output(..) => {
+                        if let Some(Waiting::Output(o, bytes)) = queue.items.pop_front() {
+                            queue.bytes -= bytes;
+                            ready.push(o);
+                        }
+                    }
+                }
+            }
+            false
+        });
+        for output in ready {
+            self.dispatch(output);
+        }
+    }
+
+    /// Seals the round's changes and starts a commit if none runs. Fails
+    /// once too much waits for a store that cannot write.
+    pub(super) fn seal(&mut self) -> Result<(), RunError> {
+        self.commits.seal_open();
+        let c = &mut self.commits;
+        if c.unwritten_bytes > c.max_unwritten_bytes && c.outage.is_some() {
+            // Nothing waiting was acknowledged, so nothing acknowledged is
+            // lost, and a restart comes up on the full disk.
+            let outage = c.outage.as_ref();
+            return Err(RunError::Unwritable {
+                why: format!(
+                    "giving up: the store has not been writable for {} s and {} changes \
+                     ({} bytes) wait for it, over max_unwritten_bytes ({})",
+                    outage.map_or(0, |o| o.since.elapsed().as_secs()),
+                    c.unwritten_ops,
+                    c.unwritten_bytes,
+                    c.max_unwritten_bytes,
+                ),
+                cause: outage.map_or_else(String::new, |o| o.cause.clone()),
+            });
+        }
+        if c.outage.is_none() {
+            self.start_commit()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the sealed batches (as many whole ones as fit a chunk) to the
+    /// store, unless a commit runs.
+    pub(super) fn start_commit(&mut self) -> Result<(), RunError> {
+        let c = &mut self.commits;
+        if c.in_flight.is_some() {
+            return Ok(());
+        }
+        let Some((mut upto, mut ops)) = c.sealed.pop_front() else {
+            return Ok(());
+        };
+        while let Some((_, next)) = c.sealed.front() {
+            if ops.len() + next.len() > COMMIT_CHUNK_OPS {
+                break;
+            }
+            if let Some((ticket, next)) = c.sealed.pop_front() {
+                upto = ticket;
+                ops.extend(next);
+            }
+        }
+        c.sealed_bytes = c.sealed.iter().flat_map(|(_, b)| b).map(op_bytes).sum();
+        if let Some(outage) = &mut c.outage {
+            outage.tried = Instant::now();
+            outage.new_changes = false;
+        }
+        let answer = self.store.start_commit(ops)?;
+        self.commits.in_flight = Some(InFlight { upto, answer });
+        Ok(())
+    }
+
+    /// The running commit ended: on success, send what waited for it and
+    /// start the next; on a store that cannot write, keep its changes at
+    /// the head of the line and tell the core; on anything else, stop.
+    pub(super) fn commit_done(
+        &mut self,
+        ended: Result<Committed, StoreGone>,
+    ) -> Result<(), RunError> {
+        let Some(InFlight { upto, .. }) = self.commits.in_flight.take() else {
+            return Ok(());
+        };
+        let (ops, result) = ended?;
+        match result {
+            Ok(()) => {
+                let c = &mut self.commits;
+                c.durable = upto;
+                c.unwritten_ops -= ops.len();
+                c.unwritten_bytes -= ops.iter().map(op_bytes).sum::<usize>();
+                self.end_outage();
+                self.release();
+                self.start_commit()
+            }
+            Err(e) => {
+                let Failure::CannotWriteNow(detail) = e.failure() else {
+                    return Err(RunError::Store(e));
+                };
+                let c = &mut self.commits;
+                c.sealed_bytes += ops.iter().map(op_bytes).sum::<usize>();
+                c.sealed.push_front((upto, ops));
+                self.store_failed(&e, detail);
+                Ok(())
+            }
+        }
+    }
+
+    /// A try failed because the store cannot write: start the outage (tell
+    /// the core, log) or count the try.
+    fn store_failed(&mut self, e: &StoreError, detail: &str) {
+        let cause = error_chain(e);
+        let now = Instant::now();
+        let waiting = self.commits.unwritten_ops;
+        if let Some(outage) = &mut self.commits.outage {
+            outage.tries += 1;
+            outage.cause = cause;
+            if outage.logged.elapsed() >= OUTAGE_LOG_INTERVAL {
+                outage.logged = now;
+                tracing::warn!(
+                    "the store still cannot commit after {} s ({} tries, {waiting} changes \
+                     waiting): {}",
+                    outage.since.elapsed().as_secs(),
+                    outage.tries,
+                    outage.cause
+                );
+            }
+            return;
+        }
+        tracing::warn!(
+            "cannot commit to the store, refusing messages until it can \
+             (trying again every {} s): {cause}",
+            RETRY_INTERVAL.as_secs()
+        );
+        self.commits.outage = Some(Outage {
+            since: now,
+            tried: now,
+            tries: 1,
+            logged: now,
+            cause,
+            new_changes: false,
+        });
+        self.server.handle_input(
+            self.clock.now(),
+            Input::StoreUnavailable {
+                detail: detail.to_string(),
+            },
+        );
+        self.drain();
+    }
+
+    /// The store commits again: tell the core, and log it.
+    fn end_outage(&mut self) {
+        let Some(outage) = self.commits.outage.take() else {
+            return;
+        };
+        let waiting: usize = self.commits.queues.values().map(|q| q.items.len()).sum();
+        self.server
+            .handle_input(self.clock.now(), Input::StoreAvailable);
+        self.drain();
+        tracing::info!(
+            "the store commits again after {:.1} s ({} failed tries); \
+             {waiting} held lines go out, messages accepted again",
+            outage.since.elapsed().as_secs_f64(),
+            outage.tries,
+        );
+    }
+
+    /// At shutdown: commits everything, trying once more if the store
+    /// cannot write, and sends what waited. Lines still waiting after a
+    /// last failed try are dropped: none of them was acknowledged.
+    pub(super) async fn flush_commits(&mut self) -> Result<(), RunError> {
+        self.seal()?;
+        let mut tries_left = 1;
+        loop {
+            if self.commits.in_flight.is_none() {
+                if self.commits.all_durable() {
+                    return Ok(());
+                }
+                if self.commits.outage.is_some() {
+                    if tries_left == 0 {
+                        let outage = self.commits.outage.as_ref();
+                        return Err(RunError::Unwritable {
+                            why: format!(
+                                "shutting down with {} changes the store could not commit \
+                                 (none of them acknowledged)",
+                                self.commits.unwritten_ops
+                            ),
+                            cause: outage.map_or_else(String::new, |o| o.cause.clone()),
+                        });
+                    }
+                    tries_left -= 1;
+                }
+                self.start_commit()?;
+            }
+            let ended = commit_ended(&mut self.commits).await;
+            self.commit_done(ended)?;
+            // Anything the core said meanwhile (its answer to
+            // `StoreAvailable`) joins the last commits.
+            self.commits.seal_open();
+        }
+    }
+}
+
+/// An error and its causes on one line, as the binary prints them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// About how much memory a waiting op keeps alive: its strings and a
+/// fixed overhead. A held message's text counts in full, though the core
+/// may share it, so the bound errs on the safe side.
+fn op_bytes(op: &StoreOp) -> usize {
+    const OVERHEAD: usize = 64;
+    OVERHEAD
+        + match op {
+            StoreOp::Hold { user, message } => user.len() + message.from.len() + message.text.len(),
+            StoreOp::Release { user, .. }
+            | StoreOp::Seen { user, .. }
+            | StoreOp::ClearLoginFailures { user, .. } => user.len(),
+            StoreOp::LoginFailures(f) => f.user.len(),
+            StoreOp::ReserveIds { .. } => 0,
+        }
+}
