@@ -10,7 +10,9 @@
 //! Lines go out at once, except those behind an [`Output::Barrier`]: a
 //! barrier for one session puts a *wait* for the ticket of the batch
 //! holding every change before it at the end of that session's queue, and
-//! the session's later lines (and its close) queue behind it, in order; a
+//! the session's later lines (and its close) queue behind it, in order
+//! (except a delivery, which may pass waiting replies, though never a
+//! waiting delivery); a
 //! barrier for everyone (after a block of message ids is reserved) makes
 //! every delivery wait for that ticket. When a commit ends, the queues move on
 //! as far as the tickets now durable allow. So an `OK` is seen only once
@@ -102,6 +104,8 @@ enum Waiting {
 struct SessionQueue {
     items: VecDeque<Waiting>,
     bytes: usize,
+    /// How many of the items are deliveries.
+    deliveries: usize,
 }
 
 /// The driver's side of the store: batches, tickets, and the lines that
@@ -259,7 +263,16 @@ impl Driver {
         );
         let everyone =
             (delivery && c.everyone_waits_for > c.durable).then_some(c.everyone_waits_for);
-        if everyone.is_none() && !c.queues.contains_key(&session) {
+        // A delivery may pass the session's lines that wait (an `OK`, the
+        // replies and probes after it), but never another delivery: a
+        // client sees deliveries between replies anyway, and in order
+        // among themselves. So in a conversation, each side's `MSG` does
+        // not wait for the commit of its own last `OK`.
+        let free = match c.queues.get(&session) {
+            None => true,
+            Some(queue) => delivery && queue.deliveries == 0,
+        };
+        if everyone.is_none() && free {
             self.dispatch(output);
             return;
         }
@@ -284,6 +297,7 @@ impl Driver {
             RoundOutput::Close { .. } | RoundOutput::NotifyWritten { .. } => 0,
         };
         queue.bytes += bytes;
+        queue.deliveries += usize::from(delivery);
         // While the store commits, a queue empties at every commit, and a
         // backlog of commits stops the reading of inputs. While it cannot
         // write, nothing empties it: then, as for a peer that stops
@@ -309,6 +323,13 @@ impl Driver {
                     Waiting::Output(..) => {
                         if let Some(Waiting::Output(o, bytes)) = queue.items.pop_front() {
                             queue.bytes -= bytes;
+                            if let RoundOutput::Send {
+                                line: ServerLine::Deliver(_),
+                                ..
+                            } = &o
+                            {
+                                queue.deliveries -= 1;
+                            }
                             ready.push(o);
                         }
                     }
