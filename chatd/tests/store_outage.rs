@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chatcore::{Accounts, Restored, StoreOp};
+use chatcore::{Accounts, Message, MessageId, Restored, StoreModel, StoreOp};
 use chatd::{RunError, Settings, Store, StoreError};
 use rusqlite::ffi;
 
@@ -30,7 +30,7 @@ enum Mode {
 struct State {
     mode: Mode,
     /// Everything committed so far.
-    committed: Restored,
+    committed: StoreModel,
     /// Commits refused so far.
     refused: usize,
 }
@@ -43,7 +43,7 @@ impl Disk {
     fn new() -> Disk {
         Disk(Arc::new(Mutex::new(State {
             mode: Mode::Works,
-            committed: Restored::default(),
+            committed: StoreModel::default(),
             refused: 0,
         })))
     }
@@ -52,7 +52,7 @@ impl Disk {
         self.0.lock().unwrap().mode = mode;
     }
 
-    fn committed(&self) -> Restored {
+    fn committed(&self) -> StoreModel {
         self.0.lock().unwrap().committed.clone()
     }
 
@@ -93,7 +93,17 @@ fn sqlite_error(code: std::os::raw::c_int, message: &str) -> StoreError {
 
 impl Store for Disk {
     fn load(&mut self) -> Result<Restored, StoreError> {
-        Ok(self.committed())
+        Ok(self.committed().restored())
+    }
+
+    fn held_page(
+        &mut self,
+        user: &str,
+        after: MessageId,
+        upto: MessageId,
+        max: usize,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
+        Ok(self.committed().held_page(user, after, upto, max))
     }
 
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {

@@ -41,6 +41,7 @@ use crate::store::Failure;
 use crate::store::{Store, StoreError, StoreGone, StoreThread};
 
 mod outage;
+mod pages;
 
 use outage::{Held, Outage, RETRY_INTERVAL};
 
@@ -160,6 +161,9 @@ struct Driver {
     /// line of theirs waits behind them, so each session sees its lines in
     /// order.
     held_bytes: HashMap<SessionId, usize>,
+    /// Pages of boxes the core asked for, sent to the store once the
+    /// round's changes are committed (`pages.rs`).
+    loads: Vec<chatcore::HeldRequest>,
 }
 
 /// An output of the round that goes to a connection: the only kinds the
@@ -312,6 +316,7 @@ impl Prepared {
             max_waiting_bytes: settings.max_unwritten_bytes,
             held: VecDeque::new(),
             held_bytes: HashMap::new(),
+            loads: Vec::new(),
         };
         let result = driver.serve(&listener, &mut rx, shutdown).await;
         drop(listener);
@@ -431,6 +436,7 @@ impl Driver {
                 Output::NotifyWritten { session } => {
                     self.round.push(RoundOutput::NotifyWritten { session });
                 }
+                Output::LoadHeld(request) => self.loads.push(request),
             }
         }
     }
@@ -442,6 +448,7 @@ impl Driver {
             let round = std::mem::take(&mut self.round);
             let ops = std::mem::take(&mut self.round_ops);
             let hold = self.commit(ops).await?;
+            self.load_pages()?;
             for output in round {
                 let session = output.session();
                 if hold || self.held_bytes.contains_key(&session) {
