@@ -2,20 +2,20 @@
 //! driver there is. Run it with `cargo run --example in_memory`.
 //!
 //! Each "connection" is an inbox of lines; time is a number we move by hand;
-//! the store is the in-memory `Restored` the core's changes add up to.
+//! the store is the in-memory `StoreModel` the core's changes add up to.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use chatcore::{Accounts, Config, Input, Output, Restored, Server, SessionId, Time};
+use chatcore::{Accounts, Config, Input, Output, Server, SessionId, StoreModel, Time};
 
 struct Driver {
     server: Server,
     now: Time,
     inbox: BTreeMap<SessionId, Vec<String>>,
     names: BTreeMap<SessionId, &'static str>,
-    store: Restored,
+    store: StoreModel,
 }
 
 impl Driver {
@@ -59,6 +59,16 @@ impl Driver {
                 Output::NotifyWritten { session } => self
                     .server
                     .handle_input(self.now, Input::Written { session }),
+                // Held messages are read from the store a page at a time.
+                Output::LoadHeld(r) => {
+                    let messages = self.store.held_page(&r.user, r.after, r.upto, r.max);
+                    let answer = Input::HeldLoaded {
+                        session: r.session,
+                        load: r.load,
+                        messages,
+                    };
+                    self.server.handle_input(self.now, answer);
+                }
             }
         }
     }
@@ -104,7 +114,7 @@ fn main() {
         now,
         inbox: BTreeMap::new(),
         names: BTreeMap::new(),
-        store: Restored::default(),
+        store: StoreModel::default(),
     };
 
     let alice = d.connect("alice");

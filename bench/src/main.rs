@@ -68,6 +68,8 @@ enum Cmd {
     S4,
     /// A user with 100,000 held messages logs in.
     S5,
+    /// A million held messages across 1,000 users: startup and one drain.
+    S6,
     /// Runs the baseline relay (the suite starts it by itself).
     #[command(hide = true)]
     Relay {
@@ -147,12 +149,13 @@ async fn run(ctx: &Ctx, cli: &Cli) -> Result<()> {
     let mut plot = PlotData::default();
     let mut rows: Vec<Row> = Vec::new();
     let which: Vec<u8> = match cli.command {
-        Cmd::All => vec![1, 2, 3, 4, 5],
+        Cmd::All => vec![1, 2, 3, 4, 5, 6],
         Cmd::S1 => vec![1],
         Cmd::S2 => vec![2],
         Cmd::S3 => vec![3],
         Cmd::S4 => vec![4],
         Cmd::S5 => vec![5],
+        Cmd::S6 => vec![6],
         Cmd::Relay { .. } => unreachable!("handled in main"),
     };
     ctx.require_chatd()?;
@@ -164,7 +167,8 @@ async fn run(ctx: &Ctx, cli: &Cli) -> Result<()> {
             2 => scenarios::s2(ctx, &mut plot).await,
             3 => scenarios::s3(ctx).await,
             4 => scenarios::s4(ctx).await,
-            _ => scenarios::s5(ctx).await,
+            5 => scenarios::s5(ctx).await,
+            _ => scenarios::s6(ctx).await,
         };
         match r {
             Ok(r) => rows.extend(r),

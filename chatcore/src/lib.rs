@@ -57,6 +57,17 @@
 //!             // Only with `Config::held_page_size` set: answer with
 //!             // `Input::Written` once the lines before it are on the socket.
 //!             Output::NotifyWritten { .. } => {}
+//!             // A page of a held box: read it from the store (after
+//!             // committing the changes before it) and answer with
+//!             // `Input::HeldLoaded`. This store holds nothing.
+//!             Output::LoadHeld(request) => {
+//!                 let answer = Input::HeldLoaded {
+//!                     session: request.session,
+//!                     load: request.load,
+//!                     messages: Vec::new(),
+//!                 };
+//!                 server.handle_input(now, answer);
+//!             }
 //!             Output::Close { .. } | Output::Event(_) => {}
 //!         }
 //!     }
@@ -85,7 +96,7 @@
 //! # Durability
 //!
 //! Build a server from what your store gives back with [`Server::restore`].
-//! The store applies [`StoreOp`]s in order; [`Restored::apply`] is the
+//! The store applies [`StoreOp`]s in order; [`StoreModel::apply`] is the
 //! reference for what each means. One rule ties sends to persistence: a line
 //! emitted after an [`Output::Barrier`] must not reach the network before
 //! every change emitted before the barrier is durable. Committing each
@@ -93,6 +104,8 @@
 //! commit) meets it; a faster driver commits in the background and holds
 //! back only the lines behind a barrier (the `OK` of a message, not its
 //! delivery).
+//! Held messages are not kept in memory: the core asks for them a page at
+//! a time with [`Output::LoadHeld`], answered by [`Input::HeldLoaded`].
 //!
 //! # Testing
 //!
@@ -117,8 +130,9 @@ pub mod testing;
 pub use accounts::{Accounts, Credential, UsersFileError};
 pub use config::{Config, FloodLimit};
 pub use message::{Message, MessageId, MessageKind};
-pub use persist::{LoginFailures, Restored, StoreOp};
+pub use persist::{BoxSummary, LoginFailures, Restored, StoreModel, StoreOp};
 pub use server::{
-    CheckId, Event, Input, LoginFailure, Output, PasswordCheck, Server, SessionEnd, SessionId,
+    CheckId, Event, HeldRequest, Input, LoadId, LoginFailure, Output, PasswordCheck, Server,
+    SessionEnd, SessionId,
 };
 pub use time::Time;

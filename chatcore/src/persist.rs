@@ -27,12 +27,18 @@ pub enum StoreOp {
         /// The message.
         message: Arc<Message>,
     },
-    /// Remove a confirmed message from `user`'s box.
+    /// Remove every entry of `user`'s box with an id at or below `upto`:
+    /// what the user confirmed.
+    ///
+    /// A range, not one id, because a box is delivered in id order and
+    /// confirmed a prefix at a time (PROTOCOL.md §5): one confirmation is
+    /// one change per user, however many messages it covers. The core
+    /// never names an id above an entry that is still owed.
     Release {
         /// The recipient.
         user: String,
-        /// The message's id.
-        id: MessageId,
+        /// The largest id confirmed.
+        upto: MessageId,
     },
     /// Ids below `next` may have been used: never hand them out again.
     /// Emitted in blocks, ahead of use, not once per message.
@@ -74,22 +80,60 @@ pub struct LoginFailures {
     pub blocked_until: Option<Time>,
 }
 
-/// Durable state read back at startup: what every [`StoreOp`] so far adds up to.
+/// What the core keeps of one user's box in memory: the bodies stay in the
+/// store and are read a page at a time when the box is delivered
+/// ([`crate::Output::LoadHeld`]), so memory does not grow with held
+/// messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BoxSummary {
+    /// How many entries the box holds.
+    pub count: usize,
+    /// The largest id among them.
+    pub last: MessageId,
+}
+
+impl BoxSummary {
+    /// The summary after one more entry, `id`.
+    pub(crate) fn add(&mut self, count: usize, last: MessageId) {
+        self.count += count;
+        self.last = self.last.max(last);
+    }
+}
+
+/// Durable state read back at startup: what every [`StoreOp`] so far adds
+/// up to, with each box as a summary. A store gives the bodies of held
+/// messages on request, a page at a time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Restored {
     /// The first id not yet reserved.
     pub next_id: MessageId,
-    /// Each user's box, oldest first.
-    pub held: BTreeMap<String, Vec<Arc<Message>>>,
+    /// Each non-empty box, summed up.
+    pub held: BTreeMap<String, BoxSummary>,
     /// When each user was last known to be logged in.
     pub last_seen: BTreeMap<String, Time>,
     /// Failed-login records.
     pub login_failures: Vec<LoginFailures>,
 }
 
-impl Restored {
-    /// Applies one change, as a store would. Useful for in-memory stores and
-    /// for tests that restart a core from what it persisted.
+/// The reference store: what every [`StoreOp`] adds up to, boxes in full.
+///
+/// It defines what a store must give back ([`StoreModel::restored`] at
+/// startup, [`StoreModel::held_page`] for a page), so a real store is
+/// tested against it; in-memory drivers and tests use it as their store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreModel {
+    /// The first id not yet reserved.
+    pub next_id: MessageId,
+    /// Each non-empty box, oldest first.
+    pub held: BTreeMap<String, Vec<Arc<Message>>>,
+    /// When each user was last known to be logged in.
+    pub last_seen: BTreeMap<String, Time>,
+    /// Failed-login records, in update order.
+    pub login_failures: Vec<LoginFailures>,
+}
+
+impl StoreModel {
+    /// Applies one change, as a store must.
     pub fn apply(&mut self, op: &StoreOp) {
         match op {
             StoreOp::Hold { user, message } => {
@@ -100,9 +144,10 @@ impl Restored {
                     boxed.insert(at, Arc::clone(message));
                 }
             }
-            StoreOp::Release { user, id } => {
+            StoreOp::Release { user, upto } => {
                 if let Some(boxed) = self.held.get_mut(user) {
-                    boxed.retain(|m| m.id != *id);
+                    let n = boxed.partition_point(|m| m.id <= *upto);
+                    boxed.drain(..n);
                     if boxed.is_empty() {
                         self.held.remove(user);
                     }
@@ -123,5 +168,46 @@ impl Restored {
                     .retain(|r| !(&r.user == user && &r.ip == ip));
             }
         }
+    }
+
+    /// What a store gives back at startup.
+    pub fn restored(&self) -> Restored {
+        Restored {
+            next_id: self.next_id,
+            held: self
+                .held
+                .iter()
+                .map(|(user, boxed)| {
+                    let summary = BoxSummary {
+                        count: boxed.len(),
+                        last: boxed.last().map_or(0, |m| m.id),
+                    };
+                    (user.clone(), summary)
+                })
+                .collect(),
+            last_seen: self.last_seen.clone(),
+            login_failures: self.login_failures.clone(),
+        }
+    }
+
+    /// The entries of `user`'s box with `after < id <= upto`, oldest first,
+    /// at most `max`: the answer to a [`crate::Output::LoadHeld`].
+    pub fn held_page(
+        &self,
+        user: &str,
+        after: MessageId,
+        upto: MessageId,
+        max: usize,
+    ) -> Vec<Arc<Message>> {
+        let Some(boxed) = self.held.get(user) else {
+            return Vec::new();
+        };
+        let from = boxed.partition_point(|m| m.id <= after);
+        boxed[from..]
+            .iter()
+            .take_while(|m| m.id <= upto)
+            .take(max)
+            .cloned()
+            .collect()
     }
 }

@@ -247,3 +247,108 @@ fn commands_waiting_for_a_paged_block_do_not_spin_the_timers() {
     while h.answer_written().is_some() {}
     assert_eq!(h.take_replies(a).last().unwrap(), "WHO bob");
 }
+
+// Held messages read from the store page by page -------------------------------
+
+use chatcore::StoreOp;
+
+/// Confirming a block of held messages is one change per user however long
+/// the block: the store removes everything up to the last id confirmed.
+#[test]
+fn confirming_a_block_releases_it_in_one_change() {
+    let mut h = harness();
+    let a = h.connect_logged_in("alice", "a-pw");
+    for i in 0..5 {
+        h.send(a, &format!("message bob m{i}"));
+    }
+    h.take(a);
+    let b = h.connect_logged_in("bob", "b-pw");
+    assert_eq!(h.take_text(b).len(), 6, "OFFLINE 5 and five messages");
+    h.take_persisted();
+    h.advance(Duration::from_millis(200)); // the confirming probe
+    h.answer_probe(b).expect("a probe after the deliveries");
+    let releases: Vec<StoreOp> = h
+        .take_persisted()
+        .into_iter()
+        .filter(|op| matches!(op, StoreOp::Release { .. }))
+        .collect();
+    assert_eq!(
+        releases,
+        [StoreOp::Release {
+            user: "bob".into(),
+            upto: 5
+        }],
+        "ids 1 to 5, in one change"
+    );
+    assert!(h.store.held.is_empty());
+}
+
+/// After a restart the core holds only a summary of each box: it reads the
+/// messages from the store when they are sent, a page at a time, and what
+/// the user sends meanwhile waits behind the block.
+#[test]
+fn a_restored_box_is_read_from_the_store_a_page_at_a_time() {
+    let mut h = harness_with(Config {
+        held_page_size: Some(2),
+        ..Config::default()
+    });
+    let a = h.connect_logged_in("alice", "a-pw");
+    for i in 0..5 {
+        h.send(a, &format!("message bob m{i}"));
+    }
+    h.restart();
+    assert_eq!(h.server.held_count("bob"), 5);
+    h.hold_loads();
+    let b = h.connect_logged_in("bob", "b-pw");
+    assert_eq!(h.take_text(b), ["OFFLINE 5"]);
+    let asked: Vec<_> = h.pending_loads().cloned().collect();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        (asked[0].user.as_str(), asked[0].after, asked[0].max),
+        ("bob", 0, 2)
+    );
+    h.send(b, "whoelse");
+    assert!(h.take_text(b).is_empty(), "whoelse waits behind the block");
+    h.answer_load();
+    let page = h.take_text(b);
+    assert_eq!(page.len(), 3, "{page:?}");
+    assert!(page[0].ends_with(" alice m0") && page[1].ends_with(" alice m1"));
+    assert!(page[2].starts_with("IDLE "), "{page:?}");
+    // The next page is read once this one is written (the harness says
+    // so at once), from after the last id sent.
+    let asked: Vec<_> = h.pending_loads().cloned().collect();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].after, asked[0].upto - 3);
+    h.answer_load();
+    assert_eq!(h.take_text(b).len(), 3);
+    h.answer_load();
+    let last = h.take_text(b);
+    assert!(last[0].ends_with(" alice m4"), "{last:?}");
+    assert_eq!(last[1], "WHO");
+    assert!(h.pending_loads().next().is_none());
+}
+
+/// A page that comes after its session ended is ignored, and the block's
+/// unread part stays owed: the next login gets the whole box again.
+#[test]
+fn a_page_for_a_gone_session_is_ignored_and_the_box_stays_owed() {
+    let mut h = harness_with(Config {
+        held_page_size: Some(2),
+        ..Config::default()
+    });
+    let a = h.connect_logged_in("alice", "a-pw");
+    for i in 0..3 {
+        h.send(a, &format!("message bob m{i}"));
+    }
+    h.hold_loads();
+    let b = h.connect_logged_in("bob", "b-pw");
+    assert_eq!(h.take_text(b), ["OFFLINE 3"]);
+    h.close(b);
+    assert_eq!(h.server.held_count("bob"), 3);
+    h.answer_load();
+    assert_eq!(h.server.held_count("bob"), 3);
+    let b = h.connect_logged_in("bob", "b-pw");
+    assert_eq!(h.take_text(b), ["OFFLINE 3"]);
+    h.answer_load();
+    assert_eq!(h.take_text(b).len(), 3, "two messages and a probe");
+}

@@ -66,7 +66,11 @@ impl Driver {
                     };
                     self.server.handle_input(self.now, answer);
                 }
-                Output::Close { .. } | Output::NotifyWritten { .. } | Output::Event(_) => {}
+                // No box is read in these rules.
+                Output::Close { .. }
+                | Output::NotifyWritten { .. }
+                | Output::LoadHeld(_)
+                | Output::Event(_) => {}
             }
         }
         seen

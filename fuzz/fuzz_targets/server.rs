@@ -1,6 +1,6 @@
 //! The whole core, fed arbitrary sequences of connections, lines, closes,
-//! end-of-input, password answers, clock jumps, store outages and
-//! shutdowns. It must never panic, never
+//! end-of-input, password answers, clock jumps, store outages, slow reads
+//! of held messages and shutdowns. It must never panic, never
 //! write to a session after closing it, never close one twice, and never
 //! ask to be woken in the past.
 #![no_main]
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use chatcore::{
-    Accounts, Config, FloodLimit, Input, Output, PasswordCheck, Server, SessionId, Time,
+    Accounts, Config, FloodLimit, HeldRequest, Input, Output, PasswordCheck, Server, SessionId,
+    StoreModel, Time,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -55,6 +56,9 @@ const EOF: &str = "\u{4}";
 const STORE_DOWN: &str = "\u{15}";
 /// `Op::Line` with this text: the store commits again.
 const STORE_UP: &str = "\u{6}";
+/// `Op::Line` with this text: pages of boxes are answered late (the next
+/// time this line comes), not at once.
+const SLOW_LOADS: &str = "\u{12}";
 
 fuzz_target!(|ops: Vec<Op>| {
     let accounts = Accounts::parse("alice a-pw\nbob b-pw\ncarol c-pw\n").unwrap();
@@ -80,6 +84,9 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut closed: HashSet<SessionId> = HashSet::new();
     let mut checks: VecDeque<PasswordCheck> = VecDeque::new();
     let mut written: VecDeque<SessionId> = VecDeque::new();
+    let mut store = StoreModel::default();
+    let mut loads: VecDeque<HeldRequest> = VecDeque::new();
+    let mut slow_loads = false;
     let pick = |sessions: &Vec<SessionId>, n: u8| -> Option<SessionId> {
         (!sessions.is_empty()).then(|| sessions[usize::from(n) % sessions.len()])
     };
@@ -100,6 +107,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Line { line, .. } if line == STORE_UP => {
                 server.handle_input(now, Input::StoreAvailable)
             }
+            Op::Line { line, .. } if line == SLOW_LOADS => slow_loads = !slow_loads,
             Op::Line { session, line } => {
                 if let Some(s) = pick(&sessions, session) {
                     let input = if line == EOF {
@@ -158,19 +166,38 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
         }
-        while let Some(out) = server.poll_output() {
-            match out {
-                Output::Send { session, line } => {
-                    assert!(
-                        !closed.contains(&session),
-                        "{line} after close of {session}"
-                    );
+        loop {
+            while let Some(out) = server.poll_output() {
+                match out {
+                    Output::Send { session, line } => {
+                        assert!(
+                            !closed.contains(&session),
+                            "{line} after close of {session}"
+                        );
+                    }
+                    Output::Close { session } => assert!(closed.insert(session), "closed twice"),
+                    Output::CheckPassword(c) => checks.push_back(c),
+                    Output::NotifyWritten { session } => written.push_back(session),
+                    Output::Persist(op) => store.apply(&op),
+                    Output::LoadHeld(request) => loads.push_back(request),
+                    Output::Barrier { .. } | Output::Event(_) => {}
                 }
-                Output::Close { session } => assert!(closed.insert(session), "closed twice"),
-                Output::CheckPassword(c) => checks.push_back(c),
-                Output::NotifyWritten { session } => written.push_back(session),
-                Output::Persist(_) | Output::Barrier { .. } | Output::Event(_) => {}
             }
+            if slow_loads {
+                break;
+            }
+            let Some(r) = loads.pop_front() else {
+                break;
+            };
+            let messages = store.held_page(&r.user, r.after, r.upto, r.max);
+            server.handle_input(
+                now,
+                Input::HeldLoaded {
+                    session: r.session,
+                    load: r.load,
+                    messages,
+                },
+            );
         }
     }
 });

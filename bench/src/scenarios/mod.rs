@@ -1,5 +1,5 @@
-//! The scenarios S1–S5: each runs against the baseline relay and chatd in
-//! the same run and returns rows of the report.
+//! The scenarios S1–S6: each runs against the baseline relay and chatd in
+//! the same run (S6 against chatd alone) and returns rows of the report.
 //!
 //! One file per scenario, so that reading one measurement does not mean
 //! reading the others; what several scenarios share lives here (the phase
@@ -13,12 +13,14 @@ mod s2_broadcast;
 mod s3_idle_memory;
 mod s4_login_storm;
 mod s5_held;
+mod s6_million;
 
 pub use s1_private::s1;
 pub use s2_broadcast::s2;
 pub use s3_idle_memory::s3;
 pub use s4_login_storm::s4;
 pub use s5_held::s5;
+pub use s6_million::s6;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

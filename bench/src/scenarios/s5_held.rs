@@ -44,24 +44,29 @@ impl Handler for Filler {
     }
 }
 
-/// The result of filling an offline user's box.
+/// The result of filling offline users' boxes.
 #[derive(Debug, Clone, Copy)]
-struct Fill {
-    queued: u64,
-    secs: f64,
+pub(super) struct Fill {
+    pub(super) queued: u64,
+    pub(super) secs: f64,
 }
 
-/// Sends `n` messages to the offline `target` from `senders` (each with a
-/// window of 64 unanswered messages), until done or `limit`.
-async fn fill(
+/// Sends `n` messages to the offline `targets` (in turn) from `senders`
+/// (each with a window of 64 unanswered messages), until done or `limit`.
+pub(super) async fn fill(
     kind: Kind,
     addr: SocketAddr,
     senders: &[Account],
-    target: &str,
+    targets: &[String],
     n: u64,
     text: usize,
     limit: Duration,
 ) -> Result<Fill> {
+    let target = match targets {
+        [one] => one.clone(),
+        _ => format!("{} users", targets.len()),
+    };
+    let targets: Arc<[String]> = targets.into();
     const WINDOW: usize = 64;
     let logged = login_many(kind, addr, senders, 16).await?;
     let queued = Arc::new(AtomicU64::new(0));
@@ -83,7 +88,8 @@ async fn fill(
         });
         let out = session.out.clone();
         sessions.push(session);
-        let (stop, sent, target) = (Arc::clone(&stop), Arc::clone(&sent), target.to_string());
+        let (stop, sent, targets) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&targets));
+        let first = i as u64 * per;
         let mine = per.min(n.saturating_sub(per * i as u64));
         tasks.push(tokio::spawn(async move {
             for j in 0..mine {
@@ -94,7 +100,8 @@ async fn fill(
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                out.send(kind.private(&target, &payload(now_us(), j, text)));
+                let to = &targets[((first + j) % targets.len() as u64) as usize];
+                out.send(kind.private(to, &payload(now_us(), j, text)));
                 sent.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -169,17 +176,22 @@ impl Handler for Drainer {
 
 /// The result of one drain.
 #[derive(Debug, Clone, Copy)]
-struct Drain {
-    got: u64,
-    secs: f64,
-    growth_bytes: f64,
-    before: Memory,
-    peak_rss_kib: u64,
+pub(super) struct Drain {
+    pub(super) got: u64,
+    pub(super) secs: f64,
+    pub(super) growth_bytes: f64,
+    pub(super) before: Memory,
+    pub(super) peak_rss_kib: u64,
 }
 
 /// Logs `account` in and times the delivery of its held messages, polling
 /// the server's memory meanwhile.
-async fn drain(kind: Kind, server: &ServerProc, account: &Account, expected: u64) -> Result<Drain> {
+pub(super) async fn drain(
+    kind: Kind,
+    server: &ServerProc,
+    account: &Account,
+    expected: u64,
+) -> Result<Drain> {
     let pid = server.pid();
     let before = Memory::of(pid)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -250,7 +262,7 @@ async fn drain(kind: Kind, server: &ServerProc, account: &Account, expected: u64
 
 /// Time from spawning `server` until it greets a connection: chatd prints
 /// its ready line before loading its store, so this is when it serves.
-async fn time_to_serve(server: &ServerProc) -> Result<Duration> {
+pub(super) async fn time_to_serve(server: &ServerProc) -> Result<Duration> {
     let mut stream = tokio::net::TcpStream::connect(server.addr).await?;
     let mut byte = [0u8; 1];
     tokio::time::timeout(
@@ -308,7 +320,7 @@ pub async fn s5(ctx: &Ctx) -> Result<Vec<Row>> {
         ctx.chat,
         chatd.addr,
         &senders,
-        &small.user,
+        std::slice::from_ref(&small.user),
         o.s5_small as u64,
         o.text_bytes,
         o.s5_fill_limit,
@@ -321,7 +333,7 @@ pub async fn s5(ctx: &Ctx) -> Result<Vec<Row>> {
         ctx.chat,
         chatd.addr,
         &senders,
-        &big.user,
+        std::slice::from_ref(&big.user),
         o.s5_messages as u64,
         o.text_bytes,
         left,
@@ -370,7 +382,7 @@ pub async fn s5(ctx: &Ctx) -> Result<Vec<Row>> {
         Kind::Relay,
         relay.addr,
         &senders,
-        &small.user,
+        std::slice::from_ref(&small.user),
         fs.queued,
         o.text_bytes,
         o.s5_fill_limit,
@@ -380,7 +392,7 @@ pub async fn s5(ctx: &Ctx) -> Result<Vec<Row>> {
         Kind::Relay,
         relay.addr,
         &senders,
-        &big.user,
+        std::slice::from_ref(&big.user),
         fb.queued,
         o.text_bytes,
         o.s5_fill_limit,

@@ -5,8 +5,10 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::accounts::Credential;
+use crate::message::{Message, MessageId};
 use crate::persist::StoreOp;
 use crate::time::Time;
 use crate::wire::{DecodeError, ServerLine};
@@ -33,6 +35,11 @@ impl fmt::Display for SessionId {
 /// longer matters (the connection timed out or closed) is ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CheckId(pub(crate) u64);
+
+/// Names one [`Output::LoadHeld`], so that an answer that comes after its
+/// session ended (or after the core stopped waiting for it) is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LoadId(pub(crate) u64);
 
 /// Something that happened outside the core.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +101,15 @@ pub enum Input {
         /// Which connection.
         session: SessionId,
     },
+    /// The answer to an [`Output::LoadHeld`].
+    HeldLoaded {
+        /// The connection that asked.
+        session: SessionId,
+        /// The request being answered.
+        load: LoadId,
+        /// The entries asked for, oldest first.
+        messages: Vec<Arc<Message>>,
+    },
     /// The server is shutting down: every session gets `BYE shutdown`.
     Shutdown,
 }
@@ -107,7 +123,8 @@ impl Input {
             | Input::Closed { session }
             | Input::InputEnded { session }
             | Input::PasswordChecked { session, .. }
-            | Input::Written { session } => Some(*session),
+            | Input::Written { session }
+            | Input::HeldLoaded { session, .. } => Some(*session),
             Input::StoreUnavailable { .. } | Input::StoreAvailable | Input::Shutdown => None,
         }
     }
@@ -176,6 +193,19 @@ pub enum Output {
         /// Whose lines wait: one session's, or everyone's.
         session: Option<SessionId>,
     },
+    /// Read a page of a box from the store and answer with
+    /// [`Input::HeldLoaded`]. The core keeps only a summary of each box
+    /// (`OFFLINE <n>` needs the count), so an `OFFLINE` block is read from
+    /// the store as it is sent.
+    ///
+    /// The answer must reflect every [`Output::Persist`] emitted before
+    /// this output (a driver that commits each round before acting on the
+    /// next meets it by reading after the round's commit); whether it
+    /// reflects later ones does not matter, since the core changes no entry
+    /// in the range while it waits. Until the answer comes, the session's
+    /// commands and live messages wait behind the block, as they do behind
+    /// a page being written.
+    LoadHeld(HeldRequest),
     /// Something worth a log line.
     Event(Event),
 }
@@ -207,6 +237,29 @@ impl fmt::Debug for PasswordCheck {
             .field("credential", &self.credential)
             .finish_non_exhaustive()
     }
+}
+
+/// A page of a box to read: the entries of `user`'s box with
+/// `after < id <= upto`, oldest first, at most `max` of them.
+///
+/// Fewer than `max` means the range is exhausted; the core then ends the
+/// block there even if its summary promised more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldRequest {
+    /// The connection that asked.
+    pub session: SessionId,
+    /// Quote it in the answer.
+    pub load: LoadId,
+    /// Whose box.
+    pub user: String,
+    /// Entries at or below this id are not wanted: they were delivered in
+    /// this session (deliveries stay in the box until confirmed).
+    pub after: MessageId,
+    /// Entries above this id are not wanted: they arrived after the block
+    /// began and wait in memory behind it.
+    pub upto: MessageId,
+    /// The most entries to give.
+    pub max: usize,
 }
 
 /// Why a session ended, for logs. New reasons may come: match with a

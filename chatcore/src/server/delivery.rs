@@ -3,12 +3,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::api::Output;
-use super::api::SessionId;
+use super::api::{HeldRequest, LoadId, Output, SessionId};
 use super::session::{Paged, Phase, Unconfirmed};
 use super::Server;
 use crate::message::{Message, MessageId};
-use crate::persist::StoreOp;
+use crate::persist::{BoxSummary, StoreOp};
 use crate::wire::{HeldBecause, ServerLine};
 
 /// What became of one recipient's copy of a message.
@@ -83,7 +82,7 @@ impl Server {
         self.boxes
             .entry(user.to_string())
             .or_default()
-            .push_back(Arc::clone(message));
+            .add(1, message.id);
         self.persist(StoreOp::Hold {
             user: user.to_string(),
             message: Arc::clone(message),
@@ -99,6 +98,7 @@ impl Server {
         let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
             return;
         };
+        active.delivered_upto = active.delivered_upto.max(message.id);
         active.unconfirmed.push_back(Unconfirmed {
             after_probe: active.probe_seq,
             message: Arc::clone(&message),
@@ -119,30 +119,41 @@ impl Server {
         let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
             return;
         };
-        let mut released = Vec::new();
-        while active.unconfirmed.len() > max {
-            match active.unconfirmed.pop_front() {
-                Some(u) if u.stored => released.push(u.message.id),
-                _ => {}
-            }
-        }
+        let excess = active.unconfirmed.len().saturating_sub(max);
+        let released = stored_upto(active.unconfirmed.drain(..excess));
         let user = active.user.clone();
         self.release(&user, released);
     }
 
-    /// Removes confirmed messages from `user`'s box in the store.
-    fn release(&mut self, user: &str, ids: Vec<MessageId>) {
-        for id in ids {
+    /// Removes confirmed messages from `user`'s box in the store: every
+    /// entry up to `upto`, in one change.
+    ///
+    /// A range is right because deliveries to one user go out in id order
+    /// (a block oldest first, live messages behind it) and are confirmed a
+    /// prefix at a time; every entry of the box at or below the last
+    /// confirmed delivery is confirmed too (see [`Server::deliver_box`]
+    /// for why the box holds nothing older that is still owed).
+    fn release(&mut self, user: &str, upto: Option<MessageId>) {
+        if let Some(upto) = upto {
             self.persist(StoreOp::Release {
                 user: user.to_string(),
-                id,
+                upto,
             });
         }
     }
 
     /// Sends the user's held messages (`OFFLINE <n>` and then each, oldest
     /// first), then `then` (the reply that must follow the block). The
-    /// messages stay in the store until confirmed.
+    /// messages are read from the store as they are sent, and stay there
+    /// until confirmed.
+    ///
+    /// The block is the store's entries of the box above the last id
+    /// delivered in this session (those at or below it are this session's
+    /// deliveries, kept in the store until confirmed) and up to the box's
+    /// last id now (later messages wait in memory behind the block). That
+    /// is exactly the box: it only fills while its owner is offline or
+    /// busy, with messages accepted after everything delivered before, and
+    /// at login it is taken whole.
     ///
     /// It does not run commands waiting behind the block: whoever called it
     /// is in the middle of something (a login, a command), and running
@@ -151,76 +162,99 @@ impl Server {
         let Some(user) = self.user_of(id).map(str::to_string) else {
             return;
         };
-        let held = self.boxes.remove(&user).filter(|held| !held.is_empty());
+        let held = self.boxes.remove(&user).filter(|held| held.count > 0);
         let Some(held) = held else {
             if let Some(line) = then {
                 self.send(id, line);
             }
             return;
         };
-        self.send(id, ServerLine::Offline { count: held.len() });
-        if self.config.held_page_size.is_none() {
-            for message in held {
-                self.deliver(id, message, true);
-            }
-            if let Some(line) = then {
-                self.send(id, line);
-            }
-            return;
-        }
+        self.send(id, ServerLine::Offline { count: held.count });
         if let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) {
-            active
-                .paging
-                .extend(held.into_iter().map(|message| Paged::Message {
-                    message,
-                    stored: true,
-                }));
+            active.paging.push_back(Paged::Stored {
+                after: active.delivered_upto,
+                upto: held.last,
+                count: held.count,
+            });
             active.paging.extend(then.map(Paged::Reply));
         }
         self.next_page(id);
     }
 
     /// Sends the next page of an `OFFLINE` block, unless one is still being
-    /// written. A page ends with a probe, so the client confirms the block
-    /// page by page and a drop mid-drain sends back only what is
-    /// unconfirmed; the driver is asked to say when the page is written.
-    /// A page is never more than the room below
+    /// written or read from the store. A page ends with a probe, so the
+    /// client confirms the block page by page and a drop mid-drain sends
+    /// back only what is unconfirmed; the driver is asked to say when the
+    /// page is written. A page is never more than the room below
     /// [`crate::Config::max_unconfirmed`]: with no room, the block waits
     /// for confirmations ([`Server::confirm`] resumes it).
+    ///
+    /// Without [`crate::Config::held_page_size`] the whole block is read in
+    /// one request and sent at once, with no pacing.
     pub(super) fn next_page(&mut self, id: SessionId) {
+        let paged = self.config.held_page_size;
+        let max_unconfirmed = self.config.max_unconfirmed.max(1);
         let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
             return;
         };
-        if active.page_in_flight || active.paging.is_empty() {
+        if active.page_in_flight || active.loading.is_some() || active.paging.is_empty() {
             return;
         }
-        let page = self.config.held_page_size.unwrap_or(usize::MAX).max(1);
+        let page = paged.unwrap_or(usize::MAX).max(1);
         // A client that never confirms is paced by its reading alone, and
         // its list is trimmed like for live deliveries.
         let never_confirms = active.never_confirms();
-        let room = if never_confirms {
+        let room = if never_confirms || paged.is_none() {
             usize::MAX
         } else {
-            self.config
-                .max_unconfirmed
-                .max(1)
-                .saturating_sub(active.unconfirmed.len())
+            max_unconfirmed.saturating_sub(active.unconfirmed.len())
         };
         let page = page.min(room);
         let mut messages = 0;
-        while let Some(item) = self.next_paged(id, messages == page) {
-            match item {
-                Paged::Message { message, stored } => {
-                    messages += 1;
-                    self.deliver(id, message, stored);
+        loop {
+            let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+                return;
+            };
+            match active.paging.front() {
+                None => break,
+                Some(Paged::Message { .. } | Paged::Stored { .. }) if messages == page => break,
+                // The page ends here; the next one reads from the store.
+                Some(Paged::Stored { .. }) if messages > 0 && paged.is_some() => break,
+                Some(&Paged::Stored { after, upto, count }) => {
+                    if count == 0 || after >= upto {
+                        active.paging.pop_front();
+                        continue;
+                    }
+                    let max = (page - messages).min(count);
+                    let load = LoadId(self.next_load);
+                    self.next_load += 1;
+                    active.loading = Some((load, max));
+                    let user = active.user.clone();
+                    self.out.push_back(Output::LoadHeld(HeldRequest {
+                        session: id,
+                        load,
+                        user,
+                        after,
+                        upto,
+                        max,
+                    }));
+                    // Input::HeldLoaded goes on from here.
+                    return;
                 }
-                Paged::Reply(line) => self.send(id, line),
+                Some(Paged::Message { .. } | Paged::Reply(_)) => match active.paging.pop_front() {
+                    Some(Paged::Message { message, stored }) => {
+                        messages += 1;
+                        self.deliver(id, message, stored);
+                    }
+                    Some(Paged::Reply(line)) => self.send(id, line),
+                    _ => {}
+                },
             }
         }
         if never_confirms {
             self.trim_unconfirmed(id);
         }
-        if messages == 0 || !self.is_paging(id) {
+        if paged.is_none() || messages == 0 || !self.is_paging(id) {
             return;
         }
         self.probe(id);
@@ -230,15 +264,55 @@ impl Server {
         self.out.push_back(Output::NotifyWritten { session: id });
     }
 
-    /// The next item of the block; once the page is full, only replies.
-    /// Replies do not count toward a page: they are small, and the person is
-    /// waiting for them.
-    fn next_paged(&mut self, id: SessionId, page_full: bool) -> Option<Paged> {
-        let paging = &mut self.sessions.get_mut(&id)?.active_mut()?.paging;
-        match paging.front()? {
-            Paged::Message { .. } if page_full => None,
-            _ => paging.pop_front(),
+    /// The store answered a [`Output::LoadHeld`]: the page goes in front of
+    /// the rest of the block, and the block goes on. An answer the core no
+    /// longer waits for is ignored. Entries outside the range asked for, or
+    /// past its count, are dropped; a short answer ends the block's read
+    /// from the store (the range is exhausted), so a store that holds fewer
+    /// entries than the summary said cannot stall the session.
+    pub(super) fn on_held_loaded(
+        &mut self,
+        id: SessionId,
+        load: LoadId,
+        messages: Vec<Arc<Message>>,
+    ) {
+        let Some(active) = self.sessions.get_mut(&id).and_then(|s| s.active_mut()) else {
+            return;
+        };
+        let Some((_, max)) = active.loading.filter(|(l, _)| *l == load) else {
+            return;
+        };
+        active.loading = None;
+        let Some(Paged::Stored { after, upto, count }) = active.paging.pop_front() else {
+            debug_assert!(false, "{id}: a page loaded for a block that reads no store");
+            return;
+        };
+        let mut last = after;
+        let mut page = Vec::with_capacity(messages.len().min(max));
+        for message in messages {
+            if page.len() == max || message.id <= last || message.id > upto {
+                continue;
+            }
+            last = message.id;
+            page.push(message);
         }
+        let rest = count.saturating_sub(page.len());
+        if page.len() == max && rest > 0 && last < upto {
+            active.paging.push_front(Paged::Stored {
+                after: last,
+                upto,
+                count: rest,
+            });
+        }
+        for message in page.into_iter().rev() {
+            active.paging.push_front(Paged::Message {
+                message,
+                stored: true,
+            });
+        }
+        self.next_page(id);
+        self.run_backlog(id);
+        self.arm(id);
     }
 
     /// Whether an `OFFLINE` block is still being sent to the session.
@@ -258,18 +332,12 @@ impl Server {
         if seq == 0 || seq > active.probe_seq {
             return; // no such probe was sent: a sign of life, nothing more
         }
-        let mut released = Vec::new();
-        while active
+        let confirmed = active
             .unconfirmed
-            .front()
-            .is_some_and(|u| u.after_probe < seq)
-        {
-            if let Some(u) = active.unconfirmed.pop_front() {
-                if u.stored {
-                    released.push(u.message.id);
-                }
-            }
-        }
+            .iter()
+            .take_while(|u| u.after_probe < seq)
+            .count();
+        let released = stored_upto(active.unconfirmed.drain(..confirmed));
         let user = active.user.clone();
         self.release(&user, released);
         // A block that waited for room below `max_unconfirmed` goes on.
@@ -282,17 +350,13 @@ impl Server {
             return;
         };
         let user = active.user.clone();
-        let released: Vec<_> = active
-            .unconfirmed
-            .drain(..)
-            .filter(|u| u.stored)
-            .map(|u| u.message.id)
-            .collect();
+        let released = stored_upto(active.unconfirmed.drain(..));
         self.release(&user, released);
     }
 
     /// Puts unconfirmed deliveries back at the front of the user's box, in
-    /// their order, for redelivery at the next login. Returns how many.
+    /// their order, for redelivery at the next login, with the rest of a
+    /// block not sent yet. Returns how many.
     ///
     /// Everything in the box was accepted after these were delivered (a box
     /// only fills while its owner is offline or busy, and is emptied when
@@ -301,39 +365,53 @@ impl Server {
     pub(super) fn requeue(
         &mut self,
         user: &str,
-        mut unconfirmed: VecDeque<Unconfirmed>,
+        unconfirmed: VecDeque<Unconfirmed>,
         paging: VecDeque<Paged>,
     ) -> usize {
-        // Messages of a block not sent yet come after those sent.
-        unconfirmed.extend(paging.into_iter().filter_map(|p| match p {
-            Paged::Message { message, stored } => Some(Unconfirmed {
-                after_probe: 0,
-                message,
-                stored,
-            }),
-            Paged::Reply(_) => None,
-        }));
-        let n = unconfirmed.len();
-        if n == 0 {
-            return 0;
-        }
-        for u in &unconfirmed {
+        let mut back = BoxSummary::default();
+        let mut unstored = Vec::new();
+        for u in unconfirmed {
+            back.add(1, u.message.id);
             if !u.stored {
-                self.persist(StoreOp::Hold {
-                    user: user.to_string(),
-                    message: Arc::clone(&u.message),
-                });
+                unstored.push(u.message);
             }
         }
-        let held = self.boxes.entry(user.to_string()).or_default();
-        for u in unconfirmed.into_iter().rev() {
-            held.push_front(u.message);
+        // Messages of a block not sent yet come after those sent.
+        for p in paging {
+            match p {
+                Paged::Message { message, stored } => {
+                    back.add(1, message.id);
+                    if !stored {
+                        unstored.push(message);
+                    }
+                }
+                Paged::Stored { upto, count, .. } if count > 0 => back.add(count, upto),
+                Paged::Stored { .. } | Paged::Reply(_) => {}
+            }
         }
-        n
+        for message in unstored {
+            self.persist(StoreOp::Hold {
+                user: user.to_string(),
+                message,
+            });
+        }
+        if back.count > 0 {
+            self.boxes
+                .entry(user.to_string())
+                .or_default()
+                .add(back.count, back.last);
+        }
+        back.count
     }
 
     /// Whether the session is logged in and busy.
     pub(super) fn is_busy(&self, id: SessionId) -> bool {
         matches!(self.sessions.get(&id).map(|s| &s.phase), Some(Phase::Active(a)) if a.busy)
     }
+}
+
+/// The largest id among `confirmed` deliveries that are in the store: what
+/// confirming them releases. `None` if none is stored.
+fn stored_upto(confirmed: impl Iterator<Item = Unconfirmed>) -> Option<MessageId> {
+    confirmed.filter(|u| u.stored).map(|u| u.message.id).max()
 }

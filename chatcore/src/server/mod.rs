@@ -8,16 +8,18 @@ mod login;
 mod session;
 mod timers;
 
-pub use api::{CheckId, Event, Input, LoginFailure, Output, PasswordCheck, SessionEnd, SessionId};
+pub use api::{
+    CheckId, Event, HeldRequest, Input, LoadId, LoginFailure, Output, PasswordCheck, SessionEnd,
+    SessionId,
+};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
-use crate::message::{Message, MessageId};
-use crate::persist::{LoginFailures, Restored, StoreOp};
+use crate::message::MessageId;
+use crate::persist::{BoxSummary, LoginFailures, Restored, StoreOp};
 use crate::time::Time;
 use crate::wire::{is_forbidden_control, Ask, ByeReason, ErrorReply, ServerLine};
 
@@ -47,11 +49,15 @@ pub struct Server {
     now: Time,
     next_session: u64,
     next_check: u64,
+    next_load: u64,
     sessions: HashMap<SessionId, Session>,
     /// Logged-in users, in name order (that is the order of `WHO`).
     online: BTreeMap<String, SessionId>,
-    /// Held messages per user, oldest first.
-    boxes: HashMap<String, VecDeque<Arc<Message>>>,
+    /// Each user's box waiting to be delivered, as a summary: the bodies
+    /// are in the store, read a page at a time when the box is delivered
+    /// (`Output::LoadHeld`). Entries handed to a session (being sent, or
+    /// sent and unconfirmed) are the session's, not counted here.
+    boxes: HashMap<String, BoxSummary>,
     last_seen: HashMap<String, Time>,
     failures: HashMap<(String, IpAddr), LoginFailures>,
     next_id: MessageId,
@@ -76,13 +82,7 @@ impl Server {
     /// A server that carries on from what a store gave back: held messages,
     /// the `wholast` history, lockouts and the id counter.
     pub fn restore(now: Time, config: Config, accounts: Accounts, restored: Restored) -> Self {
-        let max_held_id = restored
-            .held
-            .values()
-            .flatten()
-            .map(|m| m.id)
-            .max()
-            .unwrap_or(0);
+        let max_held_id = restored.held.values().map(|b| b.last).max().unwrap_or(0);
         let next_id = restored.next_id.max(max_held_id + 1).max(1);
         Server {
             config,
@@ -90,12 +90,13 @@ impl Server {
             now,
             next_session: 1,
             next_check: 1,
+            next_load: 1,
             sessions: HashMap::new(),
             online: BTreeMap::new(),
             boxes: restored
                 .held
                 .into_iter()
-                .map(|(user, msgs)| (user, msgs.into()))
+                .filter(|(_, b)| b.count > 0)
                 .collect(),
             last_seen: restored.last_seen.into_iter().collect(),
             failures: restored
@@ -159,6 +160,11 @@ impl Server {
                 self.on_password_checked(session, check, ok)
             }
             Input::Written { session } => self.on_written(session),
+            Input::HeldLoaded {
+                session,
+                load,
+                messages,
+            } => self.on_held_loaded(session, load, messages),
             Input::Shutdown => self.shutdown(),
         }
         if let Some(id) = session {
@@ -233,7 +239,7 @@ impl Server {
     /// How many messages are held for `user` (not counting deliveries
     /// waiting for confirmation).
     pub fn held_count(&self, user: &str) -> usize {
-        self.boxes.get(user).map_or(0, VecDeque::len)
+        self.boxes.get(user).map_or(0, |b| b.count)
     }
 
     /// Whether [`Input::Shutdown`] was handled.

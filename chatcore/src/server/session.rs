@@ -4,10 +4,10 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::api::CheckId;
+use super::api::{CheckId, LoadId};
 use super::flood::Bucket;
 use crate::config::Config;
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::time::Time;
 use crate::wire::{Audience, ErrorReply};
 
@@ -75,6 +75,13 @@ pub(crate) struct Active {
     pub(crate) paging: VecDeque<Paged>,
     /// A page was sent and the driver has not yet said it is written.
     pub(crate) page_in_flight: bool,
+    /// The block's next page was asked of the store (the request and how
+    /// many entries it asked for); the block waits for the answer.
+    pub(crate) loading: Option<(LoadId, usize)>,
+    /// The largest id delivered in this session: the entries of the box up
+    /// to it are this session's deliveries, which stay in the store until
+    /// confirmed, so a block started later reads only above it.
+    pub(crate) delivered_upto: MessageId,
     /// The client answered a probe with a bare `idle`...
     pub(crate) bare_answers: bool,
     /// ...and never with `idle <seq>`.
@@ -86,6 +93,13 @@ pub(crate) struct Active {
 pub(crate) enum Paged {
     /// A message, as [`Unconfirmed::stored`] says.
     Message { message: Arc<Message>, stored: bool },
+    /// Entries of the user's box still in the store, not read yet: `count`
+    /// of them, with ids in `(after, upto]`. Read a page at a time.
+    Stored {
+        after: MessageId,
+        upto: MessageId,
+        count: usize,
+    },
     /// A reply that must come after the block (`OK status online`).
     Reply(crate::wire::ServerLine),
 }
@@ -122,6 +136,8 @@ impl Active {
             backlog: VecDeque::new(),
             paging: VecDeque::new(),
             page_in_flight: false,
+            loading: None,
+            delivered_upto: 0,
             bare_answers: false,
             seq_answers: false,
             user,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
-use crate::persist::Restored;
-use crate::server::{Event, Input, Output, PasswordCheck, Server, SessionId};
+use crate::persist::{StoreModel, StoreOp};
+use crate::server::{Event, HeldRequest, Input, Output, PasswordCheck, Server, SessionId};
 use crate::time::Time;
 use crate::wire::ServerLine;
 
@@ -17,9 +17,11 @@ use crate::wire::ServerLine;
 /// - Password checks of plain-text credentials are answered at once (turn
 ///   that off with [`Harness::hold_password_checks`] to test what happens
 ///   while one is pending); hashed credentials and unknown names fail.
-/// - Every [`Output::Persist`] is applied to an in-memory [`Restored`], so
-///   [`Harness::restart`] rebuilds the server from exactly what it asked to
-///   persist: a crash at that moment, with every commit done.
+/// - Every [`Output::Persist`] is applied to an in-memory [`StoreModel`],
+///   so [`Harness::restart`] rebuilds the server from exactly what it asked
+///   to persist: a crash at that moment, with every commit done.
+/// - Every [`Output::LoadHeld`] is answered from that model at once (turn
+///   that off with [`Harness::hold_loads`]).
 /// - Lines sent to each session are kept until [`Harness::take`] reads them.
 ///
 /// ```
@@ -44,7 +46,10 @@ pub struct Harness {
     config: Config,
     accounts: Accounts,
     /// What the server persisted so far.
-    pub store: Restored,
+    pub store: StoreModel,
+    /// The changes persisted since [`Harness::take_persisted`] last read
+    /// them, in order.
+    persisted: Vec<StoreOp>,
     received: BTreeMap<SessionId, VecDeque<ServerLine>>,
     closed: BTreeSet<SessionId>,
     checks: VecDeque<PasswordCheck>,
@@ -52,6 +57,9 @@ pub struct Harness {
     /// Sessions waiting for `Input::Written`.
     written: VecDeque<SessionId>,
     answer_written: bool,
+    /// Pages of boxes asked for and not answered yet.
+    loads: VecDeque<HeldRequest>,
+    answer_loads: bool,
     events: Vec<Event>,
 }
 
@@ -67,13 +75,16 @@ impl Harness {
             now: START,
             config,
             accounts,
-            store: Restored::default(),
+            store: StoreModel::default(),
+            persisted: Vec::new(),
             received: BTreeMap::new(),
             closed: BTreeSet::new(),
             checks: VecDeque::new(),
             answer_checks: true,
             written: VecDeque::new(),
             answer_written: true,
+            loads: VecDeque::new(),
+            answer_loads: true,
             events: Vec::new(),
         }
     }
@@ -98,6 +109,32 @@ impl Harness {
     /// that reads slowly; answer with [`Harness::answer_written`].
     pub fn hold_writes(&mut self) {
         self.answer_written = false;
+    }
+
+    /// Stops answering [`Output::LoadHeld`] by itself, as for a slow
+    /// store; answer with [`Harness::answer_load`].
+    pub fn hold_loads(&mut self) {
+        self.answer_loads = false;
+    }
+
+    /// Answers the oldest page of a box asked for, from the store as it is
+    /// now; returns the request, or `None` if none is waiting.
+    pub fn answer_load(&mut self) -> Option<HeldRequest> {
+        let request = self.loads.pop_front()?;
+        let messages =
+            self.store
+                .held_page(&request.user, request.after, request.upto, request.max);
+        self.input(Input::HeldLoaded {
+            session: request.session,
+            load: request.load,
+            messages,
+        });
+        Some(request)
+    }
+
+    /// Pages of boxes asked for and not answered yet, oldest first.
+    pub fn pending_loads(&self) -> impl Iterator<Item = &HeldRequest> {
+        self.loads.iter()
     }
 
     /// Reports the oldest page asked about as written; returns its session,
@@ -255,6 +292,11 @@ impl Harness {
         self.closed.contains(&session)
     }
 
+    /// Changes the server persisted since the last call, in order.
+    pub fn take_persisted(&mut self) -> Vec<StoreOp> {
+        std::mem::take(&mut self.persisted)
+    }
+
     /// Events the server reported since the last call.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
@@ -268,9 +310,10 @@ impl Harness {
             self.now,
             self.config.clone(),
             self.accounts.clone(),
-            self.store.clone(),
+            self.store.restored(),
         );
         self.checks.clear();
+        self.loads.clear();
         self.written.clear();
         self.received.clear();
         self.closed.clear();
@@ -291,6 +334,27 @@ impl Harness {
             if let Some(session) = next_written {
                 self.server
                     .handle_input(self.now, Input::Written { session });
+                continue;
+            }
+            // Read after every change asked for before it is applied, as
+            // `Output::LoadHeld` requires.
+            let next_load = if self.answer_loads {
+                self.loads.pop_front()
+            } else {
+                None
+            };
+            if let Some(request) = next_load {
+                let messages =
+                    self.store
+                        .held_page(&request.user, request.after, request.upto, request.max);
+                self.server.handle_input(
+                    self.now,
+                    Input::HeldLoaded {
+                        session: request.session,
+                        load: request.load,
+                        messages,
+                    },
+                );
                 continue;
             }
             if !self.answer_checks {
@@ -330,12 +394,16 @@ impl Harness {
                     "session {session} closed twice"
                 );
             }
-            Output::Persist(op) => self.store.apply(&op),
             // Every change is applied at once, so nothing waits.
             Output::Barrier { .. } => {}
+            Output::Persist(op) => {
+                self.store.apply(&op);
+                self.persisted.push(op);
+            }
             Output::Event(e) => self.events.push(e),
             Output::CheckPassword(check) => self.checks.push_back(check),
             Output::NotifyWritten { session } => self.written.push_back(session),
+            Output::LoadHeld(request) => self.loads.push_back(request),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use chatcore::wire::LineDecoder;
-use chatcore::{Config, Input, Output, PasswordCheck, Restored, Server, SessionId, Time};
+use chatcore::{Config, Input, Output, PasswordCheck, Server, SessionId, StoreModel, Time};
 
 use crate::model::{accounts, fresh_ip, ip, password, Setup, Transition, START_MS, USERS};
 use crate::oracle::{rel, Key, Kind, Oracle, Stage};
@@ -19,7 +19,7 @@ pub struct Sut {
     cfg: Config,
     server: Server,
     now: Time,
-    restored: Restored,
+    restored: StoreModel,
     /// Session ordinal -> key.
     sessions: Vec<Key>,
     decoders: BTreeMap<Key, LineDecoder>,
@@ -265,7 +265,7 @@ impl Sut {
             setup,
             cfg,
             now,
-            restored: Restored::default(),
+            restored: StoreModel::default(),
             sessions: Vec::new(),
             decoders: BTreeMap::new(),
             ended: BTreeSet::new(),
@@ -279,31 +279,65 @@ impl Sut {
     /// Drains every output of one input (applying store changes, keeping
     /// password checks and `NotifyWritten` requests) and hands the round to
     /// the oracle.
+    ///
+    /// Pages of boxes (`LoadHeld`) are answered at once, from the store as
+    /// it is after the outputs before them, and what the answer causes is
+    /// part of the same round: the oracle sees a block read from the store
+    /// as it saw one sent from memory.
     fn round(&mut self, kind: Kind) {
         let mut outputs = Vec::new();
-        while let Some(o) = self.server.poll_output() {
-            outputs.push(o);
-            assert!(outputs.len() < 100_000, "the server does not stop talking");
-        }
-        // Before the driver acts on them, so that the store sees a mutation too.
-        if let Some(m) = Mutation::from_env() {
-            let before = outputs.clone();
-            m.apply(&mut outputs);
-            if outputs != before {
-                self.oracle.note(format!(
-                    "!! CHAT_SM_MUTATE={} changes the next round",
-                    m.name()
-                ));
-                self.oracle.count("mutated");
+        loop {
+            let mut batch = Vec::new();
+            while let Some(o) = self.server.poll_output() {
+                batch.push(o);
+                assert!(
+                    outputs.len() + batch.len() < 100_000,
+                    "the server does not stop talking"
+                );
             }
-        }
-        let epoch = self.oracle.epoch;
-        for o in &outputs {
-            match o {
-                Output::Persist(op) => self.restored.apply(op),
-                Output::CheckPassword(pc) => self.checks.push(pc.clone()),
-                Output::NotifyWritten { session } => self.notify.push((epoch, *session)),
-                _ => {}
+            if batch.is_empty() {
+                break;
+            }
+            // Before the driver acts on them, so that the store sees a
+            // mutation too.
+            if let Some(m) = Mutation::from_env() {
+                let before = batch.clone();
+                m.apply(&mut batch);
+                if batch != before {
+                    self.oracle.note(format!(
+                        "!! CHAT_SM_MUTATE={} changes the next round",
+                        m.name()
+                    ));
+                    self.oracle.count("mutated");
+                }
+            }
+            let mut loads = Vec::new();
+            let epoch = self.oracle.epoch;
+            for o in &batch {
+                match o {
+                    Output::Persist(op) => self.restored.apply(op),
+                    Output::CheckPassword(pc) => self.checks.push(pc.clone()),
+                    Output::NotifyWritten { session } => self.notify.push((epoch, *session)),
+                    Output::LoadHeld(request) => loads.push(request.clone()),
+                    _ => {}
+                }
+            }
+            outputs.extend(batch);
+            for request in loads {
+                let messages = self.restored.held_page(
+                    &request.user,
+                    request.after,
+                    request.upto,
+                    request.max,
+                );
+                self.server.handle_input(
+                    self.now,
+                    Input::HeldLoaded {
+                        session: request.session,
+                        load: request.load,
+                        messages,
+                    },
+                );
             }
         }
         self.oracle.round(self.now, kind, &outputs);
@@ -465,7 +499,7 @@ impl Sut {
             self.now,
             self.cfg.clone(),
             accounts(),
-            self.restored.clone(),
+            self.restored.restored(),
         );
         self.checks.clear();
         self.notify.clear();

@@ -162,7 +162,7 @@ impl Commits {
     }
 
     /// The ticket that makes every change so far durable.
-    fn ticket_of_everything(&self) -> u64 {
+    pub(super) fn ticket_of_everything(&self) -> u64 {
         if self.open.is_empty() {
             self.open_ticket - 1
         } else {
@@ -213,6 +213,34 @@ impl Commits {
         if let Some(outage) = &mut self.outage {
             outage.new_changes = true;
         }
+    }
+
+    /// Whether every change up to `ticket` is durable.
+    pub(super) fn is_durable(&self, ticket: u64) -> bool {
+        ticket <= self.durable
+    }
+
+    /// While the store cannot write and no try runs: every change not
+    /// durable that touches `user`'s box (`Hold`, `Release`), in order.
+    /// `None` otherwise: then changes are in flight to the store, and
+    /// whether a read sees them cannot be told.
+    pub(super) fn unwritten_box_changes(&self, user: &str) -> Option<Vec<StoreOp>> {
+        if self.outage.is_none() || self.in_flight.is_some() {
+            return None;
+        }
+        let ops = self
+            .sealed
+            .iter()
+            .flat_map(|(_, ops)| ops)
+            .chain(&self.open);
+        Some(
+            ops.filter(|op| match op {
+                StoreOp::Hold { user: u, .. } | StoreOp::Release { user: u, .. } => u == user,
+                _ => false,
+            })
+            .cloned()
+            .collect(),
+        )
     }
 
     /// Forgets the lines waiting for a session that is gone.

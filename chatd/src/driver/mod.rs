@@ -36,6 +36,7 @@ use crate::store::Failure;
 use crate::store::{Store, StoreError, StoreGone, StoreThread};
 
 mod commits;
+mod pages;
 
 use commits::{commit_ended, Commits};
 
@@ -136,6 +137,9 @@ struct Driver {
     forget: Vec<SessionId>,
     /// Sessions whose peer stopped reading, found while dispatching lines.
     dead: Vec<SessionId>,
+    /// Pages of boxes the core asked for, each with the ticket that makes
+    /// every change before it durable (`pages.rs`).
+    loads: Vec<(u64, chatcore::HeldRequest)>,
 }
 
 /// An output that goes to a connection: what may wait behind a barrier.
@@ -278,6 +282,7 @@ impl Prepared {
             internal: VecDeque::new(),
             forget: Vec::new(),
             dead: Vec::new(),
+            loads: Vec::new(),
         };
         let result = driver.serve(&listener, &mut rx, shutdown).await;
         drop(listener);
@@ -404,6 +409,10 @@ impl Driver {
                 Output::NotifyWritten { session } => {
                     self.emit(RoundOutput::NotifyWritten { session });
                 }
+                Output::LoadHeld(request) => {
+                    let ticket = self.commits.ticket_of_everything();
+                    self.loads.push((ticket, request));
+                }
             }
         }
     }
@@ -429,7 +438,8 @@ impl Driver {
                 }
             }
             if self.internal.is_empty() {
-                return self.seal();
+                self.seal()?;
+                return Ok(self.load_pages()?);
             }
             let now = self.clock.now();
             while let Some(input) = self.internal.pop_front() {

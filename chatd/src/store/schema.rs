@@ -5,7 +5,7 @@
 use std::path::Path;
 
 #[cfg(doc)]
-use chatcore::Restored;
+use chatcore::StoreModel;
 use rusqlite::Transaction;
 
 use super::error::StoreError;
@@ -14,9 +14,10 @@ use super::SqliteStore;
 
 /// The layout version kept in `PRAGMA user_version`. Version 0 (never set)
 /// and 1 are the first layout, where every `held` row carried a full copy of
-/// its message; version 2 lacked the index on `login_failures.seq`.
+/// its message; version 2 lacked the index on `login_failures.seq`;
+/// version 3 lacked `held_summary` and the index of `held` by user.
 /// [`SqliteStore::open`] migrates them to this one.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// The schema (version [`SCHEMA_VERSION`]).
 ///
@@ -30,16 +31,23 @@ pub(super) const SCHEMA_VERSION: i64 = 3;
 /// `messages` row lives exactly as long as some `held` row has its id.
 ///
 /// Holding the same (user, id) twice keeps one copy, as
-/// [`Restored::apply`] does. Each box is read back in id order.
+/// [`StoreModel::apply`] does. Each box is read back in id order, a page at
+/// a time, through `held_by_user` (user, id): a page is a walk of one
+/// user's neighbouring index entries, and confirming a prefix of a box
+/// (`Release` up to an id) is one range delete on it.
+///
+/// `held_summary` is each non-empty box's count and last id, kept by
+/// `apply` in the same transaction as `held`, so that startup reads one row
+/// per user, not one per held message (`load` must not grow with them).
 ///
 /// `held_variant` keeps a box entry whose message differs from the
 /// `messages` row of the same id. The core never does that (ids are never
 /// reused, and every hold of one message shares it), so the table stays
 /// empty; it is there so the store gives back exactly what
-/// [`Restored::apply`] computes for any ops, not just for the core's.
+/// [`StoreModel::apply`] computes for any ops, not just for the core's.
 ///
 /// `login_failures.seq` records update order, because
-/// [`Restored::login_failures`] is a list in that order. Its index makes
+/// [`chatcore::Restored::login_failures`] is a list in that order. Its index makes
 /// finding the next number (`MAX(seq)`) a lookup and loading in that order
 /// a walk: without it every failed login read every record, which is what
 /// an attacker trying many names grows (6 ms per failure at 100 000
@@ -84,9 +92,32 @@ CREATE TABLE IF NOT EXISTS login_failures (
     PRIMARY KEY (user, ip)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);
+CREATE INDEX IF NOT EXISTS held_by_user ON held (user, id);
+CREATE TABLE IF NOT EXISTS held_summary (
+    user  TEXT    PRIMARY KEY,
+    count INTEGER NOT NULL CHECK (count > 0),
+    last  INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
-/// Moves a version 2 database to version 3: only the index is new.
+/// Moves a version 3 database to version 4: the index of `held` by user,
+/// and `held_summary` filled from `held` (one pass over the boxes, once).
+/// Also run after [`MIGRATE_V1`] and [`MIGRATE_V2`], which fill `held` or
+/// leave it as it was; every statement is idempotent.
+pub(super) const MIGRATE_V3: &str = "
+CREATE INDEX IF NOT EXISTS held_by_user ON held (user, id);
+CREATE TABLE IF NOT EXISTS held_summary (
+    user  TEXT    PRIMARY KEY,
+    count INTEGER NOT NULL CHECK (count > 0),
+    last  INTEGER NOT NULL
+) WITHOUT ROWID;
+DELETE FROM held_summary;
+INSERT INTO held_summary (user, count, last)
+    SELECT user, COUNT(*), MAX(id) FROM held GROUP BY user;
+";
+
+/// Moves a version 2 database to version 3 (then [`MIGRATE_V3`] to 4):
+/// only the index is new.
 pub(super) const MIGRATE_V2: &str =
     "CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);";
 
@@ -149,7 +180,7 @@ pub(super) fn migrate(tx: &Transaction<'_>, path: &Path, version: i64) -> Result
                     });
                 }
                 tx.execute_batch(&format!(
-                    "ALTER TABLE held RENAME TO held_v1; {SCHEMA} {MIGRATE_V1}"
+                    "ALTER TABLE held RENAME TO held_v1; {SCHEMA} {MIGRATE_V1} {MIGRATE_V3}"
                 ))
                 .map_err(migrate)?;
             } else {
@@ -159,7 +190,13 @@ pub(super) fn migrate(tx: &Transaction<'_>, path: &Path, version: i64) -> Result
                 .map_err(migrate)?;
         }
         2 => {
-            tx.execute_batch(MIGRATE_V2).map_err(migrate)?;
+            tx.execute_batch(&format!("{MIGRATE_V2} {MIGRATE_V3}"))
+                .map_err(migrate)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(migrate)?;
+        }
+        3 => {
+            tx.execute_batch(MIGRATE_V3).map_err(migrate)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;
         }

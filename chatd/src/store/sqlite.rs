@@ -2,12 +2,14 @@
 //! older layout), reads the state back, and applies each round's ops in one
 //! transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chatcore::{LoginFailures, Message, MessageKind, Restored, StoreOp, Time};
+use chatcore::{
+    BoxSummary, LoginFailures, Message, MessageId, MessageKind, Restored, StoreOp, Time,
+};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::error::StoreError;
@@ -59,9 +61,11 @@ pub(super) fn from_sql(v: i64) -> u64 {
 }
 
 /// A message's columns: id, ts, sender, kind, text.
+#[cfg(test)]
 pub(super) type MessageRow = (i64, i64, String, String, String);
 
 /// Reads [`MessageRow`] from the given columns.
+#[cfg(test)]
 pub(super) fn message_row_at(
     r: &rusqlite::Row<'_>,
     at: [usize; 5],
@@ -73,11 +77,6 @@ pub(super) fn message_row_at(
         r.get(at[3])?,
         r.get(at[4])?,
     ))
-}
-
-/// Reads [`MessageRow`] from the first five columns.
-fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
-    message_row_at(r, [0, 1, 2, 3, 4])
 }
 
 pub(super) fn kind_str(kind: MessageKind) -> &'static str {
@@ -190,76 +189,84 @@ impl SqliteStore {
 
     fn load_inner(&self) -> Result<Restored, StoreError> {
         let mut restored = self.load_other()?;
-        restored.held = self.load_held()?;
-        Ok(restored)
-    }
-
-    /// Every box, each in id order.
-    fn load_held(&self) -> Result<BTreeMap<String, Vec<Arc<Message>>>, StoreError> {
-        let mut held: BTreeMap<String, Vec<Arc<Message>>> = BTreeMap::new();
-        // Each message once, shared by every box that holds it, so memory
-        // after a restart is not multiplied by receivers either.
-        let mut messages: HashMap<i64, Arc<Message>> = HashMap::new();
         let mut stmt = self
             .conn
-            .prepare("SELECT id, ts, sender, kind, text FROM messages")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], message_row).map_err(|e| self.err(e))?;
-        for row in rows {
-            let (id, ts, from, kind, text) = row.map_err(|e| self.err(e))?;
-            let message = self.message(id, ts, from, &kind, text)?;
-            messages.insert(id, Arc::new(message));
-        }
-        drop(stmt);
-
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, user FROM held")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.err(e))?;
-        for row in rows {
-            let (id, user) = row.map_err(|e| self.err(e))?;
-            let message = messages.get(&id).ok_or_else(|| {
-                self.corrupt(format!("held message {} is not in messages", from_sql(id)))
-            })?;
-            held.entry(user).or_default().push(Arc::clone(message));
-        }
-        drop(stmt);
-        drop(messages);
-        // SQL orders ids as signed numbers; the core's order is unsigned.
-        for boxed in held.values_mut() {
-            boxed.sort_by_key(|m| m.id);
-        }
-
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, user, ts, sender, kind, text FROM held_variant")
+            .prepare_cached("SELECT user, count, last FROM held_summary")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(1)?, message_row_at(r, [0, 2, 3, 4, 5])?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })
             .map_err(|e| self.err(e))?;
         for row in rows {
-            let (user, (id, ts, from, kind, text)) = row.map_err(|e| self.err(e))?;
-            let message = self.message(id, ts, from, &kind, text)?;
-            let entry = held.get_mut(&user).and_then(|boxed| {
-                let at = boxed.partition_point(|m| m.id < message.id);
-                boxed.get_mut(at).filter(|m| m.id == message.id)
-            });
-            let Some(entry) = entry else {
-                return Err(self.corrupt(format!(
-                    "held_variant ({}, {user}) is not in held",
-                    message.id
-                )));
-            };
-            *entry = Arc::new(message);
+            let (user, count, last) = row.map_err(|e| self.err(e))?;
+            let count = usize::try_from(count)
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| self.corrupt(format!("bad count {count} in held_summary")))?;
+            restored.held.insert(
+                user,
+                BoxSummary {
+                    count,
+                    last: from_sql(last),
+                },
+            );
         }
-        drop(stmt);
+        Ok(restored)
+    }
 
-        Ok(held)
+    /// One page of a box: see [`Store::held_page`].
+    fn held_page_inner(
+        &self,
+        user: &str,
+        after: MessageId,
+        upto: MessageId,
+        max: usize,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT h.id, m.id,
+                        COALESCE(v.ts, m.ts), COALESCE(v.sender, m.sender),
+                        COALESCE(v.kind, m.kind), COALESCE(v.text, m.text)
+                 FROM held AS h
+                 LEFT JOIN messages AS m ON m.id = h.id
+                 LEFT JOIN held_variant AS v ON v.id = h.id AND v.user = h.user
+                 WHERE h.user = ?1 AND h.id > ?2 AND h.id <= ?3
+                 ORDER BY h.id
+                 LIMIT ?4",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![user, to_sql(after), to_sql(upto), limit], |r| {
+                Ok((
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, i64>(0)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut page = Vec::new();
+        for row in rows {
+            let (found, ts, from, kind, text, id) = row.map_err(|e| self.err(e))?;
+            let (Some(_), Some(ts), Some(from), Some(kind), Some(text)) =
+                (found, ts, from, kind, text)
+            else {
+                return Err(
+                    self.corrupt(format!("held message {} is not in messages", from_sql(id)))
+                );
+            };
+            page.push(Arc::new(self.message(id, ts, from, &kind, text)?));
+        }
+        Ok(page)
     }
 
     /// Everything but the boxes.
@@ -376,6 +383,14 @@ pub(super) fn apply_op(
             let added = tx
                 .prepare_cached("INSERT OR IGNORE INTO held (id, user) VALUES (?1, ?2)")?
                 .execute(params![id, user])?;
+            if added == 1 {
+                tx.prepare_cached(
+                    "INSERT INTO held_summary (user, count, last) VALUES (?1, 1, ?2)
+                     ON CONFLICT (user) DO UPDATE
+                     SET count = count + 1, last = MAX(last, excluded.last)",
+                )?
+                .execute(params![user, id])?;
+            }
             if added == 1 && !same {
                 tx.prepare_cached(
                     "INSERT INTO held_variant (id, user, ts, sender, kind, text)
@@ -391,14 +406,20 @@ pub(super) fn apply_op(
                 ])?;
             }
         }
-        StoreOp::Release { user, id } => {
-            let id = to_sql(*id);
-            let removed = tx
-                .prepare_cached("DELETE FROM held WHERE id = ?1 AND user = ?2")?
-                .execute(params![id, user])?;
-            if removed == 1 {
-                tx.prepare_cached("DELETE FROM held_variant WHERE id = ?1 AND user = ?2")?
-                    .execute(params![id, user])?;
+        StoreOp::Release { user, upto } => {
+            let upto = to_sql(*upto);
+            let released: Vec<i64> = tx
+                .prepare_cached("DELETE FROM held WHERE user = ?1 AND id <= ?2 RETURNING id")?
+                .query_map(params![user, upto], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            if released.is_empty() {
+                return Ok(());
+            }
+            tx.prepare_cached("DELETE FROM held_variant WHERE user = ?1 AND id <= ?2")?
+                .execute(params![user, upto])?;
+            // A message row goes with the last box that held it: a lookup
+            // by key prefix per released id.
+            for id in &released {
                 let gone = tx
                     .prepare_cached(
                         "DELETE FROM messages
@@ -406,8 +427,17 @@ pub(super) fn apply_op(
                     )?
                     .execute(params![id])?;
                 if gone == 1 {
-                    known.remove(&id);
+                    known.remove(id);
                 }
+            }
+            // A prefix went, so the box's last id stays, unless it emptied.
+            let n = i64::try_from(released.len()).unwrap_or(i64::MAX);
+            let emptied = tx
+                .prepare_cached("DELETE FROM held_summary WHERE user = ?1 AND count <= ?2")?
+                .execute(params![user, n])?;
+            if emptied == 0 {
+                tx.prepare_cached("UPDATE held_summary SET count = count - ?2 WHERE user = ?1")?
+                    .execute(params![user, n])?;
             }
         }
         StoreOp::ReserveIds { next } => {
@@ -444,6 +474,16 @@ pub(super) fn apply_op(
 impl Store for SqliteStore {
     fn load(&mut self) -> Result<Restored, StoreError> {
         self.load_inner()
+    }
+
+    fn held_page(
+        &mut self,
+        user: &str,
+        after: MessageId,
+        upto: MessageId,
+        max: usize,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
+        self.held_page_inner(user, after, upto, max)
     }
 
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {

@@ -3,9 +3,10 @@
 //! thread keeps one connection and its prepared statements for the whole
 //! run.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::StoreOp;
+use chatcore::{HeldRequest, Message, StoreOp};
 use tokio::sync::oneshot;
 
 use super::{Store, StoreError};
@@ -18,26 +19,43 @@ pub(crate) struct StoreGone;
 /// ops come back, to be tried again if the store cannot write now).
 type Commit = (Vec<StoreOp>, oneshot::Sender<Committed>);
 
+/// A page of a box read by the store thread.
+pub(crate) type Page = Result<Vec<Arc<Message>>, StoreError>;
+
+/// What the store thread is asked to do, in the order asked: a page read
+/// after a commit sees that commit.
+enum Request {
+    Commit(Commit),
+    LoadHeld(HeldRequest, oneshot::Sender<Page>),
+}
+
 /// The store thread's answer.
 pub(crate) type Committed = (Vec<StoreOp>, Result<(), StoreError>);
 
 /// The store, on a thread of its own: SQLite calls block, and one thread
 /// keeps one connection and its prepared statements.
 pub(crate) struct StoreThread {
-    tx: std::sync::mpsc::Sender<Commit>,
+    tx: std::sync::mpsc::Sender<Request>,
     done: oneshot::Receiver<()>,
 }
 
 impl StoreThread {
     pub(crate) fn start(mut store: Box<dyn Store>) -> std::io::Result<StoreThread> {
-        let (tx, rx) = std::sync::mpsc::channel::<Commit>();
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
         let (done_tx, done) = oneshot::channel();
         std::thread::Builder::new()
             .name("chatd-store".into())
             .spawn(move || {
-                while let Ok((ops, answer)) = rx.recv() {
-                    let result = store.apply(&ops);
-                    let _ = answer.send((ops, result));
+                while let Ok(request) = rx.recv() {
+                    match request {
+                        Request::Commit((ops, answer)) => {
+                            let result = store.apply(&ops);
+                            let _ = answer.send((ops, result));
+                        }
+                        Request::LoadHeld(r, answer) => {
+                            let _ = answer.send(store.held_page(&r.user, r.after, r.upto, r.max));
+                        }
+                    }
                 }
                 drop(store);
                 let _ = done_tx.send(());
@@ -52,8 +70,23 @@ impl StoreThread {
         ops: Vec<StoreOp>,
     ) -> Result<oneshot::Receiver<Committed>, StoreGone> {
         let (answer, result) = oneshot::channel();
-        self.tx.send((ops, answer)).map_err(|_| StoreGone)?;
+        self.tx
+            .send(Request::Commit((ops, answer)))
+            .map_err(|_| StoreGone)?;
         Ok(result)
+    }
+
+    /// Asks for a page of a box. It is read after every commit asked for
+    /// before, so it reflects them.
+    pub(crate) fn load_held(
+        &self,
+        request: HeldRequest,
+    ) -> Result<oneshot::Receiver<Page>, StoreGone> {
+        let (answer, page) = oneshot::channel();
+        self.tx
+            .send(Request::LoadHeld(request, answer))
+            .map_err(|_| StoreGone)?;
+        Ok(page)
     }
 
     /// Closes the store and waits (briefly) for the thread to finish.

@@ -71,7 +71,6 @@ impl Oracle {
             In::Line(l) => Parsed::Line(Command::parse(&l)),
             In::Malformed(e) => Parsed::Malformed(e),
         };
-        let page = self.cfg.held_page_size;
         let s = self.sm(key);
         s.last_rx = now;
         match &parsed {
@@ -92,13 +91,10 @@ impl Oracle {
             // The protocol leaves open whether these count as activity.
             Parsed::Line(Err(_)) | Parsed::Malformed(_) => s.last_cmd_any = now,
         }
-        let block_active = match &s.block {
-            None => false,
-            // Lines held behind a password check are handled after the
-            // first page of the login's block went out.
-            Some(b) if after_check => page.is_some_and(|p| b.remaining.len() > p.max(1)),
-            Some(_) => true,
-        };
+        // Lines held behind a password check are handled while the login's
+        // block waits for its first page from the store: behind the block,
+        // like any command that arrives during it.
+        let block_active = s.block.is_some();
         let backlog = s.waiting.iter().filter(|w| !w.at_once).count();
         let bound = self
             .cfg

@@ -142,7 +142,7 @@ impl Oracle {
                     });
                 }
             }
-            StoreOp::Release { user, id } => self.releases.push((user.clone(), *id)),
+            StoreOp::Release { user, upto } => self.releases.push((user.clone(), *upto)),
             StoreOp::ReserveIds { next } => {
                 self.check(*next >= self.reserved, || {
                     format!("ReserveIds went back from {} to {next}", self.reserved)

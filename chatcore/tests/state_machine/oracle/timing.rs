@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chatcore::{FloodLimit, Restored, Time};
+use chatcore::{FloodLimit, StoreModel, Time};
 
 use super::{rel, Oracle, Stage};
 
@@ -101,7 +101,7 @@ impl Oracle {
     /// The server was rebuilt from `restored`: the store must hold exactly
     /// what is owed, ids must not go back, and users online at a crash must
     /// have been persisted as seen within a heartbeat of it.
-    pub fn restart(&mut self, now: Time, restored: &Restored) {
+    pub fn restart(&mut self, now: Time, restored: &StoreModel) {
         self.note(format!("@{} <restart>", rel(now)));
         self.now = now;
         for u in self.accounts.names().map(String::from).collect::<Vec<_>>() {

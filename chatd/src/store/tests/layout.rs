@@ -64,7 +64,7 @@ fn a_v1_database_is_migrated() {
     ops.extend([
         StoreOp::Release {
             user: "carol".into(),
-            id: 9,
+            upto: 9,
         },
         StoreOp::Hold {
             user: "dave".into(),
@@ -83,9 +83,9 @@ fn a_v1_database_is_migrated() {
     }
     let mut store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(user_version(&store), SCHEMA_VERSION);
-    let got = store.load().unwrap();
+    let got = contents(&mut store);
     assert_eq!(got, expected(&ops));
-    assert!(Arc::ptr_eq(&got.held["alice"][0], &got.held["dave"][1]));
+    assert_eq!(got.held["alice"][0], got.held["dave"][1]);
     assert_eq!(got.held["erin"][0].text, "not the same");
     let tables: Vec<String> = store
         .conn
@@ -99,6 +99,7 @@ fn a_v1_database_is_migrated() {
         tables,
         [
             "held",
+            "held_summary",
             "held_variant",
             "id_reservation",
             "last_seen",
@@ -113,7 +114,7 @@ fn a_v1_database_is_migrated() {
     drop(store);
     // Opening again migrates nothing more.
     let mut store = SqliteStore::open(dir.path()).unwrap();
-    assert_eq!(store.load().unwrap(), expected(&ops));
+    assert_eq!(contents(&mut store), expected(&ops));
 }
 
 /// A version 2 database (no index on `login_failures.seq`) gets the
@@ -125,21 +126,69 @@ fn a_v2_database_is_migrated() {
     let ops = sample_ops();
     {
         let mut old = v2::open(dir.path());
-        old.apply(&ops).unwrap();
+        v3::apply(&mut old, &ops);
         assert_eq!(user_version(&old), 2);
         assert!(indexes(&old).is_empty());
     }
     let mut store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(user_version(&store), SCHEMA_VERSION);
-    assert_eq!(indexes(&store), ["login_failures_by_seq"]);
-    assert_eq!(store.load().unwrap(), expected(&ops));
+    assert_eq!(indexes(&store), ["held_by_user", "login_failures_by_seq"]);
+    assert_eq!(contents(&mut store), expected(&ops));
     let more = [StoreOp::LoginFailures(failure(1, 10))];
     store.apply(&more).unwrap();
     drop(store);
     let mut store = SqliteStore::open(dir.path()).unwrap();
     let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
-    assert_eq!(store.load().unwrap(), expected(&all));
-    assert_eq!(indexes(&store), ["login_failures_by_seq"]);
+    assert_eq!(contents(&mut store), expected(&all));
+    assert_eq!(indexes(&store), ["held_by_user", "login_failures_by_seq"]);
+}
+
+/// A version 3 database (no box summaries, no index of `held` by user)
+/// gets both, with a summary per non-empty box computed from `held`, and
+/// carries on: a page, a range release, a reopen.
+#[test]
+fn a_v3_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ops = sample_ops();
+    for id in 10..20 {
+        for user in ["dave", "erin"] {
+            ops.push(StoreOp::Hold {
+                user: user.into(),
+                message: msg(id, "alice", MessageKind::Private, &format!("m{id}")),
+            });
+        }
+    }
+    {
+        let mut old = v3::open(dir.path());
+        v3::apply(&mut old, &ops);
+        assert_eq!(user_version(&old), 3);
+        assert_eq!(indexes(&old), ["login_failures_by_seq"]);
+    }
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    assert_eq!(indexes(&store), ["held_by_user", "login_failures_by_seq"]);
+    assert_eq!(store.load().unwrap(), expected(&ops).restored());
+    assert_eq!(
+        store.load().unwrap().held["dave"],
+        chatcore::BoxSummary {
+            count: 10,
+            last: 19
+        }
+    );
+    assert_eq!(contents_paged(&mut store, 3), expected(&ops));
+    let page = store.held_page("erin", 12, 19, 2).unwrap();
+    assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), [13, 14]);
+    let more = [StoreOp::Release {
+        user: "erin".into(),
+        upto: 14,
+    }];
+    store.apply(&more).unwrap();
+    drop(store);
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
+    assert_eq!(contents(&mut store), expected(&all));
+    assert_eq!(store.load().unwrap().held["erin"].count, 5);
 }
 
 #[test]

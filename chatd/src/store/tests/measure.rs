@@ -28,7 +28,7 @@ fn measure_broadcast_v1_vs_v2() {
             .iter()
             .map(|user| StoreOp::Release {
                 user: user.clone(),
-                id,
+                upto: id,
             })
             .collect();
         (holds, releases)

@@ -1,4 +1,5 @@
-//! The SQLite store against its model, `Restored::apply`, on random ops.
+//! The SQLite store against its model, `StoreModel`, on random ops: the
+//! summaries `load` gives, every page `held_page` gives, and range releases.
 
 use super::*;
 use proptest::prelude::*;
@@ -18,11 +19,12 @@ fn arb_ip() -> impl Strategy<Value = IpAddr> {
 /// Values the store keeps below 2^63 (see [`SqliteStore`]).
 const BIG: u64 = i64::MAX as u64;
 
-/// A message with one of 20 ids. Two draws of one id usually differ in
-/// content, which the core never does, but `Restored::apply` allows.
+/// A message with one of 20 ids (from 1: the core's first id, and a page
+/// is asked for above an id). Two draws of one id usually differ in
+/// content, which the core never does, but `StoreModel::apply` allows.
 fn arb_message() -> impl Strategy<Value = Arc<Message>> {
     (
-        0..20u64,
+        1..21u64,
         0..BIG,
         arb_user(),
         any::<bool>(),
@@ -46,7 +48,7 @@ fn arb_message() -> impl Strategy<Value = Arc<Message>> {
 fn arb_op() -> impl Strategy<Value = StoreOp> {
     prop_oneof![
         4 => (arb_user(), arb_message()).prop_map(|(user, message)| StoreOp::Hold { user, message }),
-        2 => (arb_user(), 0..20u64).prop_map(|(user, id)| StoreOp::Release { user, id }),
+        2 => (arb_user(), 0..22u64).prop_map(|(user, upto)| StoreOp::Release { user, upto }),
         1 => (0..BIG).prop_map(|next| StoreOp::ReserveIds { next }),
         1 => (arb_user(), 0..BIG).prop_map(|(user, at)| StoreOp::Seen { user, at: Time::from_unix_millis(at) }),
         2 => (arb_user(), arb_ip(), any::<u32>(), 0..BIG, prop::option::of(0..BIG)).prop_map(
@@ -89,7 +91,7 @@ fn arb_group() -> impl Strategy<Value = Vec<StoreOp>> {
                     .filter(|(_, release)| *release)
                     .map(|(user, _)| StoreOp::Release {
                         user,
-                        id: message.id,
+                        upto: message.id,
                     }),
             );
             ops.extend(again.into_iter().map(|user| StoreOp::Hold {
@@ -101,7 +103,7 @@ fn arb_group() -> impl Strategy<Value = Vec<StoreOp>> {
     let releases = (0..20u64, prop::collection::vec(arb_user(), 1..7)).prop_map(|(id, users)| {
         users
             .into_iter()
-            .map(|user| StoreOp::Release { user, id })
+            .map(|user| StoreOp::Release { user, upto: id })
             .collect()
     });
     prop_oneof![
@@ -123,11 +125,17 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Whatever the ops and however they are grouped into commits, the
-    /// store reopened gives back what `Restored::apply` computes.
+    /// store (and the store reopened) gives back what `StoreModel`
+    /// computes: the same summaries at startup, and the same entries for
+    /// any page of any box.
     #[test]
-    fn sqlite_matches_restored_apply(batches in arb_batches()) {
+    fn sqlite_matches_the_model(
+        batches in arb_batches(),
+        page in 1..5usize,
+        pages in prop::collection::vec((arb_user(), 0..22u64, 0..22u64, 0..5usize), 4),
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let mut model = Restored::default();
+        let mut model = StoreModel::default();
         {
             let mut store = SqliteStore::open(dir.path()).unwrap();
             for batch in &batches {
@@ -135,7 +143,14 @@ proptest! {
                 for op in batch {
                     model.apply(op);
                 }
-                prop_assert_eq!(&store.load().unwrap(), &model);
+                prop_assert_eq!(&store.load().unwrap(), &model.restored());
+                prop_assert_eq!(&contents_paged(&mut store, page), &model);
+                for (user, after, upto, max) in &pages {
+                    prop_assert_eq!(
+                        store.held_page(user, *after, *upto, *max).unwrap(),
+                        model.held_page(user, *after, *upto, *max)
+                    );
+                }
             }
             // A message row lives exactly as long as someone holds it.
             let orphans: i64 = store
@@ -150,15 +165,16 @@ proptest! {
             prop_assert_eq!(orphans, 0);
         }
         let mut store = SqliteStore::open(dir.path()).unwrap();
-        prop_assert_eq!(store.load().unwrap(), model);
+        prop_assert_eq!(store.load().unwrap(), model.restored());
+        prop_assert_eq!(contents(&mut store), model);
     }
 
     /// A database written by the version 1 layout opens, migrated, with
-    /// the same content, and goes on matching `Restored::apply`.
+    /// the same content, and goes on matching `StoreModel`.
     #[test]
     fn v1_database_migrates(before in arb_batches(), after in arb_batches()) {
         let dir = tempfile::tempdir().unwrap();
-        let mut model = Restored::default();
+        let mut model = StoreModel::default();
         {
             let mut old = v1::open(dir.path());
             for batch in &before {
@@ -170,7 +186,7 @@ proptest! {
             prop_assert_eq!(v1::load(&old), model.clone());
         }
         let mut store = SqliteStore::open(dir.path()).unwrap();
-        prop_assert_eq!(&store.load().unwrap(), &model);
+        prop_assert_eq!(&contents(&mut store), &model);
         for batch in &after {
             store.apply(batch).unwrap();
             for op in batch {
@@ -179,6 +195,38 @@ proptest! {
         }
         drop(store);
         let mut store = SqliteStore::open(dir.path()).unwrap();
-        prop_assert_eq!(store.load().unwrap(), model);
+        prop_assert_eq!(store.load().unwrap(), model.restored());
+        prop_assert_eq!(contents(&mut store), model);
+    }
+
+    /// A version 3 database (boxes without summaries) opens, migrated,
+    /// with the same content and summaries, and goes on matching
+    /// `StoreModel`.
+    #[test]
+    fn v3_database_migrates(before in arb_batches(), after in arb_batches()) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = StoreModel::default();
+        {
+            let mut old = v3::open(dir.path());
+            for batch in &before {
+                v3::apply(&mut old, batch);
+                for op in batch {
+                    model.apply(op);
+                }
+            }
+        }
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        prop_assert_eq!(store.load().unwrap(), model.restored());
+        prop_assert_eq!(&contents(&mut store), &model);
+        for batch in &after {
+            store.apply(batch).unwrap();
+            for op in batch {
+                model.apply(op);
+            }
+        }
+        drop(store);
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        prop_assert_eq!(store.load().unwrap(), model.restored());
+        prop_assert_eq!(contents(&mut store), model);
     }
 }

@@ -76,10 +76,10 @@ pub fn apply(store: &mut SqliteStore, ops: &[StoreOp]) {
                 ])
                 .unwrap();
             }
-            StoreOp::Release { user, id } => {
-                tx.prepare_cached("DELETE FROM held WHERE user = ?1 AND id = ?2")
+            StoreOp::Release { user, upto } => {
+                tx.prepare_cached("DELETE FROM held WHERE user = ?1 AND id <= ?2")
                     .unwrap()
-                    .execute(params![user, to_sql(*id)])
+                    .execute(params![user, to_sql(*upto)])
                     .unwrap();
             }
             other => apply_op(&tx, other, &mut Known::new()).unwrap(),
@@ -89,7 +89,7 @@ pub fn apply(store: &mut SqliteStore, ops: &[StoreOp]) {
 }
 
 /// Version 1's `load` (the tables other than `held` are the same).
-pub fn load(store: &SqliteStore) -> Restored {
+pub fn load(store: &SqliteStore) -> StoreModel {
     let mut stmt = store
         .conn
         .prepare("SELECT user, id, ts, sender, kind, text FROM held ORDER BY user, id")
@@ -108,7 +108,11 @@ pub fn load(store: &SqliteStore) -> Restored {
     for boxed in held.values_mut() {
         boxed.sort_by_key(|m| m.id);
     }
-    let mut restored = store.load_other().unwrap();
-    restored.held = held;
-    restored
+    let other = store.load_other().unwrap();
+    StoreModel {
+        next_id: other.next_id,
+        held,
+        last_seen: other.last_seen,
+        login_failures: other.login_failures,
+    }
 }
