@@ -42,7 +42,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         // Before `serve` prints its readiness line: see `shutdown_signal`.
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
-        chatd::serve(settings, shutdown).await
+        let shutdown = async move {
+            shutdown.await;
+            chatd::notify::stopping();
+        };
+        let reloads = reload_signal().context("cannot install the SIGHUP handler")?;
+        chatd::serve(settings, shutdown, reloads).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,6 +70,27 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// Installs the SIGHUP handler now (for the reason `shutdown_signal` gives:
+/// SIGHUP's default action would kill the server) and turns each SIGHUP
+/// into a reload request. Signals that arrive while a reload runs make one
+/// more reload, not one each: a reload reads the files as they are then.
+fn reload_signal() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    Ok(rx)
 }
 
 /// Installs the SIGINT and SIGTERM handlers now and returns a future that

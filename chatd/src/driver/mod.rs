@@ -199,6 +199,7 @@ pub struct Prepared {
     restored: chatcore::Restored,
     checker: PasswordChecker,
     tls: Option<Arc<rustls::ServerConfig>>,
+    reload: crate::reload::Link,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -221,7 +222,7 @@ pub async fn prepare(
 ) -> Result<Prepared, RunError> {
     let tls = match &settings.tls {
         Some(files) => {
-            let config = crate::tls::server_config(&files.cert, &files.key)?;
+            let config = crate::tls::server_tls(&files.cert, &files.key)?;
             tracing::info!(
                 "TLS on (1.2 and 1.3): certificate {}, key {}",
                 files.cert.display(),
@@ -238,6 +239,8 @@ pub async fn prepare(
     .await
     .map_err(|_| RunError::StoreGone)?;
     let restored = restored?;
+    let reload = crate::reload::Link::new(tls.as_ref().map(|t| Arc::clone(&t.cert)));
+    let tls = tls.map(|t| t.config);
     let checker = {
         let accounts = accounts.clone();
         let n = settings.password_check_concurrency;
@@ -252,10 +255,18 @@ pub async fn prepare(
         restored,
         checker,
         tls,
+        reload,
     })
 }
 
 impl Prepared {
+    /// What reads the users file and TLS files again while [`Prepared::run`]
+    /// serves (see [`crate::reload`]).
+    pub fn reloader(&self) -> crate::reload::Reloader {
+        let users = self.settings.users_file.clone();
+        self.reload.reloader(users, self.checker.clone())
+    }
+
     /// Runs the chat service on `listener` until `shutdown` completes, then
     /// shuts down as PROTOCOL.md §7 says: stop accepting, `BYE shutdown` to
     /// every session, commit, give connections a few seconds to flush,
@@ -271,6 +282,7 @@ impl Prepared {
             restored,
             checker,
             tls,
+            mut reload,
         } = self;
         let clock = Clock::start();
         let server = Server::restore(clock.now(), settings.core.clone(), accounts, restored);
@@ -313,7 +325,9 @@ impl Prepared {
             held: VecDeque::new(),
             held_bytes: HashMap::new(),
         };
-        let result = driver.serve(&listener, &mut rx, shutdown).await;
+        let result = driver
+            .serve(&listener, &mut rx, &mut reload.rx, shutdown)
+            .await;
         drop(listener);
         if result.is_ok() {
             driver.shut_down(rx).await?;
@@ -328,6 +342,7 @@ impl Driver {
         &mut self,
         listener: &TcpListener,
         rx: &mut mpsc::Receiver<Input>,
+        reload: &mut mpsc::Receiver<crate::reload::NewAccounts>,
         shutdown: impl Future,
     ) -> Result<(), RunError> {
         tokio::pin!(shutdown);
@@ -339,6 +354,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return Ok(()),
+                Some(accounts) = reload.recv() => accounts.apply(&mut self.server, self.clock.now()),
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
                 // The round below tries the store again.
                 () = sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {}
