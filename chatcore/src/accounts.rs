@@ -149,6 +149,42 @@ impl Accounts {
     }
 }
 
+/// How one set of accounts differs from another: what
+/// [`Server::set_accounts`](crate::Server::set_accounts) reports, so that a
+/// reload can say what it did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AccountsChange {
+    /// Names that were not accounts before.
+    pub added: usize,
+    /// Accounts that are gone.
+    pub removed: usize,
+    /// Accounts whose credential is different.
+    pub changed: usize,
+}
+
+impl AccountsChange {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == AccountsChange::default()
+    }
+}
+
+impl Accounts {
+    /// What replacing `self` by `new` adds, removes and changes.
+    pub fn diff(&self, new: &Accounts) -> AccountsChange {
+        let mut change = AccountsChange::default();
+        for (name, credential) in new.iter() {
+            match self.get(name) {
+                None => change.added += 1,
+                Some(old) if old != credential => change.changed += 1,
+                Some(_) => {}
+            }
+        }
+        change.removed = self.names().filter(|n| !new.contains(n)).count();
+        change
+    }
+}
+
 fn check_name(name: &str) -> Result<(), String> {
     if !is_name_syntax(name) {
         return Err(format!(

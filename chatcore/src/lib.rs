@@ -127,7 +127,7 @@ pub mod wire;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use accounts::{Accounts, Credential, UsersFileError};
+pub use accounts::{Accounts, AccountsChange, Credential, UsersFileError};
 pub use config::{Config, FloodLimit};
 pub use message::{Message, MessageId, MessageKind};
 pub use persist::{BoxSummary, LoginFailures, Restored, StoreModel, StoreOp};

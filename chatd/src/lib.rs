@@ -19,8 +19,10 @@ pub mod config;
 pub mod conn;
 pub mod driver;
 pub mod limiter;
+pub mod notify;
 pub mod outbound;
 pub mod passwords;
+pub mod reload;
 pub mod store;
 pub mod tls;
 
@@ -63,7 +65,9 @@ pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
 
 /// Starts the server as the binary does: users file, store, TLS files
 /// ([`prepare`]), listening socket, the readiness line on stdout, then
-/// [`Prepared::run`] until `shutdown`.
+/// [`Prepared::run`] until `shutdown`. Each message on `reloads` reads the
+/// users file and TLS files again ([`reload`]). The service manager, if
+/// any, is told when the server is ready ([`notify`]).
 ///
 /// `shutdown` must already be listening for its event when it is passed in
 /// (as the binary's signal future is): it is first polled only after the
@@ -72,7 +76,11 @@ pub fn load_accounts(path: &Path) -> anyhow::Result<Accounts> {
 /// An unreadable or unusable TLS certificate or key is a startup failure
 /// (exit status 1, like an unreadable users file) whose one-line cause
 /// names the file.
-pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future,
+    reloads: tokio::sync::mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
     let accounts = load_accounts(&settings.users_file)?;
     let data_dir = settings.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
@@ -98,7 +106,11 @@ pub async fn serve(settings: Settings, shutdown: impl Future) -> anyhow::Result<
         "plain TCP"
     };
     tracing::info!("listening on {local} ({transport})");
-    prepared.run(listener, shutdown).await?;
+    notify::ready();
+    let reloading = tokio::spawn(reload::on_requests(prepared.reloader(), reloads));
+    let result = prepared.run(listener, shutdown).await;
+    reloading.abort();
+    result?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,10 +11,22 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use chatd::config::LogFormat;
 use chatd::{Cli, Command, Settings};
 
 fn main() -> ExitCode {
     let cli = Cli::from_env(); // exits 2 itself on a bad command line
+    if let Some(Command::CheckConfig { config }) = &cli.command {
+        // Every refusal is a configuration mistake: 2, like a bad config
+        // at startup, whatever file it is in.
+        return match chatd::config::check_config(config.as_deref()) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.context("check-config"), true),
+        };
+    }
     if let Some(Command::HashPassword) = cli.command {
         return match chatd::passwords::hash_password_cmd(
             std::io::stdin().lock(),
@@ -31,7 +43,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.into(), true),
     };
-    init_logging();
+    init_logging(settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -42,7 +54,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         // Before `serve` prints its readiness line: see `shutdown_signal`.
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
-        chatd::serve(settings, shutdown).await
+        let shutdown = async move {
+            shutdown.await;
+            chatd::notify::stopping();
+        };
+        let reloads = reload_signal().context("cannot install the SIGHUP handler")?;
+        chatd::serve(settings, shutdown, reloads).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,15 +73,42 @@ fn fail(e: &anyhow::Error, usage: bool) -> ExitCode {
     ExitCode::from(if usage { 2 } else { 1 })
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or as
+/// one JSON object a line (`log_format`).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // Never colour codes inside JSON strings.
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
+}
+
+/// Installs the SIGHUP handler now (for the reason `shutdown_signal` gives:
+/// SIGHUP's default action would kill the server) and turns each SIGHUP
+/// into a reload request. Signals that arrive while a reload runs make one
+/// more reload, not one each: a reload reads the files as they are then.
+fn reload_signal() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    Ok(rx)
 }
 
 /// Installs the SIGINT and SIGTERM handlers now and returns a future that

@@ -14,7 +14,9 @@
 //! names and plain-text credentials are run against a dummy argon2id hash
 //! (with the parameters most accounts use, made once at startup) and then
 //! the real answer is used, so response timing does not tell which names
-//! exist or how their passwords are stored.
+//! exist or how their passwords are stored. When the users file is read
+//! again ([`PasswordChecker::set_accounts`]) the dummy is made anew, so its
+//! cost keeps following the accounts.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -269,6 +271,8 @@ pub fn verify_phc(phc: &str, password: &str) -> bool {
 /// One password to check, and where the answer goes.
 struct Job {
     credential: Option<Credential>,
+    /// The dummy in force when the check was asked for.
+    dummy: Arc<Argon2Hash>,
     password: String,
     answer: oneshot::Sender<bool>,
 }
@@ -285,6 +289,9 @@ impl std::fmt::Debug for Job {
 #[derive(Clone, Debug)]
 pub struct PasswordChecker {
     jobs: mpsc::Sender<Job>,
+    /// Shared by the clones, so that [`PasswordChecker::set_accounts`] on
+    /// one applies to all.
+    dummy: Arc<Mutex<Arc<Argon2Hash>>>,
 }
 
 impl PasswordChecker {
@@ -306,7 +313,22 @@ impl PasswordChecker {
                 .spawn(move || check_thread(&queue, verifier))
                 .map_err(PasswordError::Spawn)?;
         }
-        Ok(PasswordChecker { jobs })
+        Ok(PasswordChecker {
+            jobs,
+            dummy: Arc::new(Mutex::new(dummy)),
+        })
+    }
+
+    /// Makes the dummy hash anew for these accounts (the users file was
+    /// read again): checks asked for from now on cost what checking the
+    /// accounts now in force costs.
+    pub fn set_accounts(&self, accounts: &Accounts) {
+        let dummy = Arc::new(Argon2Hash::dummy(usual_params(accounts)));
+        *self.dummy.lock().unwrap_or_else(PoisonError::into_inner) = dummy;
+    }
+
+    fn current_dummy(&self) -> Arc<Argon2Hash> {
+        Arc::clone(&self.dummy.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Verifies one password: queues it (waiting, without blocking the
@@ -317,6 +339,7 @@ impl PasswordChecker {
         let (answer, answered) = oneshot::channel();
         let job = Job {
             credential,
+            dummy: self.current_dummy(),
             password,
             answer,
         };
@@ -345,9 +368,11 @@ fn check_thread(queue: &Mutex<mpsc::Receiver<Job>>, mut verifier: Verifier) {
         }
         let Job {
             credential,
+            dummy,
             password,
             answer,
         } = job;
+        verifier.dummy = dummy;
         let ok = std::panic::catch_unwind(AssertUnwindSafe(|| {
             verifier.verify(credential.as_ref(), &password)
         }))
@@ -568,7 +593,10 @@ mod tests {
         // A checker whose queue has no reader: the send fails.
         let (jobs, queue) = mpsc::channel(1);
         drop(queue);
-        let orphan = PasswordChecker { jobs };
+        let orphan = PasswordChecker {
+            jobs,
+            dummy: Arc::clone(&checker.dummy),
+        };
         assert!(
             !orphan
                 .check(accounts.get("alice").cloned(), "a".into())
@@ -577,6 +605,29 @@ mod tests {
         assert!(
             checker
                 .check(accounts.get("alice").cloned(), "a".into())
+                .await
+        );
+    }
+
+    /// After a reload the dummy has the parameters the new accounts use,
+    /// so an unknown name costs what a real account costs again.
+    #[tokio::test]
+    async fn the_dummy_follows_the_accounts_on_reload() {
+        let small = hash_with("pw", cheap()).unwrap();
+        let big = hash_with("pw", Params::new(1024, 1, 1, None).unwrap()).unwrap();
+        let checker =
+            PasswordChecker::new(&Accounts::parse(&format!("carol {small}\n")).unwrap(), 1)
+                .unwrap();
+        assert_eq!(checker.current_dummy().params.m_cost(), 256);
+        let other = checker.clone();
+        let accounts = Accounts::parse(&format!("carol {big}\ndave {big}\n")).unwrap();
+        other.set_accounts(&accounts);
+        assert_eq!(checker.current_dummy().params.m_cost(), 1024);
+        // Checks still answer right, with the new dummy for unknown names.
+        assert!(!checker.check(None, "pw".into()).await);
+        assert!(
+            checker
+                .check(accounts.get("dave").cloned(), "pw".into())
                 .await
         );
     }

@@ -7,15 +7,18 @@
 //! backend some other crate happened to enable (aws-lc-rs, the rustls
 //! default, needs cmake, NASM and clang to build).
 //!
-//! The files are read once at startup: a certificate renewed on disk takes a
-//! restart to be served, which keeps the running server's identity fixed
-//! and its failure modes at startup, where an operator is watching.
+//! The files are read at startup, where a bad one stops the server, and
+//! again on reload ([`CertSlot::reload`], SIGHUP), where a bad one keeps
+//! the pair in use: a renewed certificate is served to new handshakes
+//! without a restart, and a botched renewal never takes the port down.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use thiserror::Error;
 
@@ -113,21 +116,97 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// The server's TLS configuration from a certificate chain and key file:
 /// TLS 1.3 and 1.2 only, no client certificates.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = load_certs(cert)?;
-    let private_key = load_key(key)?;
+    server_tls(cert, key).map(|tls| tls.config)
+}
+
+/// The TLS configuration and the slot its certificate comes from, for a
+/// server that reloads the files.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// What the acceptor runs with; it asks [`ServerTls::cert`] for the
+    /// certificate at every handshake.
+    pub config: Arc<ServerConfig>,
+    /// The certificate and key in use, reloadable.
+    pub cert: Arc<CertSlot>,
+}
+
+/// As [`server_config`], with the certificate in a [`CertSlot`] that a
+/// reload can refill.
+pub fn server_tls(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let slot = Arc::new(CertSlot {
+        current: RwLock::new(Arc::new(certified_key(&provider, cert, key)?)),
+        provider: Arc::clone(&provider),
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+    });
     let rejected = |e: rustls::Error| TlsError::Rejected {
         cert: cert.to_owned(),
         key: key.to_owned(),
         detail: e.to_string(),
     };
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(rejected)?
-            .with_no_client_auth()
-            .with_single_cert(certs, private_key)
-            .map_err(rejected)?;
-    Ok(Arc::new(config))
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rejected)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&slot) as Arc<dyn ResolvesServerCert>);
+    Ok(ServerTls {
+        config: Arc::new(config),
+        cert: slot,
+    })
+}
+
+/// Reads the pair and checks that the key is the certificate's, as
+/// `with_single_cert` would.
+fn certified_key(
+    provider: &rustls::crypto::CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    let certs = load_certs(cert)?;
+    let private_key = load_key(key)?;
+    CertifiedKey::from_der(certs, private_key, provider).map_err(|e| TlsError::Rejected {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// The certificate and key that new handshakes get. Connections already
+/// set up keep the one they shook hands with.
+#[derive(Debug)]
+pub struct CertSlot {
+    current: RwLock<Arc<CertifiedKey>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl CertSlot {
+    /// Reads the certificate and key files again; on success new
+    /// handshakes get the new pair. On failure (unreadable, not PEM, a key
+    /// that is not the certificate's) the pair in use stays, and the error
+    /// names the file. Blocking: it reads files.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Arc::new(certified_key(&self.provider, &self.cert, &self.key)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    /// The end-entity certificate new handshakes get.
+    pub fn current_cert(&self) -> CertificateDer<'static> {
+        self.get().cert[0].clone()
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +254,31 @@ mod tests {
         let config = server_config(&p.path("cert.pem"), &p.path("key.pem")).unwrap();
         assert!(config.alpn_protocols.is_empty());
         assert_eq!(load_certs(&p.path("cert.pem")).unwrap().len(), 1);
+    }
+
+    /// A reload serves the new pair; a bad file on reload keeps the old
+    /// one.
+    #[test]
+    fn reload_swaps_the_pair_and_keeps_it_on_failure() {
+        let p = pems();
+        let (cert, key) = (p.path("cert.pem"), p.path("key.pem"));
+        let tls = server_tls(&cert, &key).unwrap();
+        let first = tls.cert.current_cert();
+        assert_eq!(first, load_certs(&cert).unwrap()[0]);
+        let fresh = pems();
+        std::fs::copy(fresh.path("cert.pem"), &cert).unwrap();
+        std::fs::copy(fresh.path("key.pem"), &key).unwrap();
+        tls.cert.reload().unwrap();
+        let second = tls.cert.current_cert();
+        assert_ne!(second, first);
+        assert_eq!(second, load_certs(&cert).unwrap()[0]);
+        // A key that is not the certificate's: refused, the pair stays.
+        std::fs::copy(p.path("other-key.pem"), &key).unwrap();
+        let e = tls.cert.reload().unwrap_err().to_string();
+        assert!(e.contains("cannot be used together"), "{e}");
+        std::fs::write(&cert, "garbage\n").unwrap();
+        assert!(tls.cert.reload().is_err());
+        assert_eq!(tls.cert.current_cert(), second);
     }
 
     #[test]

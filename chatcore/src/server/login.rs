@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::api::{CheckId, Event, LoginFailure, Output, PasswordCheck, SessionId};
 use super::session::{Active, Phase, Received};
 use super::Server;
+use crate::accounts::{Accounts, AccountsChange};
 use crate::names::is_valid_user_name;
 use crate::persist::{LoginFailures, StoreOp};
 use crate::time::Time;
@@ -19,6 +20,29 @@ fn seconds_left(left: Duration) -> u64 {
 }
 
 impl Server {
+    /// Replaces the accounts, as when the users file is read again.
+    ///
+    /// What changes is only who may log in from now on: open sessions run
+    /// on whatever happened to their account (an operator who removes an
+    /// account stops new logins, not a conversation), and held messages,
+    /// `wholast` history and lockouts are kept, so an account that comes
+    /// back finds them. A password check already running against a
+    /// credential that changed or went away is answered "no" whatever the
+    /// driver finds, so a removed account cannot slip in during a reload.
+    pub fn set_accounts(&mut self, now: Time, accounts: Accounts) -> AccountsChange {
+        self.advance_clock(now);
+        let change = self.accounts.diff(&accounts);
+        for session in self.sessions.values_mut() {
+            if let Phase::Checking { user, stale, .. } = &mut session.phase {
+                if self.accounts.get(user) != accounts.get(user) {
+                    *stale = true;
+                }
+            }
+        }
+        self.accounts = accounts;
+        change
+    }
+
     /// A line answering `ASK username` or `ASK password`.
     pub(super) fn on_login_line(&mut self, id: SessionId, input: Received) {
         let Some(session) = self.sessions.get_mut(&id) else {
@@ -72,6 +96,7 @@ impl Server {
                         user: user.clone(),
                         check,
                         pending: VecDeque::new(),
+                        stale: false,
                     };
                 }
                 self.out.push_back(Output::CheckPassword(PasswordCheck {
@@ -100,11 +125,17 @@ impl Server {
         if *expected != check {
             return;
         }
-        let Phase::Checking { user, pending, .. } =
-            std::mem::replace(&mut session.phase, Phase::AwaitUser)
+        let Phase::Checking {
+            user,
+            pending,
+            stale,
+            ..
+        } = std::mem::replace(&mut session.phase, Phase::AwaitUser)
         else {
             return;
         };
+        // Checked against a credential that is no longer the account's.
+        let ok = ok && !stale;
         let peer = session.peer;
         if let Some(left) = self.block_left(&user, peer) {
             // Other connections' failures blocked the pair while this check

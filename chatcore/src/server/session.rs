@@ -34,6 +34,10 @@ pub(crate) enum Phase {
         user: String,
         check: CheckId,
         pending: VecDeque<Received>,
+        /// The account changed or went away while the check ran (see
+        /// `Server::set_accounts`): a match against the old credential
+        /// must not log in.
+        stale: bool,
     },
     /// Logged in.
     Active(Box<Active>),

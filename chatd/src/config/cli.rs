@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 // clap reports a bad PORT (not an integer in 0–65535) itself, naming the
 // value, with exit status 2.
 /// The CHAT/1 chat server.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Default, Parser)]
 #[command(
     name = "chatd",
     version,
@@ -40,6 +40,15 @@ pub enum Command {
     /// Reads one password line from stdin and prints its argon2id PHC
     /// string, for the users file.
     HashPassword,
+    /// Checks the configuration file, the users file and the TLS files it
+    /// names, without starting: exit status 0 if chatd would start with
+    /// them, 2 with the reason if not.
+    CheckConfig {
+        /// The TOML configuration file to check (default: none, that is
+        /// the defaults).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 impl Cli {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ConfigError, LogFormat};
 #[cfg(doc)]
 use super::{Range, Settings, TlsFiles};
 
@@ -145,6 +145,8 @@ pub struct FileConfig {
     pub max_unwritten_bytes: Option<Number>,
     /// See [`Settings::password_check_concurrency`].
     pub password_check_concurrency: Option<Number>,
+    /// See [`Settings::log_format`].
+    pub log_format: Option<LogFormat>,
 }
 
 impl FileConfig {

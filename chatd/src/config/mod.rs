@@ -14,12 +14,14 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+mod check;
 mod cli;
 mod file;
 pub mod ranges;
 #[cfg(test)]
 mod tests;
 
+pub use check::check_config;
 pub use cli::{Cli, Command};
 pub use file::{FileConfig, Number};
 pub use ranges::{Range, Unit, RANGES};
@@ -108,6 +110,20 @@ pub struct Settings {
     pub max_connections_per_ip: usize,
     /// TLS on the port, if configured; plain TCP otherwise.
     pub tls: Option<TlsFiles>,
+    /// How log lines on stderr are written.
+    pub log_format: LogFormat,
+}
+
+/// How chatd writes its log lines (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event, for a terminal or the journal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers: every field is a key,
+    /// so nothing has to be parsed back out of a sentence.
+    Json,
 }
 
 /// The PEM files that make the port speak TLS (`tls_cert`, `tls_key`).
@@ -151,6 +167,7 @@ impl Default for Settings {
             max_connections: 10_000,
             max_connections_per_ip: 64,
             tls: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -199,6 +216,7 @@ impl Settings {
         set!(s.port, file.port);
         set!(s.users_file, file.users_file);
         set!(s.data_dir, file.data_dir);
+        set!(s.log_format, file.log_format);
         use ranges as r;
         set!(c.block_time, r::BLOCK_TIME.duration(file.block_time)?);
         set!(c.block_after, r::BLOCK_AFTER.count_of(file.block_after)?);

@@ -71,8 +71,10 @@ flood_backlog = 30
 failure_memory = 3600
 max_failure_records = 500
 persist_deliveries = false
+log_format = "json"
 "#;
     let s = settings(text, &[]).unwrap();
+    assert_eq!(s.log_format, crate::config::LogFormat::Json);
     let c = &s.core;
     assert_eq!(s.host, "0.0.0.0");
     assert_eq!(s.port, 5000);

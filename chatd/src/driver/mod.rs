@@ -177,6 +177,7 @@ pub struct Prepared {
     restored: chatcore::Restored,
     checker: PasswordChecker,
     tls: Option<Arc<rustls::ServerConfig>>,
+    reload: crate::reload::Link,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -199,7 +200,7 @@ pub async fn prepare(
 ) -> Result<Prepared, RunError> {
     let tls = match &settings.tls {
         Some(files) => {
-            let config = crate::tls::server_config(&files.cert, &files.key)?;
+            let config = crate::tls::server_tls(&files.cert, &files.key)?;
             tracing::info!(
                 "TLS on (1.2 and 1.3): certificate {}, key {}",
                 files.cert.display(),
@@ -216,6 +217,8 @@ pub async fn prepare(
     .await
     .map_err(|_| RunError::StoreGone)?;
     let restored = restored?;
+    let reload = crate::reload::Link::new(tls.as_ref().map(|t| Arc::clone(&t.cert)));
+    let tls = tls.map(|t| t.config);
     let checker = {
         let accounts = accounts.clone();
         let n = settings.password_check_concurrency;
@@ -230,10 +233,18 @@ pub async fn prepare(
         restored,
         checker,
         tls,
+        reload,
     })
 }
 
 impl Prepared {
+    /// What reads the users file and TLS files again while [`Prepared::run`]
+    /// serves (see [`crate::reload`]).
+    pub fn reloader(&self) -> crate::reload::Reloader {
+        let users = self.settings.users_file.clone();
+        self.reload.reloader(users, self.checker.clone())
+    }
+
     /// Runs the chat service on `listener` until `shutdown` completes, then
     /// shuts down as PROTOCOL.md §7 says: stop accepting, `BYE shutdown` to
     /// every session, commit, give connections a few seconds to flush,
@@ -249,6 +260,7 @@ impl Prepared {
             restored,
             checker,
             tls,
+            mut reload,
         } = self;
         let clock = Clock::start();
         let server = Server::restore(clock.now(), settings.core.clone(), accounts, restored);
@@ -284,7 +296,9 @@ impl Prepared {
             dead: Vec::new(),
             loads: Vec::new(),
         };
-        let result = driver.serve(&listener, &mut rx, shutdown).await;
+        let result = driver
+            .serve(&listener, &mut rx, &mut reload.rx, shutdown)
+            .await;
         drop(listener);
         if result.is_ok() {
             driver.shut_down(rx).await?;
@@ -299,6 +313,7 @@ impl Driver {
         &mut self,
         listener: &TcpListener,
         rx: &mut mpsc::Receiver<Input>,
+        reload: &mut mpsc::Receiver<crate::reload::NewAccounts>,
         shutdown: impl Future,
     ) -> Result<(), RunError> {
         tokio::pin!(shutdown);
@@ -314,6 +329,7 @@ impl Driver {
                 ended = commit_ended(&mut self.commits), if self.commits.committing() => {
                     self.commit_done(ended)?;
                 }
+                Some(accounts) = reload.recv() => accounts.apply(&mut self.server, self.clock.now()),
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
                 () = sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {
                     self.start_commit()?;
