@@ -145,6 +145,16 @@ pub struct FileConfig {
     pub max_unwritten_bytes: Option<Number>,
     /// See [`Settings::password_check_concurrency`].
     pub password_check_concurrency: Option<Number>,
+    /// See [`super::WebSettings::enabled`].
+    pub http: Option<bool>,
+    /// See [`super::WebSettings::host`].
+    pub http_host: Option<String>,
+    /// See [`super::WebSettings::port`].
+    pub http_port: Option<u16>,
+    /// See [`super::WebSettings::allowed_origins`].
+    pub allowed_origins: Option<Vec<String>>,
+    /// See [`super::WebSettings::trusted_proxies`].
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl FileConfig {

@@ -19,10 +19,12 @@ mod file;
 pub mod ranges;
 #[cfg(test)]
 mod tests;
+pub mod web;
 
 pub use cli::{Cli, Command};
 pub use file::{FileConfig, Number};
 pub use ranges::{Range, Unit, RANGES};
+pub use web::{IpNet, WebSettings};
 
 /// A configuration mistake: exit status 2.
 #[derive(Debug, Error)]
@@ -108,6 +110,8 @@ pub struct Settings {
     pub max_connections_per_ip: usize,
     /// TLS on the port, if configured; plain TCP otherwise.
     pub tls: Option<TlsFiles>,
+    /// The web listener (`http`, `http_host`, `http_port`, ...).
+    pub web: WebSettings,
 }
 
 /// The PEM files that make the port speak TLS (`tls_cert`, `tls_key`).
@@ -151,6 +155,7 @@ impl Default for Settings {
             max_connections: 10_000,
             max_connections_per_ip: 64,
             tls: None,
+            web: WebSettings::default(),
         }
     }
 }
@@ -296,6 +301,14 @@ impl Settings {
         set!(s.port, cli.port);
         set!(s.users_file, cli.users.clone());
         set!(s.data_dir, cli.data_dir.clone());
+        s.web = web_settings(
+            &s.host,
+            file.http,
+            file.http_host,
+            file.http_port,
+            file.allowed_origins,
+            file.trusted_proxies,
+        )?;
         s.validate()?;
         Ok(s)
     }
@@ -312,6 +325,9 @@ impl Settings {
         };
         if self.host.trim().is_empty() {
             return Err(invalid("host", "must not be empty"));
+        }
+        if self.web.host.trim().is_empty() {
+            return Err(invalid("http_host", "must not be empty"));
         }
         if let Some(tls) = &self.tls {
             if tls.cert.as_os_str().is_empty() {
@@ -412,4 +428,36 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The web keys, checked: `http_host` defaults to the chat port's `host`
+/// (after the command line), and every list entry must parse.
+fn web_settings(
+    host: &str,
+    enabled: Option<bool>,
+    http_host: Option<String>,
+    port: Option<u16>,
+    origins: Option<Vec<String>>,
+    proxies: Option<Vec<String>>,
+) -> Result<WebSettings, ConfigError> {
+    let invalid = |key: &'static str, e: web::BadEntry| ConfigError::Invalid {
+        key,
+        reason: format!("entry {e}"),
+    };
+    let defaults = WebSettings::default();
+    Ok(WebSettings {
+        enabled: enabled.unwrap_or(defaults.enabled),
+        host: http_host.unwrap_or_else(|| host.to_owned()),
+        port: port.unwrap_or(defaults.port),
+        allowed_origins: origins
+            .unwrap_or_default()
+            .iter()
+            .map(|o| web::normalize_origin(o).map_err(|e| invalid("allowed_origins", e)))
+            .collect::<Result<_, _>>()?,
+        trusted_proxies: proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.parse().map_err(|e| invalid("trusted_proxies", e)))
+            .collect::<Result<_, _>>()?,
+    })
 }

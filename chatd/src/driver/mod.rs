@@ -41,8 +41,10 @@ use crate::store::Failure;
 use crate::store::{Store, StoreError, StoreGone, StoreThread};
 
 mod outage;
+mod web;
 
 use outage::{Held, Outage, RETRY_INTERVAL};
+pub use web::{WebHandoff, WebRequest, WsConnection, WEB_HANDOFF_QUEUE};
 
 /// Inputs fed in one round at most, so that timers and commits keep up
 /// under load.
@@ -160,6 +162,8 @@ struct Driver {
     /// line of theirs waits behind them, so each session sees its lines in
     /// order.
     held_bytes: HashMap<SessionId, usize>,
+    /// WebSocket connections and health pings from the web listener.
+    web: Option<mpsc::Receiver<WebRequest>>,
 }
 
 /// An output of the round that goes to a connection: the only kinds the
@@ -199,6 +203,8 @@ pub struct Prepared {
     restored: chatcore::Restored,
     checker: PasswordChecker,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// See [`Prepared::web_handoff`].
+    web: Option<mpsc::Receiver<WebRequest>>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -252,6 +258,7 @@ pub async fn prepare(
         restored,
         checker,
         tls,
+        web: None,
     })
 }
 
@@ -271,6 +278,7 @@ impl Prepared {
             restored,
             checker,
             tls,
+            web,
         } = self;
         let clock = Clock::start();
         let server = Server::restore(clock.now(), settings.core.clone(), accounts, restored);
@@ -312,6 +320,7 @@ impl Prepared {
             max_waiting_bytes: settings.max_unwritten_bytes,
             held: VecDeque::new(),
             held_bytes: HashMap::new(),
+            web,
         };
         let result = driver.serve(&listener, &mut rx, shutdown).await;
         drop(listener);
@@ -364,6 +373,7 @@ impl Driver {
                     accept_resume = None;
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                Some(request) = web::next_web(&mut self.web) => self.web_request(request),
             }
             let mut accepted = 0;
             while accepted < MAX_ACCEPTS_PER_ROUND && accept_resume.is_none() {
@@ -417,7 +427,10 @@ impl Driver {
         while let Some(output) = self.server.poll_output() {
             match output {
                 Output::CheckPassword(check) => self.check_password(check),
-                Output::Event(event) => log_event(&event),
+                Output::Event(event) => {
+                    crate::metrics::event(&event);
+                    log_event(&event);
+                }
                 Output::Close { session } => {
                     if let Some(conn) = self.conns.get_mut(&session) {
                         conn.live = false;
@@ -426,6 +439,7 @@ impl Driver {
                 }
                 Output::Persist(op) => self.round_ops.push(op),
                 Output::Send { session, line } => {
+                    crate::metrics::line(&line);
                     self.round.push(RoundOutput::Send { session, line });
                 }
                 Output::NotifyWritten { session } => {
@@ -518,6 +532,7 @@ impl Driver {
         let ip = peer.ip().to_canonical();
         let Some(permit) = self.limiter.try_acquire(ip) else {
             tracing::warn!(%peer, "refused: too many connections");
+            crate::metrics::refused(self.transport());
             self.refuse(stream);
             return;
         };
@@ -535,9 +550,11 @@ impl Driver {
             clock: self.clock,
             tls: self.tls.clone(),
         };
-        let abort = self
-            .tasks
-            .spawn(run_connection(stream, params, out_rx, permit));
+        let open = crate::metrics::OpenConnection::new(self.transport());
+        let abort = self.tasks.spawn(async move {
+            let _open = open;
+            run_connection(stream, params, out_rx, permit).await;
+        });
         if let Some(old) = self.conns.insert(
             session,
             Conn {

@@ -97,7 +97,9 @@ impl Driver {
             let acknowledges = ops
                 .iter()
                 .any(|op| matches!(op, StoreOp::Hold { .. } | StoreOp::ReserveIds { .. }));
+            let started = std::time::Instant::now();
             let (ops, result) = self.store.commit(ops).await?;
+            crate::metrics::commit(started.elapsed());
             let Err(e) = result else {
                 return Ok(false);
             };
