@@ -236,6 +236,7 @@
       me = w[1];
       loggedIn = true;
       backoff = 0;
+      setBusy(false); // busy ends with the session it was set in
       setState("online", "connected");
       showChat();
       ui.loginError.textContent = "";
