@@ -29,7 +29,7 @@ pub const WEB_HANDOFF_QUEUE: usize = 256;
 #[derive(Debug)]
 pub enum WebRequest {
     /// A new WebSocket connection, to become a session.
-    Connect(WsConnection),
+    Connect(Box<WsConnection>),
     /// `/healthz`: answer once the round loop gets to it.
     Ping(oneshot::Sender<()>),
 }
@@ -57,7 +57,9 @@ impl WebHandoff {
     /// queue is full or the driver has stopped); the socket is then
     /// dropped, which closes it.
     pub fn connect(&self, conn: WsConnection) -> bool {
-        self.tx.try_send(WebRequest::Connect(conn)).is_ok()
+        self.tx
+            .try_send(WebRequest::Connect(Box::new(conn)))
+            .is_ok()
     }
 
     /// Whether the core task answers within `within`.
@@ -102,7 +104,7 @@ impl Driver {
             WebRequest::Ping(tx) => {
                 let _ = tx.send(());
             }
-            WebRequest::Connect(conn) => self.accept_ws(conn),
+            WebRequest::Connect(conn) => self.accept_ws(*conn),
         }
     }
 

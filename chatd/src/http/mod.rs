@@ -221,7 +221,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("").trim().to_ascii_lowercase();
-    if allowed.iter().any(|a| *a == origin) {
+    if allowed.contains(&origin) {
         return Ok(());
     }
     // The page's own origin: the same host (and port) the browser asked
