@@ -22,8 +22,12 @@ fn start(dir: &std::path::Path, target: &str) -> Child {
         format!("alice {}\n", cheap_hash("a")),
     )
     .unwrap();
+    // No web listener: its default port would be shared by parallel tests.
+    std::fs::write(dir.join("chatd.toml"), "http = false\n").unwrap();
     let mut child = Command::new(chatd_bin())
-        .args(["127.0.0.1", "0", "--users"])
+        .args(["127.0.0.1", "0", "--config"])
+        .arg(dir.join("chatd.toml"))
+        .arg("--users")
         .arg(dir.join("users.txt"))
         .arg("--data-dir")
         .arg(dir.join("data"))

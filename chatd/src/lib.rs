@@ -18,7 +18,9 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod driver;
+pub mod http;
 pub mod limiter;
+pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod passwords;
@@ -29,6 +31,8 @@ pub mod tls;
 use std::future::Future;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use chatcore::Accounts;
@@ -87,15 +91,26 @@ pub async fn serve(
         .await
         .context("opening the store")??;
     tracing::info!("store {}", store.path().display());
-    let prepared = driver::prepare(settings.clone(), accounts, Box::new(store)).await?;
+    let mut prepared = driver::prepare(settings.clone(), accounts, Box::new(store)).await?;
     let listener = TcpListener::bind((settings.host.as_str(), settings.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
     let local = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let web = if settings.web.enabled {
+        Some(start_web(&settings, &mut prepared, Arc::clone(&ready)).await?)
+    } else {
+        None
+    };
     {
         let mut stdout = std::io::stdout().lock();
+        // The web line first: once the readiness line is out, every
+        // listener is bound.
+        if let Some(web) = &web {
+            writeln!(stdout, "chatd web on {}", web.url()).context("cannot write to stdout")?;
+        }
         writeln!(stdout, "chatd listening on {local}")
             .and_then(|()| stdout.flush())
             .context("cannot write to stdout")?;
@@ -106,13 +121,46 @@ pub async fn serve(
         "plain TCP"
     };
     tracing::info!("listening on {local} ({transport})");
+    if let Some(web) = &web {
+        tracing::info!("web client, WebSocket, metrics and health on {}", web.url());
+    }
+    ready.store(true, Ordering::Release);
     notify::ready();
     let reloading = tokio::spawn(reload::on_requests(prepared.reloader(), reloads));
+    let shutdown = async {
+        shutdown.await;
+        ready.store(false, Ordering::Release);
+    };
     let result = prepared.run(listener, shutdown).await;
     reloading.abort();
+    if let Some(web) = web {
+        web.stop();
+    }
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the web listener and starts serving it; WebSocket sessions go to
+/// the server `prepared` will run.
+async fn start_web(
+    settings: &Settings,
+    prepared: &mut Prepared,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<http::WebServer> {
+    let web = &settings.web;
+    let listener = http::bind(web)
+        .await
+        .with_context(|| format!("cannot listen on {}:{} (http_port)", web.host, web.port))?;
+    let parts = http::WebParts {
+        handoff: prepared.web_handoff(),
+        metrics: metrics::install(),
+        ready,
+        tls: prepared.tls_config(),
+        max_line_bytes: settings.core.max_line_bytes,
+        handshake_timeout: settings.core.login_timeout,
+    };
+    http::start(listener, web, parts).context("cannot start the web listener")
 }
 
 #[cfg(test)]

@@ -30,6 +30,13 @@ struct OutboundShared {
     progress_ms: AtomicU64,
 }
 
+/// Bytes still queued when the connection goes leave the metrics' total.
+impl Drop for OutboundShared {
+    fn drop(&mut self) {
+        crate::metrics::outbound_written(self.queued.load(Ordering::Acquire));
+    }
+}
+
 /// The core's end of a connection's outbound queue.
 #[derive(Debug)]
 pub struct Outbound {
@@ -65,6 +72,7 @@ impl Outbound {
     /// Queues one line (with its `\n`). Never waits.
     pub fn push(&mut self, line: String, limit: &OutboundLimit, clock: &Clock) -> Result<(), Dead> {
         let n = line.len();
+        crate::metrics::outbound_queued(n);
         let queued = self.shared.queued.fetch_add(n, Ordering::AcqRel) + n;
         if queued > limit.max_bytes {
             let now = clock.elapsed_ms();
@@ -119,6 +127,7 @@ impl OutboundRx {
     /// bound, and the peer is reading.
     pub(crate) fn wrote(&self, n: usize, clock: &Clock) {
         self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+        crate::metrics::outbound_written(n);
         self.shared
             .progress_ms
             .store(clock.elapsed_ms(), Ordering::Release);

@@ -65,6 +65,7 @@ pub struct TestServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     addr: SocketAddr,
+    web: Option<SocketAddr>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
 }
@@ -92,6 +93,15 @@ impl TestServer {
         }
         std::fs::write(dir.path().join("users.txt"), users).expect("write users.txt");
         let mut config = String::from("# written by tests/common\n");
+        // The web listener's default port (4180) would clash between tests
+        // running at once: a free port, unless the test sets its own.
+        if !opts
+            .config
+            .iter()
+            .any(|l| l.trim_start().starts_with("http_port"))
+        {
+            config.push_str("http_port = 0\n");
+        }
         for line in opts.config {
             config.push_str(line);
             config.push('\n');
@@ -102,6 +112,7 @@ impl TestServer {
             dir,
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            web: None,
             stdout: Arc::default(),
             stderr: Arc::default(),
         };
@@ -119,6 +130,7 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
+        self.web = None;
         let mut child = Command::new(chatd_bin())
             .arg("127.0.0.1")
             .arg("0")
@@ -173,6 +185,12 @@ impl TestServer {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    // Printed before the readiness line when `http` is on.
+                    if let Some(rest) = line.strip_prefix("chatd web on http://") {
+                        self.web = Some(rest.trim().parse().unwrap_or_else(|e| {
+                            panic!("chatd printed a bad web line {line:?}: {e}")
+                        }));
+                    }
                     if let Some(rest) = line.strip_prefix("chatd listening on ") {
                         self.addr = rest.trim().parse().unwrap_or_else(|e| {
                             panic!("chatd printed a bad listening line {line:?}: {e}")
@@ -205,6 +223,11 @@ impl TestServer {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The web listener's address (`http://` only), if it runs.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web
     }
 
     /// The temporary directory holding `chatd.toml`, `users.txt`, `data/`.

@@ -147,6 +147,16 @@ pub struct FileConfig {
     pub password_check_concurrency: Option<Number>,
     /// See [`Settings::log_format`].
     pub log_format: Option<LogFormat>,
+    /// See [`super::WebSettings::enabled`].
+    pub http: Option<bool>,
+    /// See [`super::WebSettings::host`].
+    pub http_host: Option<String>,
+    /// See [`super::WebSettings::port`].
+    pub http_port: Option<u16>,
+    /// See [`super::WebSettings::allowed_origins`].
+    pub allowed_origins: Option<Vec<String>>,
+    /// See [`super::WebSettings::trusted_proxies`].
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl FileConfig {

@@ -20,11 +20,13 @@ mod file;
 pub mod ranges;
 #[cfg(test)]
 mod tests;
+pub mod web;
 
 pub use check::check_config;
 pub use cli::{Cli, Command};
 pub use file::{FileConfig, Number};
 pub use ranges::{Range, Unit, RANGES};
+pub use web::{IpNet, WebSettings};
 
 /// A configuration mistake: exit status 2.
 #[derive(Debug, Error)]
@@ -112,6 +114,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// How log lines on stderr are written.
     pub log_format: LogFormat,
+    /// The web listener (`http`, `http_host`, `http_port`, ...).
+    pub web: WebSettings,
 }
 
 /// How chatd writes its log lines (`log_format`).
@@ -168,6 +172,7 @@ impl Default for Settings {
             max_connections_per_ip: 64,
             tls: None,
             log_format: LogFormat::Text,
+            web: WebSettings::default(),
         }
     }
 }
@@ -314,6 +319,14 @@ impl Settings {
         set!(s.port, cli.port);
         set!(s.users_file, cli.users.clone());
         set!(s.data_dir, cli.data_dir.clone());
+        s.web = web_settings(
+            &s.host,
+            file.http,
+            file.http_host,
+            file.http_port,
+            file.allowed_origins,
+            file.trusted_proxies,
+        )?;
         s.validate()?;
         Ok(s)
     }
@@ -330,6 +343,9 @@ impl Settings {
         };
         if self.host.trim().is_empty() {
             return Err(invalid("host", "must not be empty"));
+        }
+        if self.web.host.trim().is_empty() {
+            return Err(invalid("http_host", "must not be empty"));
         }
         if let Some(tls) = &self.tls {
             if tls.cert.as_os_str().is_empty() {
@@ -430,4 +446,36 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The web keys, checked: `http_host` defaults to the chat port's `host`
+/// (after the command line), and every list entry must parse.
+fn web_settings(
+    host: &str,
+    enabled: Option<bool>,
+    http_host: Option<String>,
+    port: Option<u16>,
+    origins: Option<Vec<String>>,
+    proxies: Option<Vec<String>>,
+) -> Result<WebSettings, ConfigError> {
+    let invalid = |key: &'static str, e: web::BadEntry| ConfigError::Invalid {
+        key,
+        reason: format!("entry {e}"),
+    };
+    let defaults = WebSettings::default();
+    Ok(WebSettings {
+        enabled: enabled.unwrap_or(defaults.enabled),
+        host: http_host.unwrap_or_else(|| host.to_owned()),
+        port: port.unwrap_or(defaults.port),
+        allowed_origins: origins
+            .unwrap_or_default()
+            .iter()
+            .map(|o| web::normalize_origin(o).map_err(|e| invalid("allowed_origins", e)))
+            .collect::<Result<_, _>>()?,
+        trusted_proxies: proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.parse().map_err(|e| invalid("trusted_proxies", e)))
+            .collect::<Result<_, _>>()?,
+    })
 }

@@ -374,3 +374,48 @@ fn keys_that_depend_on_each_other() {
 fn the_defaults_are_inside_every_range() {
     Settings::default().validate().unwrap();
 }
+
+#[test]
+fn web_keys_default_and_parse() {
+    let s = settings("", &["0.0.0.0", "4000"]).unwrap();
+    assert!(s.web.enabled);
+    assert_eq!(s.web.host, "0.0.0.0", "http_host follows host");
+    assert_eq!(s.web.port, 4180);
+    assert!(s.web.allowed_origins.is_empty());
+    assert!(s.web.trusted_proxies.is_empty());
+    let s = settings(
+        r#"
+http = false
+http_host = "::1"
+http_port = 0
+allowed_origins = ["HTTPS://Chat.Example.org/"]
+trusted_proxies = ["10.0.0.0/8", "::1"]
+"#,
+        &[],
+    )
+    .unwrap();
+    assert!(!s.web.enabled);
+    assert_eq!(s.web.host, "::1");
+    assert_eq!(s.web.port, 0);
+    assert_eq!(s.web.allowed_origins, ["https://chat.example.org"]);
+    assert!(s.web.trusted_proxies[0].contains("10.9.9.9".parse().unwrap()));
+    assert!(s.web.trusted_proxies[1].contains("::1".parse().unwrap()));
+}
+
+#[test]
+fn bad_web_keys_are_named() {
+    for (text, key) in [
+        ("trusted_proxies = [\"10.0.0.0/40\"]", "trusted_proxies"),
+        ("trusted_proxies = [\"proxy.example\"]", "trusted_proxies"),
+        (
+            "allowed_origins = [\"chat.example.org\"]",
+            "allowed_origins",
+        ),
+        ("http_host = \" \"", "http_host"),
+        ("http_port = 70000", "http_port"),
+        ("http = 1", "http"),
+    ] {
+        let e = settings(text, &[]).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}

@@ -88,6 +88,8 @@ pub(super) struct Outage {
 struct InFlight {
     /// The last ticket it makes durable.
     upto: u64,
+    /// When it was sent to the store.
+    started: Instant,
     answer: oneshot::Receiver<Committed>,
 }
 
@@ -422,7 +424,11 @@ impl Driver {
             outage.new_changes = false;
         }
         let answer = self.store.start_commit(ops)?;
-        self.commits.in_flight = Some(InFlight { upto, answer });
+        self.commits.in_flight = Some(InFlight {
+            upto,
+            started: Instant::now(),
+            answer,
+        });
         Ok(())
     }
 
@@ -433,10 +439,11 @@ impl Driver {
         &mut self,
         ended: Result<Committed, StoreGone>,
     ) -> Result<(), RunError> {
-        let Some(InFlight { upto, .. }) = self.commits.in_flight.take() else {
+        let Some(InFlight { upto, started, .. }) = self.commits.in_flight.take() else {
             return Ok(());
         };
         let (ops, result) = ended?;
+        crate::metrics::commit(started.elapsed());
         match result {
             Ok(()) => {
                 let c = &mut self.commits;

@@ -37,8 +37,10 @@ use crate::store::{Store, StoreError, StoreGone, StoreThread};
 
 mod commits;
 mod pages;
+mod web;
 
 use commits::{commit_ended, Commits};
+pub use web::{WebHandoff, WebRequest, WsConnection, WEB_HANDOFF_QUEUE};
 
 /// Inputs fed in one round at most, so that timers and commits keep up
 /// under load.
@@ -140,6 +142,8 @@ struct Driver {
     /// Pages of boxes the core asked for, each with the ticket that makes
     /// every change before it durable (`pages.rs`).
     loads: Vec<(u64, chatcore::HeldRequest)>,
+    /// WebSocket connections and health pings from the web listener.
+    web: Option<mpsc::Receiver<WebRequest>>,
 }
 
 /// An output that goes to a connection: what may wait behind a barrier.
@@ -178,6 +182,8 @@ pub struct Prepared {
     checker: PasswordChecker,
     tls: Option<Arc<rustls::ServerConfig>>,
     reload: crate::reload::Link,
+    /// See [`Prepared::web_handoff`].
+    web: Option<mpsc::Receiver<WebRequest>>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -234,6 +240,7 @@ pub async fn prepare(
         checker,
         tls,
         reload,
+        web: None,
     })
 }
 
@@ -261,6 +268,7 @@ impl Prepared {
             checker,
             tls,
             mut reload,
+            web,
         } = self;
         let clock = Clock::start();
         let server = Server::restore(clock.now(), settings.core.clone(), accounts, restored);
@@ -295,6 +303,7 @@ impl Prepared {
             forget: Vec::new(),
             dead: Vec::new(),
             loads: Vec::new(),
+            web,
         };
         let result = driver
             .serve(&listener, &mut rx, &mut reload.rx, shutdown)
@@ -356,6 +365,7 @@ impl Driver {
                     accept_resume = None;
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                Some(request) = web::next_web(&mut self.web) => self.web_request(request),
             }
             let mut accepted = 0;
             while accepted < MAX_ACCEPTS_PER_ROUND && accept_resume.is_none() {
@@ -410,7 +420,10 @@ impl Driver {
         while let Some(output) = self.server.poll_output() {
             match output {
                 Output::CheckPassword(check) => self.check_password(check),
-                Output::Event(event) => log_event(&event),
+                Output::Event(event) => {
+                    crate::metrics::event(&event);
+                    log_event(&event);
+                }
                 Output::Close { session } => {
                     if let Some(conn) = self.conns.get_mut(&session) {
                         conn.live = false;
@@ -420,6 +433,7 @@ impl Driver {
                 Output::Persist(op) => self.commits.persist(op),
                 Output::Barrier { session } => self.barrier(session),
                 Output::Send { session, line } => {
+                    crate::metrics::line(&line);
                     self.emit(RoundOutput::Send { session, line });
                 }
                 Output::NotifyWritten { session } => {
@@ -505,6 +519,7 @@ impl Driver {
         let ip = peer.ip().to_canonical();
         let Some(permit) = self.limiter.try_acquire(ip) else {
             tracing::warn!(%peer, "refused: too many connections");
+            crate::metrics::refused(self.transport());
             self.refuse(stream);
             return;
         };
@@ -522,9 +537,11 @@ impl Driver {
             clock: self.clock,
             tls: self.tls.clone(),
         };
-        let abort = self
-            .tasks
-            .spawn(run_connection(stream, params, out_rx, permit));
+        let open = crate::metrics::OpenConnection::new(self.transport());
+        let abort = self.tasks.spawn(async move {
+            let _open = open;
+            run_connection(stream, params, out_rx, permit).await;
+        });
         if let Some(old) = self.conns.insert(
             session,
             Conn {
