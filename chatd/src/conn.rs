@@ -365,7 +365,7 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
             let mut marked = false;
             while !marked && buf.len() < BATCH_BYTES {
                 match taken.pop_front() {
-                    Some(Queued::Line(line)) => buf.extend_from_slice(line.as_bytes()),
+                    Some(Queued::Line(line)) => buf.extend_from_slice(&line),
                     Some(Queued::Mark) => marked = true,
                     None => match out.try_take() {
                         Some(more) => taken = more,

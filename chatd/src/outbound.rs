@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
@@ -16,8 +17,9 @@ use crate::clock::Clock;
 /// An entry of an outbound queue.
 #[derive(Debug)]
 pub(crate) enum Queued {
-    /// A line, with its `\n`.
-    Line(String),
+    /// A line, with its `\n`. Shared bytes, so that a broadcast formatted
+    /// once is queued for every receiver without a copy each.
+    Line(Bytes),
     /// Report `Input::Written` once everything before this is written.
     Mark,
 }
@@ -91,8 +93,16 @@ pub struct OutboundLimit {
 }
 
 impl Outbound {
-    /// Queues one line (with its `\n`). Never waits.
-    pub fn push(&mut self, line: String, limit: &OutboundLimit, clock: &Clock) -> Result<(), Dead> {
+    /// Queues one line (with its `\n`). Never waits. Takes anything that
+    /// becomes [`Bytes`] without a copy: a `String` formatted for one
+    /// receiver, or a clone of bytes shared by many.
+    pub fn push(
+        &mut self,
+        line: impl Into<Bytes>,
+        limit: &OutboundLimit,
+        clock: &Clock,
+    ) -> Result<(), Dead> {
+        let line = line.into();
         let n = line.len();
         let queued = self.shared.queued.fetch_add(n, Ordering::AcqRel) + n;
         if queued > limit.max_bytes {
@@ -234,10 +244,10 @@ mod tests {
             .progress_ms
             .store(clock.elapsed_ms(), Ordering::Release);
         tokio::time::advance(Duration::from_millis(900)).await;
-        assert_eq!(tx.push("x".into(), &limit, &clock), Ok(()));
+        assert_eq!(tx.push("x", &limit, &clock), Ok(()));
         // No progress for longer than the grace: dead.
         tokio::time::advance(Duration::from_millis(200)).await;
-        assert_eq!(tx.push("x".into(), &limit, &clock), Err(Dead));
+        assert_eq!(tx.push("x", &limit, &clock), Err(Dead));
         // The hard cap is dead at once.
         let (mut tx, _rx) = outbound(&clock);
         assert_eq!(tx.push("x".repeat(1001), &limit, &clock), Err(Dead));
@@ -253,9 +263,9 @@ mod tests {
         };
         let (mut tx, mut rx) = outbound(&clock);
         assert!(rx.try_take().is_none());
-        tx.push("a\n".into(), &limit, &clock).unwrap();
+        tx.push("a\n", &limit, &clock).unwrap();
         tx.mark();
-        tx.push("b\n".into(), &limit, &clock).unwrap();
+        tx.push("b\n", &limit, &clock).unwrap();
         let got: Vec<String> = rx
             .take()
             .await
@@ -277,7 +287,7 @@ mod tests {
             (first, end)
         });
         tokio::task::yield_now().await;
-        tx.push("c\n".into(), &limit, &clock).unwrap();
+        tx.push("c\n", &limit, &clock).unwrap();
         tokio::task::yield_now().await;
         // ...and told the end once the driver drops its end.
         drop(tx);
@@ -295,7 +305,7 @@ mod tests {
         let (mut tx, rx) = outbound(&clock);
         let shared = Arc::clone(&rx.shared);
         drop(rx);
-        tx.push("a\n".into(), &limit, &clock).unwrap();
+        tx.push("a\n", &limit, &clock).unwrap();
         tx.mark();
         assert!(shared.queue().entries.is_empty());
     }
