@@ -1,5 +1,18 @@
 //! One TCP connection: a reader that turns bytes into core inputs and a
 //! writer that drains the connection's outbound queue, both in one task.
+//!
+//! Most connections are idle most of the time, so an idle one keeps as
+//! little as it can: one task whose future holds no buffer (reads go into a
+//! buffer on the stack of the poll that finds bytes, and into the heap only
+//! while they are decoded; the write buffer exists only while lines are
+//! being written), borrowed socket halves instead of shared ones, and the
+//! TLS machinery boxed apart so that plain connections do not carry its
+//! size. chat-bench S3 measures the result.
+//!
+//! For the same reason the functions whose futures make up a connection's
+//! task return `async move` blocks instead of being `async fn`s: an
+//! `async fn` keeps each argument twice in its state, as the argument and
+//! as the local it is moved into, and that was a quarter of the task.
 //! With TLS configured, the task first completes the TLS handshake, within
 //! `login_timeout`: doing it here rather than in the accept loop means a
 //! client that never finishes its handshake holds up nobody but itself, and
@@ -13,13 +26,17 @@
 //! [`Outbound::push`](crate::outbound::Outbound::push): a peer
 //! that stops reading is declared dead instead of buffering without end.
 
+use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Poll};
 use std::time::Duration;
 
 use chatcore::wire::LineDecoder;
 use chatcore::{Input, SessionId};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -76,11 +93,10 @@ const FLUSH_AFTER_EOF: Duration = Duration::from_secs(5);
 /// Writes that are batched into one `write` at most.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// The read buffer of a quiet connection.
-const READ_MIN: usize = 512;
-
-/// The read buffer of a busy one.
-const READ_MAX: usize = 32 * 1024;
+/// Bytes taken from the socket in one read at most. The buffer lives on
+/// the stack of the poll that reads, so its size costs an idle connection
+/// nothing.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Why the reader stopped.
 enum ReadEnd {
@@ -97,33 +113,45 @@ enum ReadEnd {
 /// On a TLS port, the lines the core queued meanwhile (`HELLO CHAT/1`) wait
 /// for the handshake; if it fails or times out, the core is told the
 /// connection closed, as for any peer that goes away.
-pub async fn run_connection(
-    stream: TcpStream,
+#[allow(clippy::manual_async_fn)] // smaller than an `async fn`: see the module doc
+pub fn run_connection(
+    mut stream: TcpStream,
     params: ConnParams,
     out: OutboundRx,
     permit: ConnPermit,
-) {
-    let _permit = permit;
-    match &params.tls {
-        // Plain TCP keeps the socket's own halves, which need no lock.
-        None => {
-            let (r, w) = stream.into_split();
-            serve_lines(r, w, &params, out).await;
-        }
-        Some(tls) => match handshake(stream, tls, &params).await {
-            Some(stream) => {
-                let (r, w) = tokio::io::split(stream);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Named, so the block owns the permit until the connection ends.
+        let _permit = &permit;
+        match &params.tls {
+            // Plain TCP borrows the socket's halves, which need neither a
+            // lock nor an allocation.
+            None => {
+                let (r, w) = stream.split();
                 serve_lines(r, w, &params, out).await;
             }
-            None => {
-                let _ = params
-                    .inputs
-                    .send(Input::Closed {
-                        session: params.session,
-                    })
-                    .await;
-            }
-        },
+            // Boxed: the handshake and the TLS stream are kilobytes, which
+            // every plain connection's task would carry too if inline.
+            Some(tls) => Box::pin(serve_tls(stream, tls.clone(), &params, out)).await,
+        }
+    }
+}
+
+/// A connection on a TLS port: the handshake, then lines.
+async fn serve_tls(stream: TcpStream, tls: TlsParams, params: &ConnParams, out: OutboundRx) {
+    match handshake(stream, &tls, params).await {
+        Some(stream) => {
+            let (r, w) = tokio::io::split(stream);
+            serve_lines(r, w, params, out).await;
+        }
+        None => {
+            let _ = params
+                .inputs
+                .send(Input::Closed {
+                    session: params.session,
+                })
+                .await;
+        }
     }
 }
 
@@ -167,152 +195,251 @@ async fn handshake(
 
 /// Reads lines into the core and writes the outbound queue, over either
 /// kind of stream, until the connection is closed.
-async fn serve_lines<R, W>(mut r: R, w: W, params: &ConnParams, out: OutboundRx)
+#[allow(clippy::manual_async_fn)] // smaller than an `async fn`: see the module doc
+fn serve_lines<'a, R, W>(
+    mut r: R,
+    w: W,
+    params: &'a ConnParams,
+    out: OutboundRx,
+) -> impl Future<Output = ()> + 'a
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + 'a,
+    W: AsyncWrite + Unpin + 'a,
 {
-    let session = params.session;
-    let linger = {
-        let reader = read_loop(&mut r, params);
+    async move {
+        let (session, peer) = (params.session, &params.peer);
         let writer = write_loop(w, out, params);
-        tokio::pin!(reader, writer);
-        tokio::select! {
-            end = &mut reader => match end {
-                ReadEnd::Eof => {
-                    // The peer may still read: the core handles what it sent
-                    // before (flood control may space that out), then closes
-                    // the session, and the writer flushes and shuts down.
-                    tracing::debug!(%session, peer = %params.peer, "peer sent EOF");
-                    let _ = params.inputs.send(Input::InputEnded { session }).await;
-                    if let Err(e) = writer.await {
-                        tracing::debug!(%session, peer = %params.peer, "write failed: {e}");
-                        let _ = params.inputs.send(Input::Closed { session }).await;
-                    }
-                    false
+        tokio::pin!(writer);
+        // The reader lives in this block only, so that the states after it
+        // (flushing, lingering) reuse its room in the task instead of adding to
+        // it: every connection's task is as large as its largest state.
+        let first = {
+            let reader = read_loop(&mut r, params);
+            tokio::pin!(reader);
+            tokio::select! {
+                end = &mut reader => First::Reader(end),
+                res = &mut writer => First::Writer(res),
+            }
+        };
+        match first {
+            First::Reader(ReadEnd::Eof) => {
+                // The peer may still read: the core handles what it sent before
+                // (flood control may space that out), then closes the session,
+                // and the writer flushes and shuts down.
+                tracing::debug!(%session, %peer, "peer sent EOF");
+                to_core(&params.inputs, Input::InputEnded { session }).await;
+                if let Err(e) = writer.await {
+                    tracing::debug!(%session, %peer, "write failed: {e}");
+                    to_core(&params.inputs, Input::Closed { session }).await;
                 }
-                ReadEnd::Peer => {
-                    tracing::debug!(%session, peer = %params.peer, "peer gone");
-                    let _ = params.inputs.send(Input::Closed { session }).await;
-                    // The core drops the queue once it has seen `Closed`;
-                    // flush what it queued until then, within bounds.
-                    let _ = tokio::time::timeout(FLUSH_AFTER_EOF, writer).await;
-                    false
-                }
-                ReadEnd::CoreGone => {
-                    let _ = tokio::time::timeout(FLUSH_AFTER_EOF, writer).await;
-                    false
-                }
-            },
-            res = &mut writer => match res {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::debug!(%session, peer = %params.peer, "write failed: {e}");
-                    let _ = params.inputs.send(Input::Closed { session }).await;
-                    false
-                }
-            },
+            }
+            First::Reader(ReadEnd::Peer) => {
+                tracing::debug!(%session, %peer, "peer gone");
+                to_core(&params.inputs, Input::Closed { session }).await;
+                // The core drops the queue once it has seen `Closed`; flush what
+                // it queued until then, within bounds.
+                let _ = Box::pin(tokio::time::timeout(FLUSH_AFTER_EOF, writer)).await;
+            }
+            First::Reader(ReadEnd::CoreGone) => {
+                let _ = Box::pin(tokio::time::timeout(FLUSH_AFTER_EOF, writer)).await;
+            }
+            First::Writer(Err(e)) => {
+                tracing::debug!(%session, %peer, "write failed: {e}");
+                to_core(&params.inputs, Input::Closed { session }).await;
+            }
+            First::Writer(Ok(())) => {
+                // The core closed the connection and everything is written:
+                // read until the peer closes, briefly.
+                let _ = Box::pin(tokio::time::timeout(LINGER, async {
+                    while matches!(read_with(&mut r, |bytes| bytes.len()).await, Ok(n) if n > 0) {}
+                }))
+                .await;
+            }
         }
+    }
+}
+
+/// Which half of a connection finished first.
+enum First {
+    Reader(ReadEnd),
+    Writer(io::Result<()>),
+}
+
+/// Hands one input to the core, waiting while the channel is full; false
+/// if the core is gone. The wait is boxed: it happens only under a flood,
+/// and inline it would make every connection's task larger by a channel
+/// send's state (about 200 bytes), idle or not. Not an `async fn`, which
+/// would keep the input twice in its state (argument and local).
+fn to_core(inputs: &mpsc::Sender<Input>, input: Input) -> impl Future<Output = bool> + '_ {
+    let wait = match inputs.try_send(input) {
+        Ok(()) => Err(true),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
+        Err(mpsc::error::TrySendError::Full(input)) => Ok(Box::pin(inputs.send(input))),
     };
-    if linger {
-        // The core closed the connection and everything is written: read
-        // until the peer closes, briefly.
-        let mut sink = [0u8; 4096];
-        let _ = tokio::time::timeout(LINGER, async {
-            while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
-        })
-        .await;
+    async move {
+        match wait {
+            Ok(send) => send.await.is_ok(),
+            Err(done) => done,
+        }
     }
 }
 
 /// Decodes lines and sends them to the core until EOF or an error.
-async fn read_loop<R: AsyncRead + Unpin>(r: &mut R, p: &ConnParams) -> ReadEnd {
-    let mut decoder = LineDecoder::new(p.max_line_bytes);
-    // Most connections are idle most of the time: keep a small buffer, and
-    // grow it only while reads keep filling it.
-    let mut buf = vec![0u8; READ_MIN];
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) => return ReadEnd::Eof,
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(session = %p.session, "read failed: {e}");
-                return ReadEnd::Peer;
-            }
-        };
-        let full = n == buf.len();
-        let mut input = &buf[..n];
-        while let Some(item) = decoder.decode(&mut input) {
-            let input = match item {
-                Ok(line) => Input::Line {
-                    session: p.session,
-                    line,
-                },
-                Err(error) => Input::Malformed {
-                    session: p.session,
-                    error,
-                },
+#[allow(clippy::manual_async_fn)] // smaller than an `async fn`: see the module doc
+fn read_loop<'a, R: AsyncRead + Unpin>(
+    r: &'a mut R,
+    p: &'a ConnParams,
+) -> impl Future<Output = ReadEnd> + 'a {
+    async move {
+        let mut decoder = LineDecoder::new(p.max_line_bytes);
+        loop {
+            // The bytes read are on the heap only until their lines are sent:
+            // sending may wait (the input channel is full), and the poll's
+            // stack buffer does not outlive the poll.
+            let data = match read_with(r, <[u8]>::to_vec).await {
+                Ok(data) if data.is_empty() => return ReadEnd::Eof,
+                Ok(data) => data,
+                Err(e) => {
+                    tracing::debug!(session = %p.session, "read failed: {e}");
+                    return ReadEnd::Peer;
+                }
             };
-            if p.inputs.send(input).await.is_err() {
-                return ReadEnd::CoreGone;
+            let mut input = &data[..];
+            while let Some(item) = decoder.decode(&mut input) {
+                let input = match item {
+                    Ok(line) => Input::Line {
+                        session: p.session,
+                        line,
+                    },
+                    Err(error) => Input::Malformed {
+                        session: p.session,
+                        error,
+                    },
+                };
+                if !to_core(&p.inputs, input).await {
+                    return ReadEnd::CoreGone;
+                }
             }
-        }
-        if full && buf.len() < READ_MAX {
-            buf = vec![0u8; buf.len() * 4];
-        } else if !full && buf.len() > READ_MIN {
-            buf = vec![0u8; READ_MIN];
         }
     }
+}
+
+/// Waits for bytes, reads up to [`READ_CHUNK`] of them into a buffer on
+/// the stack of the poll that finds them, and hands them to `use_bytes`;
+/// empty at EOF. Waiting keeps no buffer, so an idle connection pays for
+/// none.
+async fn read_with<R, T>(r: &mut R, mut use_bytes: impl FnMut(&[u8]) -> T) -> io::Result<T>
+where
+    R: AsyncRead + Unpin,
+{
+    poll_fn(|cx| {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut *r).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(use_bytes(buf.filled())))
+    })
+    .await
 }
 
 /// Writes queued lines, batching whatever is queued into one write, until
 /// the core drops the queue; then shuts the socket's write side down (on
 /// TLS, after a `close_notify`). A mark in the queue is answered with
 /// [`Input::Written`] once the lines before it are written.
-async fn write_loop<W: AsyncWrite + Unpin>(
+#[allow(clippy::manual_async_fn)] // smaller than an `async fn`: see the module doc
+fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
     mut w: W,
     mut out: OutboundRx,
-    p: &ConnParams,
-) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(first) = out.recv().await {
-        let mut marked = false;
-        match first {
-            Queued::Line(line) => buf.extend_from_slice(line.as_bytes()),
-            Queued::Mark => marked = true,
-        }
-        while !marked && buf.len() < BATCH_BYTES {
-            match out.try_recv() {
-                Some(Queued::Line(more)) => buf.extend_from_slice(more.as_bytes()),
-                Some(Queued::Mark) => marked = true,
-                None => break,
+    p: &'a ConnParams,
+) -> impl Future<Output = io::Result<()>> + 'a {
+    async move {
+        let mut buf: Vec<u8> = Vec::new();
+        // Entries taken from the queue and not written yet.
+        let mut taken = std::collections::VecDeque::new();
+        loop {
+            if taken.is_empty() {
+                match out.take().await {
+                    Some(entries) => taken = entries,
+                    None => break,
+                }
             }
-        }
-        let mut off = 0;
-        while off < buf.len() {
-            let n = w.write(&buf[off..]).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+            let mut marked = false;
+            while !marked && buf.len() < BATCH_BYTES {
+                match taken.pop_front() {
+                    Some(Queued::Line(line)) => buf.extend_from_slice(&line),
+                    Some(Queued::Mark) => marked = true,
+                    None => match out.try_take() {
+                        Some(more) => taken = more,
+                        None => break,
+                    },
+                }
             }
-            off += n;
-            out.wrote(n, &p.clock);
-        }
-        // TLS may keep encrypted records buffered after accepting the
-        // plaintext; they must leave before the writer waits for more. A
-        // no-op on plain TCP.
-        w.flush().await?;
-        if marked {
-            let written = Input::Written { session: p.session };
-            if p.inputs.send(written).await.is_err() {
+            let mut off = 0;
+            while off < buf.len() {
+                let n = w.write(&buf[off..]).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                off += n;
+                out.wrote(n, &p.clock);
+            }
+            // TLS may keep encrypted records buffered after accepting the
+            // plaintext; they must leave before the writer waits for more. A
+            // no-op on plain TCP.
+            w.flush().await?;
+            if marked && !to_core(&p.inputs, Input::Written { session: p.session }).await {
                 return Ok(());
             }
+            // An idle connection keeps no buffer; a busy one keeps a modest one.
+            if taken.is_empty() && out.is_empty() {
+                buf = Vec::new();
+                taken = std::collections::VecDeque::new();
+            } else if buf.capacity() > 4 * BATCH_BYTES {
+                buf = Vec::new();
+            } else {
+                buf.clear();
+            }
         }
-        // An idle connection keeps no buffer; a busy one keeps a modest one.
-        if out.is_empty() || buf.capacity() > 4 * BATCH_BYTES {
-            buf = Vec::new();
-        } else {
-            buf.clear();
-        }
+        w.shutdown().await
     }
-    w.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::ConnLimiter;
+    use crate::outbound::outbound;
+
+    /// The state an idle plain connection keeps in its task, beyond the
+    /// heap it points to. Every connection pays it, so it is held to a
+    /// budget: the handshake, the TLS stream and any read buffer must stay
+    /// out of it (they once made it 6.8 KiB).
+    #[tokio::test]
+    async fn an_idle_connection_task_is_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let clock = Clock::start();
+        let (inputs, _rx) = mpsc::channel(1);
+        let session = chatcore::Server::new(
+            clock.now(),
+            chatcore::Config::default(),
+            chatcore::Accounts::new(),
+        )
+        .open_session(clock.now(), peer.ip());
+        let params = ConnParams {
+            session,
+            peer,
+            max_line_bytes: 4096,
+            inputs,
+            clock,
+            tls: None,
+        };
+        let (_out, out_rx) = outbound(&clock);
+        let permit = ConnLimiter::new(1, 1).try_acquire(peer.ip()).unwrap();
+        let task = run_connection(stream, params, out_rx, permit);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("connection future: {size} bytes");
+        assert!(size <= 1024, "a connection's future is {size} bytes");
+    }
 }

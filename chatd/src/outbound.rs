@@ -4,21 +4,40 @@
 //! peer that stops reading into a dropped connection instead of memory
 //! growing without end.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use tokio::sync::Notify;
 
 use crate::clock::Clock;
 
 /// An entry of an outbound queue.
 #[derive(Debug)]
 pub(crate) enum Queued {
-    /// A line, with its `\n`.
-    Line(String),
+    /// A line, with its `\n`. Shared bytes, so that a broadcast formatted
+    /// once is queued for every receiver without a copy each.
+    Line(Bytes),
     /// Report `Input::Written` once everything before this is written.
     Mark,
+}
+
+/// The entries themselves, and whether either end is gone.
+///
+/// A plain locked deque rather than a channel: most connections are idle
+/// most of the time, and an empty `VecDeque` holds no allocation, whereas
+/// tokio's unbounded channel keeps about 1.3 KiB per connection (its
+/// cache-padded state and a first block of 32 slots) even when empty. The
+/// lock is held only to push one entry or to take them all.
+#[derive(Debug, Default)]
+struct Queue {
+    entries: VecDeque<Queued>,
+    /// The driver dropped its end: the writer flushes and closes.
+    driver_gone: bool,
+    /// The writer is gone: nothing more is kept.
+    writer_gone: bool,
 }
 
 /// What the writer and the core share about one outbound queue.
@@ -28,6 +47,11 @@ struct OutboundShared {
     queued: AtomicUsize,
     /// [`Clock::elapsed_ms`] when the socket last accepted bytes.
     progress_ms: AtomicU64,
+    queue: Mutex<Queue>,
+    /// Wakes the writer when entries arrive or the driver lets go. A
+    /// wake-up given while the writer is not waiting is kept for its next
+    /// wait, so none is lost.
+    wake: Notify,
 }
 
 /// Bytes still queued when the connection goes leave the metrics' total.
@@ -37,10 +61,17 @@ impl Drop for OutboundShared {
     }
 }
 
-/// The core's end of a connection's outbound queue.
+impl OutboundShared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // The lock guards no invariant a panic could break half-way.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The core's end of a connection's outbound queue. Dropping it makes the
+/// writer write what is queued and then shut the socket down.
 #[derive(Debug)]
 pub struct Outbound {
-    tx: mpsc::UnboundedSender<Queued>,
     shared: Arc<OutboundShared>,
     /// When the queue last went over the bound, if it is over it.
     over_since_ms: Option<u64>,
@@ -69,8 +100,16 @@ pub struct OutboundLimit {
 }
 
 impl Outbound {
-    /// Queues one line (with its `\n`). Never waits.
-    pub fn push(&mut self, line: String, limit: &OutboundLimit, clock: &Clock) -> Result<(), Dead> {
+    /// Queues one line (with its `\n`). Never waits. Takes anything that
+    /// becomes [`Bytes`] without a copy: a `String` formatted for one
+    /// receiver, or a clone of bytes shared by many.
+    pub fn push(
+        &mut self,
+        line: impl Into<Bytes>,
+        limit: &OutboundLimit,
+        clock: &Clock,
+    ) -> Result<(), Dead> {
+        let line = line.into();
         let n = line.len();
         crate::metrics::outbound_queued(n);
         let queued = self.shared.queued.fetch_add(n, Ordering::AcqRel) + n;
@@ -86,41 +125,75 @@ impl Outbound {
         } else {
             self.over_since_ms = None;
         }
-        // A closed queue means the writer ended on an error; the connection
-        // task reports that as `Input::Closed` itself.
-        let _ = self.tx.send(Queued::Line(line));
+        self.enqueue(Queued::Line(line));
         Ok(())
     }
 
     /// Asks the writer to report [`Input::Written`](chatcore::Input::Written) once every line queued
     /// so far is written to the socket (the core's `NotifyWritten`).
     pub fn mark(&self) {
-        let _ = self.tx.send(Queued::Mark);
+        self.enqueue(Queued::Mark);
+    }
+
+    fn enqueue(&self, entry: Queued) {
+        let mut q = self.shared.queue();
+        // A writer that is gone ended on an error; the connection task
+        // reports that as `Input::Closed` itself.
+        if q.writer_gone {
+            return;
+        }
+        let was_empty = q.entries.is_empty();
+        q.entries.push_back(entry);
+        drop(q);
+        // A non-empty queue was already signalled, and the writer takes
+        // everything in it at once.
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        self.shared.queue().driver_gone = true;
+        self.shared.wake.notify_one();
     }
 }
 
 /// The writer's end of a connection's outbound queue.
 #[derive(Debug)]
 pub struct OutboundRx {
-    rx: mpsc::UnboundedReceiver<Queued>,
     shared: Arc<OutboundShared>,
 }
 
 impl OutboundRx {
-    /// The next entry, waiting for one; `None` once the driver dropped the
-    /// queue.
-    pub(crate) async fn recv(&mut self) -> Option<Queued> {
-        self.rx.recv().await
+    /// Every entry queued now, oldest first, waiting until there is one;
+    /// `None` once the driver dropped the queue and it is empty. The queue
+    /// is left without an allocation: the deque goes to the writer, which
+    /// drops it once written.
+    pub(crate) async fn take(&mut self) -> Option<VecDeque<Queued>> {
+        loop {
+            if let Some(taken) = self.try_take() {
+                return Some(taken);
+            }
+            if self.shared.queue().driver_gone {
+                // Entries queued before the driver let go were taken above:
+                // it queues nothing after dropping its end.
+                return self.try_take();
+            }
+            self.shared.wake.notified().await;
+        }
     }
 
-    /// The next entry if one is queued now.
-    pub(crate) fn try_recv(&mut self) -> Option<Queued> {
-        self.rx.try_recv().ok()
+    /// Every entry queued now, if there is any.
+    pub(crate) fn try_take(&mut self) -> Option<VecDeque<Queued>> {
+        let mut q = self.shared.queue();
+        (!q.entries.is_empty()).then(|| std::mem::take(&mut q.entries))
     }
 
     /// Whether nothing is queued now.
     pub(crate) fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.shared.queue().entries.is_empty()
     }
 
     /// The socket accepted `n` bytes: they no longer count against the
@@ -134,20 +207,26 @@ impl OutboundRx {
     }
 }
 
+impl Drop for OutboundRx {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue();
+        q.writer_gone = true;
+        q.entries = VecDeque::new();
+    }
+}
+
 /// A new outbound queue.
 pub fn outbound(clock: &Clock) -> (Outbound, OutboundRx) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(OutboundShared::default());
     shared
         .progress_ms
         .store(clock.elapsed_ms(), Ordering::Release);
     (
         Outbound {
-            tx,
             shared: Arc::clone(&shared),
             over_since_ms: None,
         },
-        OutboundRx { rx, shared },
+        OutboundRx { shared },
     )
 }
 
@@ -174,12 +253,69 @@ mod tests {
             .progress_ms
             .store(clock.elapsed_ms(), Ordering::Release);
         tokio::time::advance(Duration::from_millis(900)).await;
-        assert_eq!(tx.push("x".into(), &limit, &clock), Ok(()));
+        assert_eq!(tx.push("x", &limit, &clock), Ok(()));
         // No progress for longer than the grace: dead.
         tokio::time::advance(Duration::from_millis(200)).await;
-        assert_eq!(tx.push("x".into(), &limit, &clock), Err(Dead));
+        assert_eq!(tx.push("x", &limit, &clock), Err(Dead));
         // The hard cap is dead at once.
         let (mut tx, _rx) = outbound(&clock);
         assert_eq!(tx.push("x".repeat(1001), &limit, &clock), Err(Dead));
+    }
+
+    #[tokio::test]
+    async fn the_writer_gets_lines_and_marks_in_order_then_the_end() {
+        let clock = Clock::start();
+        let limit = OutboundLimit {
+            max_bytes: 1000,
+            stall_grace: Duration::from_secs(1),
+            hard_factor: 10,
+        };
+        let (mut tx, mut rx) = outbound(&clock);
+        assert!(rx.try_take().is_none());
+        tx.push("a\n", &limit, &clock).unwrap();
+        tx.mark();
+        tx.push("b\n", &limit, &clock).unwrap();
+        let got: Vec<String> = rx
+            .take()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|q| match q {
+                Queued::Line(l) => String::from_utf8_lossy(l.as_ref()).into_owned(),
+                Queued::Mark => "mark".into(),
+            })
+            .collect();
+        assert_eq!(got, ["a\n", "mark", "b\n"]);
+        // Taking leaves the queue without an allocation: an idle
+        // connection keeps none.
+        assert_eq!(rx.shared.queue().entries.capacity(), 0);
+        // A writer waiting is woken by the next line...
+        let waiting = tokio::spawn(async move {
+            let first = rx.take().await.map(|q| q.len());
+            let end = rx.take().await.map(|q| q.len());
+            (first, end)
+        });
+        tokio::task::yield_now().await;
+        tx.push("c\n", &limit, &clock).unwrap();
+        tokio::task::yield_now().await;
+        // ...and told the end once the driver drops its end.
+        drop(tx);
+        assert_eq!(waiting.await.unwrap(), (Some(1), None));
+    }
+
+    #[test]
+    fn lines_for_a_writer_that_is_gone_are_not_kept() {
+        let clock = Clock::start();
+        let limit = OutboundLimit {
+            max_bytes: 1000,
+            stall_grace: Duration::from_secs(1),
+            hard_factor: 10,
+        };
+        let (mut tx, rx) = outbound(&clock);
+        let shared = Arc::clone(&rx.shared);
+        drop(rx);
+        tx.push("a\n", &limit, &clock).unwrap();
+        tx.mark();
+        assert!(shared.queue().entries.is_empty());
     }
 }

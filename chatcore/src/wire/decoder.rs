@@ -82,7 +82,9 @@ impl LineDecoder {
             }
             // Content plus the terminator must fit within the bound.
             if self.buf.len() + content.len() >= self.max {
-                self.buf.clear();
+                // Freed, not cleared: a connection that sent one long line
+                // would otherwise keep its buffer for as long as it lives.
+                self.buf = Vec::new();
                 self.discarding = newline.is_none();
                 return Some(Err(DecodeError::LineTooLong { max: self.max }));
             }
@@ -136,6 +138,20 @@ mod tests {
             all(&mut d, b"i\r\nwhoelse\n"),
             vec![Ok("message bob hi".into()), Ok("whoelse".into())]
         );
+    }
+
+    #[test]
+    fn an_over_long_line_leaves_no_buffer_behind() {
+        // A connection that once sent a long line and went quiet must not
+        // keep a line's worth of buffer for the rest of its life.
+        let mut d = LineDecoder::new(4096);
+        assert!(all(&mut d, &[b'x'; 3000]).is_empty());
+        assert_eq!(
+            all(&mut d, &[b'x'; 2000]),
+            vec![Err(DecodeError::LineTooLong { max: 4096 })]
+        );
+        assert_eq!(d.buf.capacity(), 0);
+        assert_eq!(all(&mut d, b"rest\nok\n"), vec![Ok("ok".into())]);
     }
 
     #[test]

@@ -161,34 +161,30 @@ async fn write_loop(
     mut out: OutboundRx,
     p: &WsParams,
 ) -> Result<(), axum::Error> {
-    while let Some(first) = out.recv().await {
-        let mut marked = false;
+    while let Some(entries) = out.take().await {
         let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(entry) = next.take() {
+        for entry in entries {
             match entry {
-                Queued::Line(mut line) => {
+                Queued::Line(line) => {
                     bytes += line.len();
-                    if line.ends_with('\n') {
-                        line.pop();
-                    }
-                    sink.feed(Message::Text(line.into())).await?;
+                    let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                    // Server lines are UTF-8: the core formats them from
+                    // strings.
+                    let text = String::from_utf8_lossy(text).into_owned();
+                    sink.feed(Message::Text(text.into())).await?;
                 }
                 Queued::Mark => {
-                    marked = true;
-                    break;
+                    sink.flush().await?;
+                    out.wrote(std::mem::take(&mut bytes), &p.clock);
+                    let written = Input::Written { session: p.session };
+                    if p.inputs.send(written).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
-            next = out.try_recv();
         }
         sink.flush().await?;
         out.wrote(bytes, &p.clock);
-        if marked {
-            let written = Input::Written { session: p.session };
-            if p.inputs.send(written).await.is_err() {
-                return Ok(());
-            }
-        }
     }
     sink.send(Message::Close(None)).await
 }
