@@ -331,7 +331,67 @@ impl SqliteStore {
 /// message last held under that id (by address: every hold of one
 /// broadcast shares one `Arc`) and whether the row is that message. Saves
 /// re-checking the row for each of a broadcast's receivers.
-pub(super) type Known = HashMap<i64, (*const Message, bool)>;
+type Known = HashMap<i64, (*const Message, bool)>;
+
+/// One transaction's ops, and the bookkeeping they leave to be done once,
+/// at its end ([`Batch::finish`]), rather than once per op: a broadcast
+/// held for 1000 users and released by each of them touched each box's
+/// summary, and looked whether its message row could go, 1000 times.
+#[derive(Default)]
+pub(super) struct Batch {
+    known: Known,
+    /// Per user: entries added minus entries removed.
+    boxes: HashMap<String, i64>,
+    /// Ids released: their rows in `messages` go once no box holds them.
+    released: std::collections::BTreeSet<i64>,
+}
+
+impl Batch {
+    /// Brings `held_summary` and `messages` up to date with the ops
+    /// applied: each touched box's count moves by its delta and its last id
+    /// is read back from the `(user, id)` index (a lookup, not a scan), so
+    /// the summary is exact whatever the order of holds and releases was;
+    /// an emptied box loses its summary; a released message whose last
+    /// entry went loses its row.
+    pub(super) fn finish(self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        for (user, delta) in &self.boxes {
+            let count: i64 = tx
+                .prepare_cached("SELECT count FROM held_summary WHERE user = ?1")?
+                .query_row(params![user], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if count + delta <= 0 {
+                tx.prepare_cached("DELETE FROM held_summary WHERE user = ?1")?
+                    .execute(params![user])?;
+                continue;
+            }
+            tx.prepare_cached(
+                "INSERT INTO held_summary (user, count, last)
+                 VALUES (?1, ?2, (SELECT MAX(id) FROM held WHERE user = ?1))
+                 ON CONFLICT (user) DO UPDATE
+                 SET count = excluded.count, last = excluded.last",
+            )?
+            .execute(params![user, count + delta])?;
+        }
+        for id in &self.released {
+            tx.prepare_cached(
+                "DELETE FROM messages
+                 WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM held WHERE id = ?1)",
+            )?
+            .execute(params![id])?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies one op on its own, bookkeeping included (for tests and
+/// migrations that write ops one at a time).
+#[cfg(test)]
+pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
+    let mut batch = Batch::default();
+    apply_op(tx, op, &mut batch)?;
+    batch.finish(tx)
+}
 
 /// Makes sure `messages` has a row for `message`'s id; returns whether
 /// that row is `message` (else the box entry is a variant).
@@ -366,17 +426,17 @@ pub(super) const RECORD_FAILURES: &str =
 pub(super) fn apply_op(
     tx: &rusqlite::Transaction<'_>,
     op: &StoreOp,
-    known: &mut Known,
+    batch: &mut Batch,
 ) -> rusqlite::Result<()> {
     match op {
         StoreOp::Hold { user, message } => {
             let id = to_sql(message.id);
             let ptr = Arc::as_ptr(message);
-            let same = match known.get(&id) {
+            let same = match batch.known.get(&id) {
                 Some(&(seen, same)) if seen == ptr => same,
                 _ => {
                     let same = store_message(tx, message)?;
-                    known.insert(id, (ptr, same));
+                    batch.known.insert(id, (ptr, same));
                     same
                 }
             };
@@ -384,12 +444,7 @@ pub(super) fn apply_op(
                 .prepare_cached("INSERT OR IGNORE INTO held (id, user) VALUES (?1, ?2)")?
                 .execute(params![id, user])?;
             if added == 1 {
-                tx.prepare_cached(
-                    "INSERT INTO held_summary (user, count, last) VALUES (?1, 1, ?2)
-                     ON CONFLICT (user) DO UPDATE
-                     SET count = count + 1, last = MAX(last, excluded.last)",
-                )?
-                .execute(params![user, id])?;
+                *batch.boxes.entry(user.clone()).or_default() += 1;
             }
             if added == 1 && !same {
                 tx.prepare_cached(
@@ -417,28 +472,11 @@ pub(super) fn apply_op(
             }
             tx.prepare_cached("DELETE FROM held_variant WHERE user = ?1 AND id <= ?2")?
                 .execute(params![user, upto])?;
-            // A message row goes with the last box that held it: a lookup
-            // by key prefix per released id.
-            for id in &released {
-                let gone = tx
-                    .prepare_cached(
-                        "DELETE FROM messages
-                         WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM held WHERE id = ?1)",
-                    )?
-                    .execute(params![id])?;
-                if gone == 1 {
-                    known.remove(id);
-                }
-            }
-            // A prefix went, so the box's last id stays, unless it emptied.
+            // A message row goes with the last box that held it, at the
+            // end of the transaction (a later hold in it may keep it).
             let n = i64::try_from(released.len()).unwrap_or(i64::MAX);
-            let emptied = tx
-                .prepare_cached("DELETE FROM held_summary WHERE user = ?1 AND count <= ?2")?
-                .execute(params![user, n])?;
-            if emptied == 0 {
-                tx.prepare_cached("UPDATE held_summary SET count = count - ?2 WHERE user = ?1")?
-                    .execute(params![user, n])?;
-            }
+            *batch.boxes.entry(user.clone()).or_default() -= n;
+            batch.released.extend(released);
         }
         StoreOp::ReserveIds { next } => {
             tx.prepare_cached(
@@ -504,9 +542,10 @@ impl Store for SqliteStore {
 /// `ops` in one transaction.
 fn apply_all(conn: &mut Connection, ops: &[StoreOp]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut known = Known::new();
+    let mut batch = Batch::default();
     for op in ops {
-        apply_op(&tx, op, &mut known)?;
+        apply_op(&tx, op, &mut batch)?;
     }
+    batch.finish(&tx)?;
     tx.commit()
 }

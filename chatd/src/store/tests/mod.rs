@@ -11,7 +11,7 @@ use rusqlite::{params, Connection};
 
 use super::schema::SCHEMA_VERSION;
 use super::sqlite::{
-    apply_op, kind_str, message_row_at, to_sql, Known, MessageRow, LOAD_FAILURES, RECORD_FAILURES,
+    apply_one, kind_str, message_row_at, to_sql, MessageRow, LOAD_FAILURES, RECORD_FAILURES,
 };
 use super::{Failure, SqliteStore, Store, StoreError};
 

@@ -82,7 +82,7 @@ pub fn apply(store: &mut SqliteStore, ops: &[StoreOp]) {
                     .execute(params![user, to_sql(*upto)])
                     .unwrap();
             }
-            other => apply_op(&tx, other, &mut Known::new()).unwrap(),
+            other => apply_one(&tx, other).unwrap(),
         }
     }
     tx.commit().unwrap();

@@ -96,7 +96,7 @@ pub fn apply(store: &mut SqliteStore, ops: &[StoreOp]) {
                     .unwrap();
                 }
             }
-            other => apply_op(&tx, other, &mut Known::new()).unwrap(),
+            other => apply_one(&tx, other).unwrap(),
         }
     }
     tx.commit().unwrap();
