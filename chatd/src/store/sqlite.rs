@@ -422,7 +422,7 @@ pub(super) const RECORD_FAILURES: &str =
     "INSERT OR REPLACE INTO login_failures (user, ip, count, last, blocked_until, seq)
      VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) + 1 FROM login_failures))";
 
-/// Applies one op inside an open transaction, mirroring [`Restored::apply`].
+/// Applies one op inside an open transaction, mirroring [`chatcore::StoreModel::apply`].
 pub(super) fn apply_op(
     tx: &rusqlite::Transaction<'_>,
     op: &StoreOp,
