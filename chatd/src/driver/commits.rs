@@ -84,10 +84,21 @@ pub(super) struct Outage {
     new_changes: bool,
 }
 
+/// Changes sealed together, waiting to be committed.
+struct Sealed {
+    /// The last ticket they make durable (merged batches keep the last).
+    ticket: u64,
+    ops: Vec<StoreOp>,
+    /// Their size (see [`op_bytes`]).
+    bytes: usize,
+}
+
 /// A commit running on the store thread.
 struct InFlight {
     /// The last ticket it makes durable.
     upto: u64,
+    /// The size of its changes (see [`op_bytes`]).
+    bytes: usize,
     /// When it was sent to the store.
     started: Instant,
     answer: oneshot::Receiver<Committed>,
@@ -113,12 +124,13 @@ struct SessionQueue {
 /// The driver's side of the store: batches, tickets, and the lines that
 /// wait for them.
 pub(super) struct Commits {
-    /// Changes of the round so far.
+    /// Changes of the round so far, and their size.
     open: Vec<StoreOp>,
+    open_bytes: usize,
     /// The ticket the open batch gets when it is sealed.
     open_ticket: u64,
     /// Sealed batches not yet sent to the store, oldest first.
-    sealed: VecDeque<(u64, Vec<StoreOp>)>,
+    sealed: VecDeque<Sealed>,
     /// Bytes of `sealed` (see [`op_bytes`]).
     sealed_bytes: usize,
     /// How many changes are not durable yet, and their bytes: open, sealed
@@ -142,6 +154,7 @@ impl Commits {
     pub(super) fn new(max_unwritten_bytes: usize) -> Commits {
         Commits {
             open: Vec::new(),
+            open_bytes: 0,
             open_ticket: 1,
             sealed: VecDeque::new(),
             sealed_bytes: 0,
@@ -158,8 +171,10 @@ impl Commits {
 
     /// A change for the open batch.
     pub(super) fn persist(&mut self, op: StoreOp) {
+        let bytes = op_bytes(&op);
         self.unwritten_ops += 1;
-        self.unwritten_bytes += op_bytes(&op);
+        self.unwritten_bytes += bytes;
+        self.open_bytes += bytes;
         self.open.push(op);
     }
 
@@ -208,9 +223,13 @@ impl Commits {
         if self.open.is_empty() {
             return;
         }
-        let ops = std::mem::take(&mut self.open);
-        self.sealed_bytes += ops.iter().map(op_bytes).sum::<usize>();
-        self.sealed.push_back((self.open_ticket, ops));
+        let sealed = Sealed {
+            ticket: self.open_ticket,
+            ops: std::mem::take(&mut self.open),
+            bytes: std::mem::take(&mut self.open_bytes),
+        };
+        self.sealed_bytes += sealed.bytes;
+        self.sealed.push_back(sealed);
         self.open_ticket += 1;
         if let Some(outage) = &mut self.outage {
             outage.new_changes = true;
@@ -230,11 +249,7 @@ impl Commits {
         if self.outage.is_none() || self.in_flight.is_some() {
             return None;
         }
-        let ops = self
-            .sealed
-            .iter()
-            .flat_map(|(_, ops)| ops)
-            .chain(&self.open);
+        let ops = self.sealed.iter().flat_map(|b| &b.ops).chain(&self.open);
         Some(
             ops.filter(|op| match op {
                 StoreOp::Hold { user: u, .. } | StoreOp::Release { user: u, .. } => u == user,
@@ -406,26 +421,28 @@ impl Driver {
         if c.in_flight.is_some() {
             return Ok(());
         }
-        let Some((mut upto, mut ops)) = c.sealed.pop_front() else {
+        let Some(mut chunk) = c.sealed.pop_front() else {
             return Ok(());
         };
-        while let Some((_, next)) = c.sealed.front() {
-            if ops.len() + next.len() > COMMIT_CHUNK_OPS {
+        while let Some(next) = c.sealed.front() {
+            if chunk.ops.len() + next.ops.len() > COMMIT_CHUNK_OPS {
                 break;
             }
-            if let Some((ticket, next)) = c.sealed.pop_front() {
-                upto = ticket;
-                ops.extend(next);
+            if let Some(next) = c.sealed.pop_front() {
+                chunk.ticket = next.ticket;
+                chunk.ops.extend(next.ops);
+                chunk.bytes += next.bytes;
             }
         }
-        c.sealed_bytes = c.sealed.iter().flat_map(|(_, b)| b).map(op_bytes).sum();
+        c.sealed_bytes -= chunk.bytes;
         if let Some(outage) = &mut c.outage {
             outage.tried = Instant::now();
             outage.new_changes = false;
         }
-        let answer = self.store.start_commit(ops)?;
+        let answer = self.store.start_commit(chunk.ops)?;
         self.commits.in_flight = Some(InFlight {
-            upto,
+            upto: chunk.ticket,
+            bytes: chunk.bytes,
             started: Instant::now(),
             answer,
         });
@@ -439,7 +456,13 @@ impl Driver {
         &mut self,
         ended: Result<Committed, StoreGone>,
     ) -> Result<(), RunError> {
-        let Some(InFlight { upto, started, .. }) = self.commits.in_flight.take() else {
+        let Some(InFlight {
+            upto,
+            bytes,
+            started,
+            ..
+        }) = self.commits.in_flight.take()
+        else {
             return Ok(());
         };
         let (ops, result) = ended?;
@@ -449,7 +472,7 @@ impl Driver {
                 let c = &mut self.commits;
                 c.durable = upto;
                 c.unwritten_ops -= ops.len();
-                c.unwritten_bytes -= ops.iter().map(op_bytes).sum::<usize>();
+                c.unwritten_bytes -= bytes;
                 self.end_outage();
                 self.release();
                 self.start_commit()
@@ -459,8 +482,12 @@ impl Driver {
                     return Err(RunError::Store(e));
                 };
                 let c = &mut self.commits;
-                c.sealed_bytes += ops.iter().map(op_bytes).sum::<usize>();
-                c.sealed.push_front((upto, ops));
+                c.sealed_bytes += bytes;
+                c.sealed.push_front(Sealed {
+                    ticket: upto,
+                    ops,
+                    bytes,
+                });
                 self.store_failed(&e, detail);
                 Ok(())
             }

@@ -553,14 +553,18 @@ impl Driver {
             let _open = open;
             run_connection(stream, params, out_rx, permit).await;
         });
-        if let Some(old) = self.conns.insert(
-            session,
-            Conn {
-                out,
-                abort,
-                live: true,
-            },
-        ) {
+        self.adopt(session, out, abort);
+    }
+
+    /// Keeps a new connection's queue and task (of either transport), and
+    /// acts on what the core said when it opened the session.
+    fn adopt(&mut self, session: SessionId, out: Outbound, abort: AbortHandle) {
+        let conn = Conn {
+            out,
+            abort,
+            live: true,
+        };
+        if let Some(old) = self.conns.insert(session, conn) {
             // Session ids are never reused; if one were, the old
             // connection could not be told apart, so it goes.
             tracing::error!(%session, "session id reused by the core");

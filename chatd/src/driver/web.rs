@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Conn, Driver, Prepared, MAX_REFUSALS_IN_FLIGHT, REFUSAL};
+use super::{Driver, Prepared, MAX_REFUSALS_IN_FLIGHT, REFUSAL};
 use crate::http::ws::{run_ws, WsParams};
 use crate::metrics::{self, OpenConnection, Transport};
 use crate::outbound::outbound;
@@ -134,18 +134,7 @@ impl Driver {
             let _open = open;
             run_ws(socket, params, out_rx, permit).await;
         });
-        if let Some(old) = self.conns.insert(
-            session,
-            Conn {
-                out,
-                abort,
-                live: true,
-            },
-        ) {
-            tracing::error!(%session, "session id reused by the core");
-            old.abort.abort();
-        }
-        self.drain();
+        self.adopt(session, out, abort);
     }
 
     /// Sends the refusal line as one frame and closes, without holding up
