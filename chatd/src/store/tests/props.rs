@@ -121,6 +121,30 @@ fn arb_batches() -> impl Strategy<Value = Vec<Vec<StoreOp>>> {
     )
 }
 
+/// Opens the migrated store in `dir`, checks it holds what `model` does
+/// (summaries and contents), applies `after` to both, and checks again
+/// after a reopen: a migrated store goes on like a new one.
+fn migrated_goes_on(
+    dir: &std::path::Path,
+    mut model: StoreModel,
+    after: &[Vec<StoreOp>],
+) -> Result<(), TestCaseError> {
+    let mut store = SqliteStore::open(dir).unwrap();
+    prop_assert_eq!(store.load().unwrap(), model.restored());
+    prop_assert_eq!(&contents(&mut store), &model);
+    for batch in after {
+        store.apply(batch).unwrap();
+        for op in batch {
+            model.apply(op);
+        }
+    }
+    drop(store);
+    let mut store = SqliteStore::open(dir).unwrap();
+    prop_assert_eq!(store.load().unwrap(), model.restored());
+    prop_assert_eq!(contents(&mut store), model);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -185,18 +209,7 @@ proptest! {
             }
             prop_assert_eq!(v1::load(&old), model.clone());
         }
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        prop_assert_eq!(&contents(&mut store), &model);
-        for batch in &after {
-            store.apply(batch).unwrap();
-            for op in batch {
-                model.apply(op);
-            }
-        }
-        drop(store);
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        prop_assert_eq!(store.load().unwrap(), model.restored());
-        prop_assert_eq!(contents(&mut store), model);
+        migrated_goes_on(dir.path(), model, &after)?;
     }
 
     /// A version 3 database (boxes without summaries) opens, migrated,
@@ -215,18 +228,6 @@ proptest! {
                 }
             }
         }
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        prop_assert_eq!(store.load().unwrap(), model.restored());
-        prop_assert_eq!(&contents(&mut store), &model);
-        for batch in &after {
-            store.apply(batch).unwrap();
-            for op in batch {
-                model.apply(op);
-            }
-        }
-        drop(store);
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        prop_assert_eq!(store.load().unwrap(), model.restored());
-        prop_assert_eq!(contents(&mut store), model);
+        migrated_goes_on(dir.path(), model, &after)?;
     }
 }
