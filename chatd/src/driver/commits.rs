@@ -33,7 +33,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use chatcore::wire::ServerLine;
 #[cfg(doc)]
 use chatcore::Output;
 use chatcore::{Input, SessionId, StoreOp};
@@ -299,13 +298,7 @@ impl Driver {
     pub(super) fn emit(&mut self, output: RoundOutput) {
         let session = output.session();
         let c = &mut self.commits;
-        let delivery = matches!(
-            &output,
-            RoundOutput::Send {
-                line: ServerLine::Deliver(_),
-                ..
-            }
-        );
+        let delivery = matches!(output, RoundOutput::Send { delivery: true, .. });
         let everyone =
             (delivery && c.everyone_waits_for > c.durable).then_some(c.everyone_waits_for);
         // A delivery may pass the session's lines that wait (an `OK`, the
@@ -338,7 +331,7 @@ impl Driver {
         }
         let bytes = match &output {
             // Only lines that wait are measured.
-            RoundOutput::Send { line, .. } => line.to_string().len() + 1,
+            RoundOutput::Send { bytes, .. } => bytes.len(),
             RoundOutput::Close { .. } | RoundOutput::NotifyWritten { .. } => 0,
         };
         queue.bytes += bytes;
@@ -368,11 +361,7 @@ impl Driver {
                     Waiting::Output(..) => {
                         if let Some(Waiting::Output(o, bytes)) = queue.items.pop_front() {
                             queue.bytes -= bytes;
-                            if let RoundOutput::Send {
-                                line: ServerLine::Deliver(_),
-                                ..
-                            } = &o
-                            {
+                            if let RoundOutput::Send { delivery: true, .. } = &o {
                                 queue.deliveries -= 1;
                             }
                             ready.push(o);

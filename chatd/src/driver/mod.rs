@@ -153,10 +153,15 @@ struct Driver {
 
 /// An output that goes to a connection: what may wait behind a barrier.
 enum RoundOutput {
-    /// [`Output::Send`].
+    /// [`Output::Send`], formatted once, when the core sends it: a line
+    /// that waits is measured by its bytes and written as they are.
     Send {
         session: SessionId,
-        line: ServerLine,
+        /// The line, `\n` included.
+        bytes: Bytes,
+        /// Whether it is a `MSG` or `BCAST` (they may pass other lines
+        /// that wait, see `commits.rs`).
+        delivery: bool,
     },
     /// [`Output::Close`].
     Close { session: SessionId },
@@ -440,7 +445,13 @@ impl Driver {
                 Output::Barrier { session } => self.barrier(session),
                 Output::Send { session, line } => {
                     crate::metrics::line(&line);
-                    self.emit(RoundOutput::Send { session, line });
+                    let delivery = matches!(line, ServerLine::Deliver(_));
+                    let bytes = self.format(&line);
+                    self.emit(RoundOutput::Send {
+                        session,
+                        bytes,
+                        delivery,
+                    });
                 }
                 Output::NotifyWritten { session } => {
                     self.emit(RoundOutput::NotifyWritten { session });
@@ -487,8 +498,12 @@ impl Driver {
     /// Acts on one output that waits for nothing (any more).
     fn dispatch(&mut self, output: RoundOutput) {
         match output {
-            RoundOutput::Send { session, line } => {
-                if self.send(session, &line).is_err() {
+            RoundOutput::Send {
+                session,
+                bytes,
+                delivery,
+            } => {
+                if self.send(session, bytes, delivery).is_err() {
                     self.dead.push(session);
                 }
             }
@@ -505,23 +520,25 @@ impl Driver {
         }
     }
 
+    /// A line's bytes, `\n` included; a broadcast's, once for all its
+    /// receivers.
+    fn format(&mut self, line: &ServerLine) -> Bytes {
+        match line {
+            ServerLine::Deliver(message) => self.last_delivery.line(message),
+            _ => with_newline(line),
+        }
+    }
+
     /// Queues one line for a session; `Err` if its peer stopped reading.
-    fn send(&mut self, session: SessionId, line: &ServerLine) -> Result<(), Dead> {
+    fn send(&mut self, session: SessionId, bytes: Bytes, delivery: bool) -> Result<(), Dead> {
         let Some(conn) = self.conns.get_mut(&session) else {
             return Ok(());
         };
-        let bytes = match line {
-            ServerLine::Deliver(message) => {
-                let bytes = self.last_delivery.line(message);
-                tracing::debug!(%session, "-> {}", shown(&bytes));
-                bytes
-            }
-            _ => {
-                let bytes = with_newline(line);
-                tracing::trace!(%session, "-> {}", shown(&bytes));
-                bytes
-            }
-        };
+        if delivery {
+            tracing::debug!(%session, "-> {}", shown(&bytes));
+        } else {
+            tracing::trace!(%session, "-> {}", shown(&bytes));
+        }
         conn.out.push(bytes, &self.limit, &self.clock)
     }
 
