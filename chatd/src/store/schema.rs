@@ -15,26 +15,31 @@ use super::SqliteStore;
 /// The layout version kept in `PRAGMA user_version`. Version 0 (never set)
 /// and 1 are the first layout, where every `held` row carried a full copy of
 /// its message; version 2 lacked the index on `login_failures.seq`;
-/// version 3 lacked `held_summary` and the index of `held` by user.
-/// [`SqliteStore::open`] migrates them to this one.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+/// version 3 lacked `held_summary` and the index of `held` by user;
+/// version 4 keyed `held` by (id, user) with a second index by (user, id),
+/// and found a message's last holder by looking. [`SqliteStore::open`]
+/// migrates them to this one.
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// The schema (version [`SCHEMA_VERSION`]).
 ///
 /// A message's text is stored once, in `messages`, not once per receiver:
 /// with `persist_deliveries` on, a broadcast to 1000 online users is held
 /// for (and later released by) each of them, and writing its text 1000
-/// times made commits slow. `held` is only the (id, user) pairs, keyed id
-/// first so that the rows of one broadcast are neighbours (a few pages per
-/// commit, not one page per receiver) and "is this message still held by
-/// anyone" is a key-prefix lookup, with no second index to maintain. A
+/// times made commits slow. `held` is only the (user, id) pairs, keyed
+/// user first: a page of a box is a walk of one user's neighbouring keys,
+/// and confirming a prefix of a box (`Release` up to an id) is one range
+/// delete on them. One B-tree, not two: version 4 also kept `held` by
+/// (id, user), and writing both trees was most of the store's work during
+/// a fan-out (each receiver cost two inserts and two deletes).
+///
+/// `messages.holders` counts the `held` rows of each message, kept by
+/// `apply` once per message and transaction (not once per receiver), so
+/// that the row goes with its last holder without a lookup by id. A
 /// `messages` row lives exactly as long as some `held` row has its id.
 ///
 /// Holding the same (user, id) twice keeps one copy, as
-/// [`StoreModel::apply`] does. Each box is read back in id order, a page at
-/// a time, through `held_by_user` (user, id): a page is a walk of one
-/// user's neighbouring index entries, and confirming a prefix of a box
-/// (`Release` up to an id) is one range delete on it.
+/// [`StoreModel::apply`] does.
 ///
 /// `held_summary` is each non-empty box's count and last id, kept by
 /// `apply` in the same transaction as `held`, so that startup reads one row
@@ -54,25 +59,26 @@ pub(super) const SCHEMA_VERSION: i64 = 4;
 /// records, on the core's path).
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
-    id     INTEGER PRIMARY KEY,
-    ts     INTEGER NOT NULL,
-    sender TEXT    NOT NULL,
-    kind   TEXT    NOT NULL CHECK (kind IN ('private', 'broadcast')),
-    text   TEXT    NOT NULL
+    id      INTEGER PRIMARY KEY,
+    ts      INTEGER NOT NULL,
+    sender  TEXT    NOT NULL,
+    kind    TEXT    NOT NULL CHECK (kind IN ('private', 'broadcast')),
+    text    TEXT    NOT NULL,
+    holders INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS held (
-    id   INTEGER NOT NULL,
     user TEXT    NOT NULL,
-    PRIMARY KEY (id, user)
+    id   INTEGER NOT NULL,
+    PRIMARY KEY (user, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS held_variant (
-    id     INTEGER NOT NULL,
     user   TEXT    NOT NULL,
+    id     INTEGER NOT NULL,
     ts     INTEGER NOT NULL,
     sender TEXT    NOT NULL,
     kind   TEXT    NOT NULL CHECK (kind IN ('private', 'broadcast')),
     text   TEXT    NOT NULL,
-    PRIMARY KEY (id, user)
+    PRIMARY KEY (user, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS id_reservation (
     one  INTEGER PRIMARY KEY CHECK (one = 1),
@@ -92,7 +98,6 @@ CREATE TABLE IF NOT EXISTS login_failures (
     PRIMARY KEY (user, ip)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);
-CREATE INDEX IF NOT EXISTS held_by_user ON held (user, id);
 CREATE TABLE IF NOT EXISTS held_summary (
     user  TEXT    PRIMARY KEY,
     count INTEGER NOT NULL CHECK (count > 0),
@@ -100,29 +105,58 @@ CREATE TABLE IF NOT EXISTS held_summary (
 ) WITHOUT ROWID;
 ";
 
-/// Moves a version 3 database to version 4: the index of `held` by user,
-/// and `held_summary` filled from `held` (one pass over the boxes, once).
-/// Also run after [`MIGRATE_V1`] and [`MIGRATE_V2`], which fill `held` or
-/// leave it as it was; every statement is idempotent.
-pub(super) const MIGRATE_V3: &str = "
-CREATE INDEX IF NOT EXISTS held_by_user ON held (user, id);
-CREATE TABLE IF NOT EXISTS held_summary (
-    user  TEXT    PRIMARY KEY,
-    count INTEGER NOT NULL CHECK (count > 0),
-    last  INTEGER NOT NULL
-) WITHOUT ROWID;
+/// Fills what version 5 derives from `held`, from scratch: the summary of
+/// each box, and each message's count of holders (a message no box holds
+/// goes). The last step of every migration; one pass over `held` each.
+pub(super) const FILL_DERIVED: &str = "
 DELETE FROM held_summary;
 INSERT INTO held_summary (user, count, last)
     SELECT user, COUNT(*), MAX(id) FROM held GROUP BY user;
+UPDATE messages SET holders = 0;
+UPDATE messages SET holders = c.n
+    FROM (SELECT id, COUNT(*) AS n FROM held GROUP BY id) AS c
+    WHERE c.id = messages.id;
+DELETE FROM messages WHERE holders = 0;
 ";
 
-/// Moves a version 2 database to version 3 (then [`MIGRATE_V3`] to 4):
-/// only the index is new.
-pub(super) const MIGRATE_V2: &str =
-    "CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);";
+/// Moves a version 2, 3 or 4 database to version 5 (then [`FILL_DERIVED`]):
+/// `held` and `held_variant` are rebuilt keyed by (user, id), the index of
+/// version 4 goes, `messages` gains its count of holders, and versions 2
+/// and 3 gain the index on `login_failures.seq` and `held_summary`.
+pub(super) const MIGRATE_V2_TO_V5: &str = "
+CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);
+DROP INDEX IF EXISTS held_by_user;
+ALTER TABLE held RENAME TO held_v4;
+ALTER TABLE held_variant RENAME TO held_variant_v4;
+ALTER TABLE messages ADD COLUMN holders INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE held (
+    user TEXT    NOT NULL,
+    id   INTEGER NOT NULL,
+    PRIMARY KEY (user, id)
+) WITHOUT ROWID;
+CREATE TABLE held_variant (
+    user   TEXT    NOT NULL,
+    id     INTEGER NOT NULL,
+    ts     INTEGER NOT NULL,
+    sender TEXT    NOT NULL,
+    kind   TEXT    NOT NULL CHECK (kind IN ('private', 'broadcast')),
+    text   TEXT    NOT NULL,
+    PRIMARY KEY (user, id)
+) WITHOUT ROWID;
+INSERT INTO held (user, id) SELECT user, id FROM held_v4;
+INSERT INTO held_variant (user, id, ts, sender, kind, text)
+    SELECT user, id, ts, sender, kind, text FROM held_variant_v4;
+DROP TABLE held_v4;
+DROP TABLE held_variant_v4;
+CREATE TABLE IF NOT EXISTS held_summary (
+    user  TEXT    PRIMARY KEY,
+    count INTEGER NOT NULL CHECK (count > 0),
+    last  INTEGER NOT NULL
+) WITHOUT ROWID;
+";
 
 /// Moves a version 0/1 database (whose `held` has been renamed `held_v1`,
-/// and [`SCHEMA`] run) to version 2: each message once into `messages` (the
+/// and [`SCHEMA`] run) to version 5 (then [`FILL_DERIVED`]): each message once into `messages` (the
 /// copy of the first user in name order, if copies differ), the (id, user)
 /// pairs into `held`, copies that differ from the kept one into
 /// `held_variant`. The other tables are unchanged.
@@ -180,7 +214,7 @@ pub(super) fn migrate(tx: &Transaction<'_>, path: &Path, version: i64) -> Result
                     });
                 }
                 tx.execute_batch(&format!(
-                    "ALTER TABLE held RENAME TO held_v1; {SCHEMA} {MIGRATE_V1} {MIGRATE_V3}"
+                    "ALTER TABLE held RENAME TO held_v1; {SCHEMA} {MIGRATE_V1} {FILL_DERIVED}"
                 ))
                 .map_err(migrate)?;
             } else {
@@ -189,14 +223,9 @@ pub(super) fn migrate(tx: &Transaction<'_>, path: &Path, version: i64) -> Result
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;
         }
-        2 => {
-            tx.execute_batch(&format!("{MIGRATE_V2} {MIGRATE_V3}"))
+        2..=4 => {
+            tx.execute_batch(&format!("{MIGRATE_V2_TO_V5} {FILL_DERIVED}"))
                 .map_err(migrate)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(migrate)?;
-        }
-        3 => {
-            tx.execute_batch(MIGRATE_V3).map_err(migrate)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;
         }

@@ -36,6 +36,8 @@ use super::Store;
 pub struct SqliteStore {
     pub(super) conn: Connection,
     pub(super) path: PathBuf,
+    /// Whether `held_variant` may have rows (see [`Batch`]).
+    pub(super) variants: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -142,7 +144,16 @@ impl SqliteStore {
                 sql(source)
             }
         })?;
-        Ok(SqliteStore { conn, path })
+        let variants = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM held_variant)", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql)?;
+        Ok(SqliteStore {
+            conn,
+            path,
+            variants,
+        })
     }
 
     /// The database file.
@@ -236,7 +247,7 @@ impl SqliteStore {
                         COALESCE(v.kind, m.kind), COALESCE(v.text, m.text)
                  FROM held AS h
                  LEFT JOIN messages AS m ON m.id = h.id
-                 LEFT JOIN held_variant AS v ON v.id = h.id AND v.user = h.user
+                 LEFT JOIN held_variant AS v ON v.user = h.user AND v.id = h.id
                  WHERE h.user = ?1 AND h.id > ?2 AND h.id <= ?3
                  ORDER BY h.id
                  LIMIT ?4",
@@ -333,54 +344,100 @@ impl SqliteStore {
 /// re-checking the row for each of a broadcast's receivers.
 type Known = HashMap<i64, (*const Message, bool)>;
 
+/// How one transaction changed one box.
+#[derive(Default)]
+struct BoxChange {
+    /// Entries added minus entries removed.
+    delta: i64,
+    /// The largest id added.
+    max_added: Option<i64>,
+    /// Whether any entry was removed (then the last id is read back).
+    removed: bool,
+}
+
 /// One transaction's ops, and the bookkeeping they leave to be done once,
 /// at its end ([`Batch::finish`]), rather than once per op: a broadcast
 /// held for 1000 users and released by each of them touched each box's
-/// summary, and looked whether its message row could go, 1000 times.
-#[derive(Default)]
-pub(super) struct Batch {
+/// summary, and its message's count of holders, 1000 times.
+pub(super) struct Batch<'a> {
     known: Known,
-    /// Per user: entries added minus entries removed.
-    boxes: HashMap<String, i64>,
-    /// Ids released: their rows in `messages` go once no box holds them.
-    released: std::collections::BTreeSet<i64>,
+    boxes: HashMap<&'a str, BoxChange>,
+    /// Per message id: holders added minus holders removed. Every id held
+    /// or released in the transaction has an entry, so that a row whose
+    /// holders all went within it goes too.
+    holders: HashMap<i64, i64>,
+    /// Whether `held_variant` may have rows: without any, a release need
+    /// not look there.
+    variants: bool,
 }
 
-impl Batch {
-    /// Brings `held_summary` and `messages` up to date with the ops
-    /// applied: each touched box's count moves by its delta and its last id
-    /// is read back from the `(user, id)` index (a lookup, not a scan), so
-    /// the summary is exact whatever the order of holds and releases was;
-    /// an emptied box loses its summary; a released message whose last
-    /// entry went loses its row.
-    pub(super) fn finish(self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-        for (user, delta) in &self.boxes {
-            let count: i64 = tx
-                .prepare_cached("SELECT count FROM held_summary WHERE user = ?1")?
-                .query_row(params![user], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0);
-            if count + delta <= 0 {
-                tx.prepare_cached("DELETE FROM held_summary WHERE user = ?1")?
-                    .execute(params![user])?;
+impl Batch<'_> {
+    /// A batch for a store whose `held_variant` may (or surely does not)
+    /// have rows.
+    pub(super) fn new(variants: bool) -> Self {
+        Batch {
+            known: Known::default(),
+            boxes: HashMap::new(),
+            holders: HashMap::new(),
+            variants,
+        }
+    }
+
+    /// Brings `held_summary` and `messages.holders` up to date with the
+    /// ops applied, one statement per touched box and per touched message.
+    /// A box that only grew takes the larger last id; a box that lost
+    /// entries is emptied or has its last id read back from the key (a
+    /// lookup, not a scan), so the summary is exact whatever the order of
+    /// holds and releases was. A message with no holder left loses its
+    /// row.
+    pub(super) fn finish(self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<bool> {
+        for (user, change) in &self.boxes {
+            let delta = change.delta;
+            if !change.removed {
+                if delta > 0 {
+                    tx.prepare_cached(
+                        "INSERT INTO held_summary (user, count, last) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (user) DO UPDATE
+                         SET count = count + excluded.count, last = MAX(last, excluded.last)",
+                    )?
+                    .execute(params![user, delta, change.max_added])?;
+                }
                 continue;
             }
-            tx.prepare_cached(
+            let emptied = tx
+                .prepare_cached("DELETE FROM held_summary WHERE user = ?1 AND count + ?2 <= 0")?
+                .execute(params![user, delta])?;
+            if emptied > 0 {
+                continue;
+            }
+            // The box keeps entries. A count that does not grow cannot be
+            // inserted (it must be positive), and needs no insert: a box
+            // that lost entries had a summary, or gained them here.
+            let sql = if delta > 0 {
                 "INSERT INTO held_summary (user, count, last)
                  VALUES (?1, ?2, (SELECT MAX(id) FROM held WHERE user = ?1))
                  ON CONFLICT (user) DO UPDATE
-                 SET count = excluded.count, last = excluded.last",
-            )?
-            .execute(params![user, count + delta])?;
+                 SET count = count + excluded.count, last = excluded.last"
+            } else {
+                "UPDATE held_summary
+                 SET count = count + ?2, last = (SELECT MAX(id) FROM held WHERE user = ?1)
+                 WHERE user = ?1"
+            };
+            tx.prepare_cached(sql)?.execute(params![user, delta])?;
         }
-        for id in &self.released {
-            tx.prepare_cached(
-                "DELETE FROM messages
-                 WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM held WHERE id = ?1)",
-            )?
-            .execute(params![id])?;
+        for (id, delta) in &self.holders {
+            let left: Option<i64> = tx
+                .prepare_cached(
+                    "UPDATE messages SET holders = holders + ?2 WHERE id = ?1 RETURNING holders",
+                )?
+                .query_row(params![id, delta], |r| r.get(0))
+                .optional()?;
+            if left.is_some_and(|n| n <= 0) {
+                tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                    .execute(params![id])?;
+            }
         }
-        Ok(())
+        Ok(self.variants)
     }
 }
 
@@ -388,9 +445,9 @@ impl Batch {
 /// migrations that write ops one at a time).
 #[cfg(test)]
 pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
-    let mut batch = Batch::default();
+    let mut batch = Batch::new(true);
     apply_op(tx, op, &mut batch)?;
-    batch.finish(tx)
+    batch.finish(tx).map(drop)
 }
 
 /// Makes sure `messages` has a row for `message`'s id; returns whether
@@ -423,10 +480,10 @@ pub(super) const RECORD_FAILURES: &str =
      VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) + 1 FROM login_failures))";
 
 /// Applies one op inside an open transaction, mirroring [`chatcore::StoreModel::apply`].
-pub(super) fn apply_op(
+pub(super) fn apply_op<'a>(
     tx: &rusqlite::Transaction<'_>,
-    op: &StoreOp,
-    batch: &mut Batch,
+    op: &'a StoreOp,
+    batch: &mut Batch<'a>,
 ) -> rusqlite::Result<()> {
     match op {
         StoreOp::Hold { user, message } => {
@@ -441,42 +498,53 @@ pub(super) fn apply_op(
                 }
             };
             let added = tx
-                .prepare_cached("INSERT OR IGNORE INTO held (id, user) VALUES (?1, ?2)")?
-                .execute(params![id, user])?;
-            if added == 1 {
-                *batch.boxes.entry(user.clone()).or_default() += 1;
+                .prepare_cached("INSERT OR IGNORE INTO held (user, id) VALUES (?1, ?2)")?
+                .execute(params![user, id])?;
+            let holders = batch.holders.entry(id).or_default();
+            if added == 0 {
+                return Ok(());
             }
-            if added == 1 && !same {
+            *holders += 1;
+            let change = batch.boxes.entry(user.as_str()).or_default();
+            change.delta += 1;
+            change.max_added = change.max_added.max(Some(id));
+            if !same {
                 tx.prepare_cached(
-                    "INSERT INTO held_variant (id, user, ts, sender, kind, text)
+                    "INSERT INTO held_variant (user, id, ts, sender, kind, text)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
                 .execute(params![
-                    id,
                     user,
+                    id,
                     to_sql(message.at.unix_millis()),
                     message.from,
                     kind_str(message.kind),
                     message.text,
                 ])?;
+                batch.variants = true;
             }
         }
         StoreOp::Release { user, upto } => {
             let upto = to_sql(*upto);
-            let released: Vec<i64> = tx
-                .prepare_cached("DELETE FROM held WHERE user = ?1 AND id <= ?2 RETURNING id")?
-                .query_map(params![user, upto], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            if released.is_empty() {
+            let mut stmt =
+                tx.prepare_cached("DELETE FROM held WHERE user = ?1 AND id <= ?2 RETURNING id")?;
+            let mut rows = stmt.query(params![user, upto])?;
+            let mut removed = 0;
+            while let Some(row) = rows.next()? {
+                *batch.holders.entry(row.get(0)?).or_default() -= 1;
+                removed += 1;
+            }
+            drop(rows);
+            if removed == 0 {
                 return Ok(());
             }
-            tx.prepare_cached("DELETE FROM held_variant WHERE user = ?1 AND id <= ?2")?
-                .execute(params![user, upto])?;
-            // A message row goes with the last box that held it, at the
-            // end of the transaction (a later hold in it may keep it).
-            let n = i64::try_from(released.len()).unwrap_or(i64::MAX);
-            *batch.boxes.entry(user.clone()).or_default() -= n;
-            batch.released.extend(released);
+            if batch.variants {
+                tx.prepare_cached("DELETE FROM held_variant WHERE user = ?1 AND id <= ?2")?
+                    .execute(params![user, upto])?;
+            }
+            let change = batch.boxes.entry(user.as_str()).or_default();
+            change.delta -= removed;
+            change.removed = true;
         }
         StoreOp::ReserveIds { next } => {
             tx.prepare_cached(
@@ -528,24 +596,26 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let result = apply_all(&mut self.conn, ops);
+        let result = apply_all(&mut self.conn, ops, self.variants);
         if result.is_err() && !self.conn.is_autocommit() {
             // Dropping the transaction rolls it back; should that have
             // failed too, make sure the next `apply` starts afresh rather
             // than inside what is left of this one.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        result.map_err(|e| self.err(e))
+        self.variants = result.map_err(|e| self.err(e))?;
+        Ok(())
     }
 }
 
-/// `ops` in one transaction.
-fn apply_all(conn: &mut Connection, ops: &[StoreOp]) -> rusqlite::Result<()> {
+/// `ops` in one transaction. Returns whether `held_variant` may have rows afterwards.
+fn apply_all(conn: &mut Connection, ops: &[StoreOp], variants: bool) -> rusqlite::Result<bool> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut batch = Batch::default();
+    let mut batch = Batch::new(variants);
     for op in ops {
         apply_op(&tx, op, &mut batch)?;
     }
-    batch.finish(&tx)?;
-    tx.commit()
+    let variants = batch.finish(&tx)?;
+    tx.commit()?;
+    Ok(variants)
 }

@@ -132,7 +132,7 @@ fn a_v2_database_is_migrated() {
     }
     let mut store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(user_version(&store), SCHEMA_VERSION);
-    assert_eq!(indexes(&store), ["held_by_user", "login_failures_by_seq"]);
+    assert_eq!(indexes(&store), ["login_failures_by_seq"]);
     assert_eq!(contents(&mut store), expected(&ops));
     let more = [StoreOp::LoginFailures(failure(1, 10))];
     store.apply(&more).unwrap();
@@ -140,7 +140,7 @@ fn a_v2_database_is_migrated() {
     let mut store = SqliteStore::open(dir.path()).unwrap();
     let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
     assert_eq!(contents(&mut store), expected(&all));
-    assert_eq!(indexes(&store), ["held_by_user", "login_failures_by_seq"]);
+    assert_eq!(indexes(&store), ["login_failures_by_seq"]);
 }
 
 /// A version 3 database (no box summaries, no index of `held` by user)
@@ -166,7 +166,7 @@ fn a_v3_database_is_migrated() {
     }
     let mut store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(user_version(&store), SCHEMA_VERSION);
-    assert_eq!(indexes(&store), ["held_by_user", "login_failures_by_seq"]);
+    assert_eq!(indexes(&store), ["login_failures_by_seq"]);
     assert_eq!(store.load().unwrap(), expected(&ops).restored());
     assert_eq!(
         store.load().unwrap().held["dave"],
@@ -189,6 +189,60 @@ fn a_v3_database_is_migrated() {
     let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
     assert_eq!(contents(&mut store), expected(&all));
     assert_eq!(store.load().unwrap().held["erin"].count, 5);
+}
+
+/// A version 4 database (`held` keyed by id, a second index by user, no
+/// count of holders) is rebuilt keyed by user, keeps its boxes and
+/// summaries, gets each message's holders counted, and carries on.
+#[test]
+fn a_v4_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ops = sample_ops();
+    let b = msg(20, "carol", MessageKind::Broadcast, "to everyone");
+    for user in ["alice", "bob", "dave", "erin"] {
+        ops.push(StoreOp::Hold {
+            user: user.into(),
+            message: Arc::clone(&b),
+        });
+    }
+    ops.push(StoreOp::Hold {
+        user: "erin".into(),
+        message: msg(3, "mallory", MessageKind::Private, "not the same"),
+    });
+    {
+        let mut old = v3::open(dir.path());
+        v3::apply(&mut old, &ops);
+        v4::from_v3(&mut old);
+        assert_eq!(user_version(&old), 4);
+        assert_eq!(indexes(&old), ["held_by_user", "login_failures_by_seq"]);
+    }
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    assert_eq!(indexes(&store), ["login_failures_by_seq"]);
+    assert_eq!(store.load().unwrap(), expected(&ops).restored());
+    assert_eq!(contents_paged(&mut store, 1), expected(&ops));
+    let holders: i64 = store
+        .conn
+        .query_row("SELECT holders FROM messages WHERE id = 20", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(holders, 4);
+    let more: Vec<StoreOp> = ["alice", "bob", "dave"]
+        .into_iter()
+        .map(|user| StoreOp::Release {
+            user: user.into(),
+            upto: 20,
+        })
+        .collect();
+    store.apply(&more).unwrap();
+    drop(store);
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
+    assert_eq!(contents(&mut store), expected(&all));
+    let erin = &contents(&mut store).held["erin"];
+    assert_eq!(erin.iter().map(|m| m.id).collect::<Vec<_>>(), [3, 20]);
+    assert_eq!(erin[0].text, "not the same");
 }
 
 #[test]

@@ -128,3 +128,84 @@ fn measure_login_failures_v2_vs_v3() {
     let per = t.elapsed().as_secs_f64() * 1000.0 / FAILURES as f64;
     println!("an empty-ish commit (one Seen): {per:7.3} ms");
 }
+
+/// Times the work of a fan-out on the current layout, as chatd's driver
+/// gives it to the store: 200 broadcasts to 1000 online users, four to a
+/// commit (group commit), each confirmed by every receiver in a later
+/// commit, beside 100 000 entries held for 1000 offline users (so the
+/// tables are not tiny). Run by hand, on two commits to compare layouts:
+/// `cargo test --release -p chatd measure_fanout -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_fanout() {
+    use std::time::{Duration, Instant};
+
+    const ONLINE: usize = 1000;
+    const OFFLINE: usize = 1000;
+    const BACKLOG: u64 = 100;
+    const BROADCASTS: u64 = 200;
+    const PER_COMMIT: u64 = 4;
+    let online: Vec<String> = (0..ONLINE).map(|i| format!("on{i:04}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    let mut id = 0;
+    for _ in 0..BACKLOG {
+        id += 1;
+        let m = msg(id, "alice", MessageKind::Broadcast, "held while away");
+        let holds: Vec<StoreOp> = (0..OFFLINE)
+            .map(|i| StoreOp::Hold {
+                user: format!("off{i:04}"),
+                message: Arc::clone(&m),
+            })
+            .collect();
+        store.apply(&holds).unwrap();
+    }
+    // This thread's time on a CPU (Linux), apart from the waits in fsync:
+    // what limits a store thread that always has the next batch waiting.
+    let on_cpu = || -> Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+        let ns = stat.split(' ').next().and_then(|n| n.parse().ok());
+        Duration::from_nanos(ns.unwrap_or(0))
+    };
+    let cpu_before = on_cpu();
+    let (mut hold_time, mut release_time) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..BROADCASTS / PER_COMMIT {
+        let mut holds = Vec::new();
+        for _ in 0..PER_COMMIT {
+            id += 1;
+            let m = msg(
+                id,
+                "alice",
+                MessageKind::Broadcast,
+                "hello everyone, 30 bytes",
+            );
+            holds.extend(online.iter().map(|user| StoreOp::Hold {
+                user: user.clone(),
+                message: Arc::clone(&m),
+            }));
+        }
+        let releases: Vec<StoreOp> = online
+            .iter()
+            .map(|user| StoreOp::Release {
+                user: user.clone(),
+                upto: id,
+            })
+            .collect();
+        let t = Instant::now();
+        store.apply(&holds).unwrap();
+        hold_time += t.elapsed();
+        let t = Instant::now();
+        store.apply(&releases).unwrap();
+        release_time += t.elapsed();
+    }
+    let cpu = on_cpu() - cpu_before;
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / (BROADCASTS as f64 * ONLINE as f64);
+    println!(
+        "layout {SCHEMA_VERSION}: per delivery: hold {:.2} µs, release {:.2} µs, \
+         total {:.2} µs, of which on a CPU {:.2} µs",
+        per(hold_time),
+        per(release_time),
+        per(hold_time + release_time),
+        per(cpu)
+    );
+}

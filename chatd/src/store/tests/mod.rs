@@ -21,6 +21,7 @@ mod props;
 mod v1;
 mod v2;
 mod v3;
+mod v4;
 
 fn msg(id: u64, from: &str, kind: MessageKind, text: &str) -> Arc<Message> {
     Arc::new(Message {
@@ -96,8 +97,10 @@ fn expected(ops: &[StoreOp]) -> StoreModel {
 
 /// Everything the store holds, read as the core reads it: the summaries
 /// from `load`, each box through `held_page` (in pages of `page`, to test
-/// the cursor too). Fails if a summary and its box disagree.
+/// the cursor too). Fails if a summary and its box disagree, or a
+/// message's count of holders and its `held` rows.
 fn contents_paged(store: &mut SqliteStore, page: usize) -> StoreModel {
+    assert_eq!(miscounted_holders(store), 0, "messages.holders is off");
     let restored = store.load().unwrap();
     let mut model = StoreModel {
         next_id: restored.next_id,
@@ -130,6 +133,21 @@ fn contents_paged(store: &mut SqliteStore, page: usize) -> StoreModel {
         model.held.insert(user, boxed);
     }
     model
+}
+
+/// `messages` rows whose `holders` is not the number of `held` rows with
+/// their id, or is zero (a row lives as long as someone holds it).
+fn miscounted_holders(store: &SqliteStore) -> i64 {
+    store
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM messages AS m
+             WHERE m.holders <> (SELECT COUNT(*) FROM held AS h WHERE h.id = m.id)
+                OR m.holders <= 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
 }
 
 /// [`contents_paged`] in one page per box.

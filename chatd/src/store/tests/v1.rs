@@ -49,7 +49,11 @@ pub fn open(dir: &Path) -> SqliteStore {
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
     conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
         .unwrap();
-    SqliteStore { conn, path }
+    SqliteStore {
+        conn,
+        path,
+        variants: true,
+    }
 }
 
 /// Version 1's `apply` (all ops; non-message ones are unchanged).

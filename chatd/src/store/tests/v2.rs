@@ -59,5 +59,9 @@ pub fn open(dir: &Path) -> SqliteStore {
         "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = 2; COMMIT;"
     ))
     .unwrap();
-    SqliteStore { conn, path }
+    SqliteStore {
+        conn,
+        path,
+        variants: true,
+    }
 }

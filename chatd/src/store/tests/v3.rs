@@ -20,10 +20,14 @@ pub fn open(dir: &Path) -> SqliteStore {
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE; {} {} PRAGMA user_version = 3; COMMIT;",
         v2::SCHEMA,
-        super::super::schema::MIGRATE_V2
+        "CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);"
     ))
     .unwrap();
-    SqliteStore { conn, path }
+    SqliteStore {
+        conn,
+        path,
+        variants: true,
+    }
 }
 
 /// Version 2's and 3's `apply`: boxes without summaries, releases by id
