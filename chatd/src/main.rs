@@ -14,6 +14,13 @@ use anyhow::Context;
 use chatd::config::LogFormat;
 use chatd::{Cli, Command, Settings};
 
+/// mimalloc instead of the system allocator: chatd allocates and frees
+/// small buffers for every line, mostly on one thread, which glibc's malloc
+/// serves with more instructions and more bytes per idle session
+/// (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::from_env(); // exits 2 itself on a bad command line
     if let Some(Command::CheckConfig { config }) = &cli.command {
