@@ -104,6 +104,18 @@ impl Client {
         }
     }
 
+    /// Whether the connection ends without another line, by EOF or by a
+    /// reset: a connection the server drops (for not reading, or because
+    /// it stops on a store failure) is aborted with whatever the peer sent
+    /// still unread, and the kernel answers that with a reset, not a FIN.
+    pub async fn dropped(&mut self) -> bool {
+        let mut line = String::new();
+        match tokio::time::timeout(WAIT, self.r.read_line(&mut line)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Err(_) | Ok(Ok(_)) => false,
+        }
+    }
+
     /// The next line, `None` at EOF.
     pub async fn line(&mut self) -> Option<String> {
         self.line_within(WAIT).await.expect("a line in time")
