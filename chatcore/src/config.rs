@@ -76,8 +76,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// How long after deliveries the probe that confirms them is sent.
     ///
-    /// Default: `0.2 s` ([PROTOCOL.md §6, delivery
-    /// guarantee](crate::protocol#delivery-guarantee-at-least-once-in-order)).
+    /// Default: `0.2 s` ([PROTOCOL.md §6](crate::protocol#delivery-guarantee-at-least-once-in-order),
+    /// delivery guarantee).
     pub confirm_delay: Duration,
     /// A connection not logged in by then gets `BYE login-timeout`.
     ///
@@ -106,8 +106,8 @@ pub struct Config {
     /// crash of the server loses no accepted message. Off, only messages
     /// held for offline or busy users are durable.
     ///
-    /// Default: `true` ([PROTOCOL.md §6, delivery
-    /// guarantee](crate::protocol#delivery-guarantee-at-least-once-in-order)).
+    /// Default: `true` ([PROTOCOL.md §6](crate::protocol#delivery-guarantee-at-least-once-in-order),
+    /// delivery guarantee).
     pub persist_deliveries: bool,
     /// Held messages are sent at most this many at a time: after each page
     /// the core asks, with [`Output::NotifyWritten`](crate::Output::NotifyWritten), to be told when
@@ -135,14 +135,14 @@ pub struct Config {
     /// with a bare `idle`, and never with `idle <seq>`, gets its box paced
     /// by its reading alone, trimmed like its live messages.
     ///
-    /// Default: `1000` ([PROTOCOL.md §6, delivery
-    /// guarantee](crate::protocol#delivery-guarantee-at-least-once-in-order)).
+    /// Default: `1000` ([PROTOCOL.md §6](crate::protocol#delivery-guarantee-at-least-once-in-order),
+    /// delivery guarantee).
     pub max_unconfirmed: usize,
     /// Flood control for logged-in sessions; `None` turns it off.
     ///
     /// Default: `Some(FloodLimit::default())`, on, with the limits
-    /// [`FloodLimit`] names ([PROTOCOL.md §4, flood
-    /// control](crate::protocol#flood-control)).
+    /// [`FloodLimit`] names ([PROTOCOL.md §4](crate::protocol#flood-control),
+    /// flood control).
     pub flood: Option<FloodLimit>,
     /// Lines a connection may send ahead while its password is being
     /// checked; they are answered once the check is done. More are refused

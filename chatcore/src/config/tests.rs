@@ -1,5 +1,5 @@
 //! The defaults each field's doc states are the ones `Config::default()`
-//! has, and the ones the protocol text lists (its §9 configuration keys).
+//! has, and the ones the protocol text lists ([PROTOCOL.md §9](crate::protocol#9-chatd-command-line-and-configuration) configuration keys).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -106,7 +106,7 @@ fn actual_defaults() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// `key = value` of the protocol's §9 configuration example.
+/// `key = value` of the configuration example in [PROTOCOL.md §9](crate::protocol#9-chatd-command-line-and-configuration).
 fn protocol_keys() -> BTreeMap<String, String> {
     let text = include_str!("../../PROTOCOL.md");
     let (_, rest) = text

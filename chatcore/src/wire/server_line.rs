@@ -150,7 +150,7 @@ impl ErrorReply {
 }
 
 /// A line the decoder refused is answered with the `ERR` naming why
-/// (PROTOCOL.md §2), whether it came during login or after.
+/// ([PROTOCOL.md §2](crate::protocol#2-server-lines)), whether it came during login or after.
 impl From<DecodeError> for ErrorReply {
     fn from(error: DecodeError) -> Self {
         match error {
@@ -160,7 +160,7 @@ impl From<DecodeError> for ErrorReply {
     }
 }
 
-/// One line from the server (PROTOCOL.md §2).
+/// One line from the server ([PROTOCOL.md §2](crate::protocol#2-server-lines)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerLine {
     /// `HELLO CHAT/1`.

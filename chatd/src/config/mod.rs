@@ -133,7 +133,7 @@ pub enum LogFormat {
 /// The PEM files that make the port speak TLS (`tls_cert`, `tls_key`).
 /// Relative paths are relative to the working directory, like the users
 /// file's. Only the paths are checked here: the files are read at startup
-/// (see [`crate::tls`]), where an unreadable file is a runtime failure like an
+/// (see [`tls`](crate::tls)), where an unreadable file is a runtime failure like an
 /// unreadable users file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
