@@ -120,6 +120,7 @@ pub mod config;
 pub mod message;
 pub mod names;
 pub mod persist;
+pub mod protocol;
 pub mod server;
 pub mod time;
 pub mod wire;

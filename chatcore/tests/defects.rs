@@ -174,12 +174,12 @@ fn junk_names_still_use_up_the_connection_budget() {
 // Held messages over a slow link --------------------------------------------
 
 fn paged(page: usize) -> Harness {
-    let mut h = harness_with(Config {
-        held_page_size: Some(page),
-        heartbeat: secs(1),
-        heartbeat_timeout: secs(3),
-        ..Config::default()
-    });
+    let mut h = harness_with(
+        Config::default()
+            .with_held_page_size(Some(page))
+            .with_heartbeat(secs(1))
+            .with_heartbeat_timeout(secs(3)),
+    );
     h.hold_writes();
     h
 }
@@ -280,14 +280,11 @@ fn after_a_drop_mid_drain_only_the_unconfirmed_pages_come_back() {
 // EOF after pipelining -------------------------------------------------------
 
 fn flooded() -> Harness {
-    harness_with(Config {
-        flood: Some(FloodLimit {
-            burst: 3,
-            per_second: 2,
-            backlog: 100,
-        }),
-        ..Config::default()
-    })
+    harness_with(Config::default().with_flood(Some(FloodLimit {
+        burst: 3,
+        per_second: 2,
+        backlog: 100,
+    })))
 }
 
 #[test]
@@ -364,11 +361,11 @@ fn eof_right_after_a_pipelined_login_waits_for_the_password_check() {
 
 #[test]
 fn a_user_online_at_a_crash_counts_as_seen_up_to_the_crash() {
-    let mut h = harness_with(Config {
-        heartbeat_timeout: secs(3 * 3600),
-        time_out: secs(3 * 3600),
-        ..Config::default()
-    });
+    let mut h = harness_with(
+        Config::default()
+            .with_heartbeat_timeout(secs(3 * 3600))
+            .with_time_out(secs(3 * 3600)),
+    );
     let _a = h.connect_logged_in("alice", "a-pw");
     h.advance(secs(2 * 3600));
     h.restart();
@@ -382,11 +379,7 @@ fn a_user_online_at_a_crash_counts_as_seen_up_to_the_crash() {
 
 #[test]
 fn a_client_that_never_confirms_keeps_a_bounded_list_of_unconfirmed_deliveries() {
-    let mut h = harness_with(Config {
-        max_unconfirmed: 50,
-        flood: None,
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_max_unconfirmed(50).with_flood(None));
     let a = h.connect_logged_in("alice", "a-pw");
     let b = h.connect_logged_in("bob", "b-pw");
     for i in 0..200 {
@@ -408,15 +401,13 @@ fn a_client_that_never_confirms_keeps_a_bounded_list_of_unconfirmed_deliveries()
 // Send after close (found by fuzzing) ----------------------------------------
 
 fn fuzz_config() -> Config {
-    Config {
-        held_page_size: Some(2),
-        flood: Some(FloodLimit {
+    Config::default()
+        .with_held_page_size(Some(2))
+        .with_flood(Some(FloodLimit {
             burst: 3,
             per_second: 2,
             backlog: 4,
-        }),
-        ..Config::default()
-    }
+        }))
 }
 
 #[test]
@@ -483,11 +474,11 @@ fn the_reply_to_idle_online_comes_before_the_reply_to_a_later_command() {
 
 #[test]
 fn a_client_that_never_confirms_still_gets_a_box_bigger_than_max_unconfirmed() {
-    let mut h = harness_with(Config {
-        max_unconfirmed: 5,
-        held_page_size: Some(2),
-        ..Config::default()
-    });
+    let mut h = harness_with(
+        Config::default()
+            .with_max_unconfirmed(5)
+            .with_held_page_size(Some(2)),
+    );
     hold_for_alice(&mut h, 20);
     let a = h.connect_logged_in("alice", "a-pw");
     h.send(a, "whoelse");

@@ -94,10 +94,7 @@ fn broadcast_to_a_list_with_an_unknown_user_is_refused_whole() {
 
 #[test]
 fn broadcast_names_full_boxes_and_skips_them() {
-    let mut h = harness_with(Config {
-        max_held_per_user: 1,
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_max_held_per_user(1));
     let a = h.connect_logged_in("alice", "a-pw");
     h.send(a, "message dave first");
     h.send(a, "broadcast all second");
@@ -123,10 +120,7 @@ fn whoelse_is_sorted_and_excludes_the_asker() {
 
 #[test]
 fn wholast_covers_the_window_and_checks_its_argument() {
-    let mut h = harness_with(Config {
-        heartbeat_timeout: secs(3600),
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_heartbeat_timeout(secs(3600)));
     let a = h.connect_logged_in("alice", "a-pw");
     let b = h.connect_logged_in("bob", "b-pw");
     h.send(b, "logout");
@@ -248,14 +242,11 @@ fn commands_over_the_rate_are_delayed_in_order_not_dropped() {
 
 #[test]
 fn past_the_backlog_each_command_is_refused_with_rate_limited() {
-    let mut h = harness_with(Config {
-        flood: Some(chatcore::FloodLimit {
-            burst: 2,
-            per_second: 1,
-            backlog: 3,
-        }),
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_flood(Some(chatcore::FloodLimit {
+        burst: 2,
+        per_second: 1,
+        backlog: 3,
+    })));
     let a = h.connect_logged_in("alice", "a-pw");
     for _ in 0..7 {
         h.send(a, "whoelse");
@@ -277,14 +268,11 @@ fn past_the_backlog_each_command_is_refused_with_rate_limited() {
 
 #[test]
 fn heartbeat_replies_are_exempt_from_flood_control() {
-    let mut h = harness_with(Config {
-        flood: Some(chatcore::FloodLimit {
-            burst: 1,
-            per_second: 1,
-            backlog: 10,
-        }),
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_flood(Some(chatcore::FloodLimit {
+        burst: 1,
+        per_second: 1,
+        backlog: 10,
+    })));
     let a = h.connect_logged_in("alice", "a-pw");
     let b = h.connect_logged_in("bob", "b-pw");
     h.send(b, "message alice one");

@@ -131,10 +131,7 @@ fn a_live_delivery_is_persisted_before_it_is_written_and_survives_a_crash() {
 
 #[test]
 fn without_persist_deliveries_only_held_messages_are_durable() {
-    let mut h = harness_with(Config {
-        persist_deliveries: false,
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_persist_deliveries(false));
     let a = h.connect_logged_in("alice", "a-pw");
     let _b = h.connect_logged_in("bob", "b-pw");
     h.send(a, "message bob live");
@@ -153,10 +150,7 @@ fn without_persist_deliveries_only_held_messages_are_durable() {
 // Held messages sent page by page -------------------------------------------------
 
 fn paged(page: usize) -> Harness {
-    let mut h = harness_with(Config {
-        held_page_size: Some(page),
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_held_page_size(Some(page)));
     h.hold_writes();
     h
 }
@@ -288,10 +282,7 @@ fn confirming_a_block_releases_it_in_one_change() {
 /// the user sends meanwhile waits behind the block.
 #[test]
 fn a_restored_box_is_read_from_the_store_a_page_at_a_time() {
-    let mut h = harness_with(Config {
-        held_page_size: Some(2),
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_held_page_size(Some(2)));
     let a = h.connect_logged_in("alice", "a-pw");
     for i in 0..5 {
         h.send(a, &format!("message bob m{i}"));
@@ -332,10 +323,7 @@ fn a_restored_box_is_read_from_the_store_a_page_at_a_time() {
 /// unread part stays owed: the next login gets the whole box again.
 #[test]
 fn a_page_for_a_gone_session_is_ignored_and_the_box_stays_owed() {
-    let mut h = harness_with(Config {
-        held_page_size: Some(2),
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_held_page_size(Some(2)));
     let a = h.connect_logged_in("alice", "a-pw");
     for i in 0..3 {
         h.send(a, &format!("message bob m{i}"));

@@ -141,10 +141,7 @@ fn a_delivery_goes_out_before_the_commit_and_the_ok_waits_for_it() {
 
 #[test]
 fn a_reply_that_persisted_nothing_waits_for_nothing() {
-    let mut d = Driver::new(Config {
-        persist_deliveries: false,
-        ..Config::default()
-    });
+    let mut d = Driver::new(Config::default().with_persist_deliveries(false));
     let alice = d.logged_in("alice", "a-pw");
     let _bob = d.logged_in("bob", "b-pw");
     d.line(alice, "message bob first");
@@ -197,10 +194,7 @@ fn the_answer_to_a_failed_login_waits_for_its_record() {
 
 #[test]
 fn ids_are_reserved_half_a_block_ahead() {
-    let mut d = Driver::new(Config {
-        flood: None,
-        ..Config::default()
-    });
+    let mut d = Driver::new(Config::default().with_flood(None));
     let alice = d.logged_in("alice", "a-pw");
     let mut reservations = Vec::new();
     for n in 0..2048 {

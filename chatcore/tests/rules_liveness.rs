@@ -61,10 +61,7 @@ fn inactivity_times_out_and_heartbeat_replies_and_deliveries_do_not_count() {
     assert!(!h.is_closed(a));
 
     // idle busy / idle online count as commands.
-    let mut h = harness_with(Config {
-        heartbeat_timeout: secs(7200),
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_heartbeat_timeout(secs(7200)));
     let c = h.connect_logged_in("carol", "c-pw");
     h.advance(secs(1000));
     h.send(c, "idle busy");

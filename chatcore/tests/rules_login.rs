@@ -171,10 +171,7 @@ fn already_online_counts_toward_the_connection_budget_but_not_a_block() {
 
 #[test]
 fn the_connection_budget_ends_in_login_failed() {
-    let mut h = harness_with(Config {
-        block_after: 10,
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_block_after(10));
     let s = h.connect();
     h.take(s);
     attempt(&mut h, s, "alice", "1");
@@ -248,10 +245,7 @@ fn bad_lines_during_login_are_answered_and_asked_again() {
 
 #[test]
 fn failures_are_forgotten_after_failure_memory() {
-    let mut h = harness_with(Config {
-        failure_memory: secs(3600),
-        ..Config::default()
-    });
+    let mut h = harness_with(Config::default().with_failure_memory(secs(3600)));
     let s = h.connect();
     attempt(&mut h, s, "alice", "1");
     attempt(&mut h, s, "alice", "2");
@@ -264,11 +258,11 @@ fn failures_are_forgotten_after_failure_memory() {
 
 #[test]
 fn failure_records_stay_bounded_but_blocks_are_kept() {
-    let mut h = harness_with(Config {
-        max_failure_records: 8,
-        max_login_attempts: 1000,
-        ..Config::default()
-    });
+    let mut h = harness_with(
+        Config::default()
+            .with_max_failure_records(8)
+            .with_max_login_attempts(1000),
+    );
     let s = h.connect();
     for pw in ["1", "2", "3"] {
         attempt(&mut h, s, "alice", pw);

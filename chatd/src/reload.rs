@@ -158,7 +158,7 @@ impl Reloader {
 }
 
 /// Reloads once per message on `requests` (the binary sends one per
-/// SIGHUP), telling the service manager around each (see [`crate::notify`]).
+/// SIGHUP), telling the service manager around each (see [`notify`](crate::notify)).
 /// Ends when `requests` closes.
 pub async fn on_requests(reloader: Reloader, mut requests: mpsc::Receiver<()>) {
     while requests.recv().await.is_some() {

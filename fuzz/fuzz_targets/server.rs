@@ -62,22 +62,20 @@ const SLOW_LOADS: &str = "\u{12}";
 
 fuzz_target!(|ops: Vec<Op>| {
     let accounts = Accounts::parse("alice a-pw\nbob b-pw\ncarol c-pw\n").unwrap();
-    let config = Config {
-        max_held_per_user: 3,
-        heartbeat: Duration::from_secs(2),
-        heartbeat_timeout: Duration::from_secs(5),
-        time_out: Duration::from_secs(20),
-        login_timeout: Duration::from_secs(10),
-        block_time: Duration::from_secs(5),
-        max_pending_lines: 4,
-        held_page_size: Some(2),
-        flood: Some(FloodLimit {
+    let config = Config::default()
+        .with_max_held_per_user(3)
+        .with_heartbeat(Duration::from_secs(2))
+        .with_heartbeat_timeout(Duration::from_secs(5))
+        .with_time_out(Duration::from_secs(20))
+        .with_login_timeout(Duration::from_secs(10))
+        .with_block_time(Duration::from_secs(5))
+        .with_max_pending_lines(4)
+        .with_held_page_size(Some(2))
+        .with_flood(Some(FloodLimit {
             burst: 3,
             per_second: 2,
             backlog: 4,
-        }),
-        ..Config::default()
-    };
+        }));
     let mut now = Time::from_unix_secs(1_795_540_321);
     let mut server = Server::new(now, config, accounts);
     let mut sessions: Vec<SessionId> = Vec::new();

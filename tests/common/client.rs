@@ -1,6 +1,6 @@
 //! The client side: a synchronous, line-framed CHAT/1 connection that
 //! answers `IDLE` probes itself unless told otherwise, and the parsers for
-//! the lines tests look at. Kept apart from [`super::server`] so that what a
+//! the lines tests look at. Kept apart from [`server`](super::server) so that what a
 //! test sends and reads is in one place.
 
 use std::collections::VecDeque;

@@ -1,5 +1,5 @@
 //! Starting, signalling and inspecting the `chatd` under test, and running
-//! it to completion for command-line tests. Kept apart from [`super::client`]
+//! it to completion for command-line tests. Kept apart from [`client`](super::client)
 //! because these helpers own a process and a directory, not a connection.
 
 use std::fmt::Write as _;

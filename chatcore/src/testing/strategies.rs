@@ -1,6 +1,6 @@
 //! Proptest strategies for CHAT/1 values: user names, free text, client
 //! commands and the lines that carry them (with the case changes and glued
-//! `idle` tokens PROTOCOL.md §4 allows), server lines, hostile input, and
+//! `idle` tokens [PROTOCOL.md §4](crate::protocol#4-commands) allows), server lines, hostile input, and
 //! byte streams chopped at arbitrary read boundaries.
 //!
 //! Every strategy here produces *valid* values unless its name says
@@ -76,7 +76,7 @@ pub fn user_name() -> impl Strategy<Value = String> {
 }
 
 /// One character that may appear in free text: anything but a control
-/// character other than TAB (PROTOCOL.md §1). Mostly printable ASCII.
+/// character other than TAB ([PROTOCOL.md §1](crate::protocol#1-transport-and-framing)). Mostly printable ASCII.
 pub fn text_char() -> impl Strategy<Value = char> {
     prop_oneof![
         8 => proptest::char::range(' ', '~'),
@@ -315,7 +315,7 @@ pub fn recase(word: &str, mask: u64) -> String {
         .collect()
 }
 
-/// Types `cmd` in `style`. The result parses back as `cmd` (PROTOCOL.md §4:
+/// Types `cmd` in `style`. The result parses back as `cmd` ([PROTOCOL.md §4](crate::protocol#4-commands):
 /// keywords are case-insensitive, glued `idle` tokens are stripped where the
 /// protocol allows, blanks between tokens are free).
 pub fn render_command(cmd: &Command, style: &LineStyle) -> String {

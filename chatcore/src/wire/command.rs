@@ -171,7 +171,7 @@ fn strip_trailing_idle(word: &str) -> &str {
 
 impl Command {
     /// Parses one line from a logged-in client, after stripping the `idle`
-    /// tokens that clients glue to commands (PROTOCOL.md §4): leading `idle`
+    /// tokens that clients glue to commands ([PROTOCOL.md §4](crate::protocol#4-commands)): leading `idle`
     /// glued to the keyword, trailing `idle` glued to the last token of
     /// `whoelse`, `wholast` and `logout`. Free text is never altered.
     pub fn parse(line: &str) -> Result<Command, ParseError> {

@@ -150,7 +150,7 @@ impl ErrorReply {
 }
 
 /// A line the decoder refused is answered with the `ERR` naming why
-/// (PROTOCOL.md §2), whether it came during login or after.
+/// ([PROTOCOL.md §2](crate::protocol#2-server-lines)), whether it came during login or after.
 impl From<DecodeError> for ErrorReply {
     fn from(error: DecodeError) -> Self {
         match error {
@@ -160,7 +160,7 @@ impl From<DecodeError> for ErrorReply {
     }
 }
 
-/// One line from the server (PROTOCOL.md §2).
+/// One line from the server ([PROTOCOL.md §2](crate::protocol#2-server-lines)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerLine {
     /// `HELLO CHAT/1`.
@@ -177,7 +177,43 @@ pub enum ServerLine {
         /// How many follow.
         count: usize,
     },
-    /// `MSG ...` or `BCAST ...`, by the message's kind.
+    /// A delivered message: `MSG` for a private one, `BCAST` for a
+    /// broadcast, by its [`kind`](Message::kind). Both have one layout,
+    /// fields separated by one space:
+    ///
+    /// ```text
+    /// MSG <id> <ts> <from> <text>
+    /// BCAST <id> <ts> <from> <text>
+    /// ```
+    ///
+    /// | field | from | encoding |
+    /// |---|---|---|
+    /// | `<id>` | [`Message::id`] | decimal digits; unique per server store, increasing, never reused, not dense; every copy of one broadcast has the same id |
+    /// | `<ts>` | [`Message::at`] | when the server accepted the message, RFC 3339 UTC to the whole second (`2026-11-24T17:12:01Z`, no fraction, no other offset); a held message keeps it |
+    /// | `<from>` | [`Message::from`] | the sender's user name: 1 to 32 of `A-Z a-z 0-9 _ . -` |
+    /// | `<text>` | [`Message::text`] | the rest of the line, never empty: the sender's text from its first non-blank character, byte for byte (spaces inside and at the end included, so split off the first four fields only); valid UTF-8 with no control character but TAB |
+    ///
+    /// A client that may see a message twice (after a drop, unconfirmed
+    /// deliveries come again, [PROTOCOL.md
+    /// §6](crate::protocol#delivery-guarantee-at-least-once-in-order)) drops
+    /// ids it has already shown. The lines are in [PROTOCOL.md
+    /// §2](crate::protocol#2-server-lines).
+    ///
+    /// ```
+    /// use chatcore::wire::ServerLine;
+    /// use chatcore::{MessageKind, Time};
+    ///
+    /// let line = "MSG 17 2026-11-24T17:12:01Z bob see  you later ";
+    /// let ServerLine::Deliver(message) = ServerLine::parse(line).unwrap() else {
+    ///     panic!("not a delivery");
+    /// };
+    /// assert_eq!(message.id, 17);
+    /// assert_eq!(message.at, Time::parse_rfc3339("2026-11-24T17:12:01Z").unwrap());
+    /// assert_eq!(message.from, "bob");
+    /// assert_eq!(message.kind, MessageKind::Private);
+    /// assert_eq!(message.text, "see  you later ");
+    /// assert_eq!(ServerLine::Deliver(message).to_string(), line);
+    /// ```
     Deliver(Arc<Message>),
     /// `OK message <user> delivered`.
     Delivered {

@@ -85,25 +85,23 @@ impl Setup {
     /// Short timers so that a few transitions reach every timeout, and a
     /// small box so that it fills.
     pub fn config(&self) -> Config {
-        Config {
-            block_time: Duration::from_secs(60),
-            block_after: 3,
-            time_out: Duration::from_secs(300),
-            heartbeat: Duration::from_secs(20),
-            heartbeat_timeout: Duration::from_secs(60),
-            confirm_delay: Duration::from_millis(200),
-            login_timeout: Duration::from_secs(30),
-            last_hour_minutes: 60,
-            max_login_attempts: 3,
-            max_line_bytes: 128,
-            max_held_per_user: 4,
-            flood: self.flood.clone(),
-            held_page_size: self.page,
-            max_pending_lines: self.max_pending_lines,
-            // `max_unconfirmed` (once the core has it) stays at its default:
-            // a case delivers a few dozen messages at most.
-            ..Config::default()
-        }
+        // `max_unconfirmed` (once the core has it) stays at its default:
+        // a case delivers a few dozen messages at most.
+        Config::default()
+            .with_block_time(Duration::from_secs(60))
+            .with_block_after(3)
+            .with_time_out(Duration::from_secs(300))
+            .with_heartbeat(Duration::from_secs(20))
+            .with_heartbeat_timeout(Duration::from_secs(60))
+            .with_confirm_delay(Duration::from_millis(200))
+            .with_login_timeout(Duration::from_secs(30))
+            .with_last_hour_minutes(60)
+            .with_max_login_attempts(3)
+            .with_max_line_bytes(128)
+            .with_max_held_per_user(4)
+            .with_flood(self.flood.clone())
+            .with_held_page_size(self.page)
+            .with_max_pending_lines(self.max_pending_lines)
     }
 }
 

@@ -147,15 +147,15 @@ pub struct FileConfig {
     pub password_check_concurrency: Option<Number>,
     /// See [`Settings::log_format`].
     pub log_format: Option<LogFormat>,
-    /// See [`super::WebSettings::enabled`].
+    /// See [`WebSettings::enabled`](super::WebSettings::enabled).
     pub http: Option<bool>,
-    /// See [`super::WebSettings::host`].
+    /// See [`WebSettings::host`](super::WebSettings::host).
     pub http_host: Option<String>,
-    /// See [`super::WebSettings::port`].
+    /// See [`WebSettings::port`](super::WebSettings::port).
     pub http_port: Option<u16>,
-    /// See [`super::WebSettings::allowed_origins`].
+    /// See [`WebSettings::allowed_origins`](super::WebSettings::allowed_origins).
     pub allowed_origins: Option<Vec<String>>,
-    /// See [`super::WebSettings::trusted_proxies`].
+    /// See [`WebSettings::trusted_proxies`](super::WebSettings::trusted_proxies).
     pub trusted_proxies: Option<Vec<String>>,
 }
 

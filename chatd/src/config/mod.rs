@@ -133,7 +133,7 @@ pub enum LogFormat {
 /// The PEM files that make the port speak TLS (`tls_cert`, `tls_key`).
 /// Relative paths are relative to the working directory, like the users
 /// file's. Only the paths are checked here: the files are read at startup
-/// (see [`crate::tls`]), where an unreadable file is a runtime failure like an
+/// (see [`tls`](crate::tls)), where an unreadable file is a runtime failure like an
 /// unreadable users file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -159,12 +159,9 @@ impl Default for Settings {
             port: 4119,
             users_file: "user_pass.txt".into(),
             data_dir: "chatd-data".into(),
-            core: chatcore::Config {
-                // chatd answers `NotifyWritten`, so a big box goes out a
-                // page at a time, paced by the client's reading.
-                held_page_size: Some(DEFAULT_HELD_PAGE_SIZE),
-                ..chatcore::Config::default()
-            },
+            // chatd answers `NotifyWritten`, so a big box goes out a page
+            // at a time, paced by the client's reading.
+            core: chatcore::Config::default().with_held_page_size(Some(DEFAULT_HELD_PAGE_SIZE)),
             max_outbound_bytes: 1 << 20,
             max_unwritten_bytes: 64 << 20,
             password_check_concurrency: 2,

@@ -28,10 +28,7 @@ fn defaults_are_protocol_md() {
     assert_eq!(s.data_dir, PathBuf::from("chatd-data"));
     assert_eq!(
         s.core,
-        chatcore::Config {
-            held_page_size: Some(DEFAULT_HELD_PAGE_SIZE),
-            ..chatcore::Config::default()
-        }
+        chatcore::Config::default().with_held_page_size(Some(DEFAULT_HELD_PAGE_SIZE))
     );
     assert_eq!(s.max_outbound_bytes, 1 << 20);
     assert_eq!(s.password_check_concurrency, 2);

@@ -1,5 +1,5 @@
 //! One CHAT/1 connection over WebSocket (PROTOCOL.md §1): the counterpart
-//! of [`crate::conn::run_connection`] for the web listener. One text frame
+//! of [`run_connection`](crate::conn::run_connection) for the web listener. One text frame
 //! carries one line without its `\n`, both ways; otherwise it is the TCP
 //! connection: the same inputs to the same core, the same outbound queue
 //! and its bound, the same place in the connection limits.
