@@ -248,6 +248,20 @@ fn replies_that_acknowledge_nothing_durable_never_wait() {
     }
 }
 
+#[test]
+fn a_failed_login_is_answered_once_its_record_is_durable() {
+    let mut rig = Rig::new();
+    let id = rig.connect();
+    rig.line(id, "alice");
+    let out = rig.line(id, "wrong");
+    let record = position(&out, |o| {
+        matches!(o, Output::Persist(StoreOp::LoginFailures(_)))
+    });
+    let barrier = position(&out, |o| *o == Output::Barrier { session: Some(id) });
+    let err = position(&out, |o| is_line_to(o, id, "ERR bad-credentials"));
+    assert!(record < barrier && barrier < err);
+}
+
 // Timers -----------------------------------------------------------------------
 
 #[test]
@@ -259,7 +273,9 @@ fn the_core_names_its_next_wake_up_and_an_early_one_does_nothing() {
     let at = rig.server.poll_timeout().unwrap();
     assert_eq!(at, START + Duration::from_millis(200), "confirm_delay");
     assert_eq!(rig.timeout(at - Duration::from_millis(1)), []);
-    assert_eq!(lines(&rig.timeout(at), bob), ["IDLE 1"]);
+    let out = rig.timeout(at);
+    assert_eq!(lines(&out, bob), ["IDLE 1"]);
+    assert!(out.iter().all(|o| !matches!(o, Output::Barrier { .. })));
     assert!(rig.server.poll_timeout().unwrap() > at);
 }
 
