@@ -1,12 +1,10 @@
-//! A blocking driver on `std::net`, keeping the rules of `chatcore::guide`.
-//! Run `cargo run -p chatcore --example std_driver`, then `nc 127.0.0.1 4119`
-//! and log in as `alice`, password `wonderland`.
-//!
-//! A mutex owns the `Server`. Each connection has a reader thread that feeds
-//! it and a writer thread that writes what it says; a timer thread wakes it
-//! for deadlines. A real driver adds argon2 checks outside the lock (unknown
-//! names checked against a dummy credential, for the same cost), a durable
-//! store committed before each round's lines go out, and connection limits.
+//! A blocking `std::net` driver keeping the rules of `chatcore::guide`: a
+//! mutex owns the `Server`, each connection has a reader and a writer thread,
+//! a timer thread wakes the core for deadlines. `cargo run -p chatcore
+//! --example std_driver`, then `nc 127.0.0.1 4119` (`alice`, `wonderland`).
+//! A real driver adds argon2 checks outside the lock (unknown names checked
+//! against a dummy credential, for the same cost), a durable store committed
+//! before each round's lines go out, and connection limits.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -19,22 +17,22 @@ use std::time::{Duration, SystemTime};
 use chatcore::wire::LineDecoder;
 use chatcore::{Accounts, Config, Input, Output, Server, SessionId, StoreModel, Time};
 
-/// A write blocked this long is a peer that stopped reading: it is dropped.
+/// A write blocked this long, or a queue this many lines long, is a peer
+/// that stopped reading: it is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Lines queued for a connection at most; a full queue is a dead peer too.
 const QUEUE_LINES: usize = 1024;
 /// How long a closed connection reads on, so that the peer's late bytes do
 /// not make the kernel reset the connection and destroy the `BYE`.
 const LINGER: Duration = Duration::from_secs(1);
 
-enum ToWriter {
+enum Out {
     Line(String),
     Written,
 }
 
 struct Core {
     server: Server,
-    conns: HashMap<SessionId, SyncSender<ToWriter>>,
+    conns: HashMap<SessionId, SyncSender<Out>>,
     db: StoreModel, // the store, in memory here
 }
 
@@ -73,9 +71,9 @@ pub fn serve(listener: TcpListener, accounts: Accounts) {
         core.drain();
         drop(core);
         shared.1.notify_one(); // its login timeout may be the next deadline
-        let (to_core, shared) = (Arc::clone(&shared), Arc::clone(&shared));
-        thread::spawn(move || read_lines(reader, session, max, &to_core));
-        thread::spawn(move || write_lines(&stream, &rx, session, &shared));
+        let (for_reader, for_writer) = (Arc::clone(&shared), Arc::clone(&shared));
+        thread::spawn(move || read_lines(reader, session, max, &for_reader));
+        thread::spawn(move || write_lines(&stream, &rx, session, &for_writer));
     }
 }
 
@@ -95,20 +93,20 @@ impl Core {
     fn drain(&mut self) {
         let t = self.server.now();
         while let Some(output) = self.server.poll_output() {
-            let (session, msg) = match output {
-                Output::Send { session, line } => (session, ToWriter::Line(line.to_string())),
-                Output::NotifyWritten { session } => (session, ToWriter::Written),
-                Output::Close { session } => {
-                    self.conns.remove(&session); // its writer writes what is queued, then closes
-                    continue;
-                }
+            match output {
+                Output::Send { session, line } => self.queue(session, Out::Line(line.to_string())),
+                Output::NotifyWritten { session } => self.queue(session, Out::Written),
+                // Its writer writes what is queued, then closes.
+                Output::Close { session } => drop(self.conns.remove(&session)),
+                // Applied before any line is written: barriers wait for nothing.
+                Output::Persist(op) => self.db.apply(&op),
+                Output::Barrier { .. } | Output::Event(_) => {}
                 Output::CheckPassword(c) => {
                     // Plain text only, verified here: see the module doc.
                     let ok = c.credential.and_then(|cr| cr.verify_plain(&c.password)) == Some(true);
                     let (session, check) = (c.session, c.check);
-                    let answer = Input::PasswordChecked { session, check, ok };
-                    self.server.handle_input(t, answer);
-                    continue;
+                    self.server
+                        .handle_input(t, Input::PasswordChecked { session, check, ok });
                 }
                 Output::LoadHeld(r) => {
                     let (session, load) = (r.session, r.load);
@@ -119,22 +117,18 @@ impl Core {
                         messages,
                     };
                     self.server.handle_input(t, answer);
-                    continue;
                 }
-                // Applied before any line is written: barriers wait for nothing.
-                Output::Persist(op) => {
-                    self.db.apply(&op);
-                    continue;
-                }
-                Output::Barrier { .. } | Output::Event(_) => continue,
-            };
-            let Some(queue) = self.conns.get(&session) else {
-                continue;
-            };
-            if queue.try_send(msg).is_err() {
-                self.conns.remove(&session); // a full queue: it stopped reading
-                self.server.handle_input(t, Input::Closed { session });
             }
+        }
+    }
+
+    /// Hands a connection's writer its next entry; a full queue is a peer
+    /// that stopped reading.
+    fn queue(&mut self, session: SessionId, out: Out) {
+        if let Some(Err(_)) = self.conns.get(&session).map(|q| q.try_send(out)) {
+            self.conns.remove(&session);
+            self.server
+                .handle_input(self.server.now(), Input::Closed { session });
         }
     }
 }
@@ -159,13 +153,13 @@ fn read_lines(mut r: TcpStream, session: SessionId, max: usize, shared: &Shared)
 }
 
 /// Writes the core's lines until it drops the queue, then closes.
-fn write_lines(mut w: &TcpStream, rx: &Receiver<ToWriter>, session: SessionId, shared: &Shared) {
+fn write_lines(mut w: &TcpStream, rx: &Receiver<Out>, session: SessionId, shared: &Shared) {
     w.set_write_timeout(Some(WRITE_TIMEOUT)).ok();
     w.set_nodelay(true).ok();
     for msg in rx {
         match msg {
-            ToWriter::Written => feed(shared, Input::Written { session }),
-            ToWriter::Line(line) => {
+            Out::Written => feed(shared, Input::Written { session }),
+            Out::Line(line) => {
                 if w.write_all(format!("{line}\n").as_bytes()).is_err() {
                     feed(shared, Input::Closed { session });
                     break;
