@@ -6,6 +6,11 @@
 //! nothing else. The `chatd` server is a thin tokio shell around it; you can
 //! embed it in your own server, bot or test.
 //!
+//! **Writing a driver?** Read [the guide](guide): the order of a round,
+//! closing, bounds, shutdown, confirmation and password checks, each rule
+//! tested. Two complete drivers come with the crate: `examples/in_memory.rs`
+//! (no sockets) and `examples/std_driver.rs` (blocking `std::net`).
+//!
 //! # What it does not do
 //!
 //! - **No I/O.** It never touches a socket or a file. It tells you which
@@ -117,6 +122,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod guide;
 pub mod message;
 pub mod names;
 pub mod persist;

@@ -1,5 +1,5 @@
 //! Two users chatting through `chatcore` with no sockets: the smallest
-//! driver there is. Run it with `cargo run --example in_memory`.
+//! driver there is. Run it with `cargo run -p chatcore --example in_memory`.
 //!
 //! Each "connection" is an inbox of lines; time is a number we move by hand;
 //! the store is the in-memory `StoreModel` the core's changes add up to.
