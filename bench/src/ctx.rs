@@ -227,7 +227,7 @@ impl Ctx {
     }
 
     /// Starts ngircd with its own configuration (see
-    /// [`crate::irc::ngircd_config`]) on a free loopback port, or notes
+    /// [`ngircd_config`](crate::irc::ngircd_config)) on a free loopback port, or notes
     /// that `scenario`'s ngircd rows are skipped when it is not on `PATH`.
     pub fn start_ngircd(&self, scenario: &str) -> Result<Option<ServerProc>> {
         let Some(program) = self.ngircd.clone() else {

@@ -98,7 +98,7 @@
 //!   too, rather than memory growing without end. chatd allows
 //!   `max_outbound_bytes` (1 MiB) plus a period of no progress (the
 //!   heartbeat, counted as 1 to 30 s), and 64 times the bound at most
-//!   (PROTOCOL.md §6).
+//!   ([PROTOCOL.md §6](crate::protocol#6-heartbeat-and-liveness)).
 //!
 //! Either way, and for a failed read or write (reset), feed
 //! [`Input::Closed`]. The session ends without `BYE`, the user goes

@@ -256,7 +256,7 @@ pub async fn prepare(
 
 impl Prepared {
     /// What reads the users file and TLS files again while [`Prepared::run`]
-    /// serves (see [`crate::reload`]).
+    /// serves (see [`reload`](crate::reload)).
     pub fn reloader(&self) -> crate::reload::Reloader {
         let users = self.settings.users_file.clone();
         self.reload.reloader(users, self.checker.clone())

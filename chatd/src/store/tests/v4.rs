@@ -1,11 +1,11 @@
 //! The version 4 layout: version 3's tables, plus `held_summary` and a
 //! second index of `held` by (user, id). Its boxes are written with
-//! [`super::v3::apply`] and then given what version 4 added, exactly as
+//! [`apply`](super::v3::apply) and then given what version 4 added, exactly as
 //! the version 3 to 4 migration did.
 
 use super::*;
 
-/// Turns a version 3 database written by [`super::v3`] into the one
+/// Turns a version 3 database written by [`v3`](super::v3) into the one
 /// version 4 would have kept: the index and the summaries.
 pub fn from_v3(store: &mut SqliteStore) {
     store
