@@ -4,6 +4,7 @@
 //! deadline, so time-based rules are tested exactly and without sleeping.
 
 mod harness;
+pub mod store_check;
 pub mod strategies;
 
 pub use harness::{accounts, Harness, START};

@@ -1,0 +1,208 @@
+//! `testing::store_check` bites: the reference passes it, and stores with
+//! the mistakes a real store makes fail it, each with a small case.
+
+use std::panic;
+use std::sync::Arc;
+
+use chatcore::testing::store_check::{self, CheckedStore};
+use chatcore::{Message, MessageId, Restored, StoreModel, StoreOp};
+
+/// Cases per run. `each_flaw_is_found_often` holds every flaw below to
+/// being found by at least a quarter of single cases (about half to nine
+/// tenths, measured), so a run of 64 misses one with a chance below
+/// 0.75^64 = 1e-8: a pass here is no luck.
+const CASES: u32 = 64;
+
+#[test]
+fn the_model_passes() {
+    store_check::run(CASES, StoreModel::default);
+}
+
+/// One mistake a store could make, on top of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flaw {
+    /// `Release` removes the entry with id `upto` only, not the range.
+    ReleasesOnlyUpto,
+    /// `load` leaves out the summary of a box with one entry.
+    DropsOneEntrySummaries,
+    /// A box emptied by a release still has a summary (count 0).
+    KeepsEmptyBoxes,
+    /// `held_page` ignores `upto`.
+    PageIgnoresUpto,
+    /// `Seen` overwrites instead of keeping the later time.
+    SeenLastWriteWins,
+    /// The last commit before a restart is lost.
+    LastCommitNotDurable,
+    /// A hold of an id already in the box adds a second entry.
+    HoldsTwice,
+}
+
+const FLAWS: [Flaw; 7] = [
+    Flaw::ReleasesOnlyUpto,
+    Flaw::DropsOneEntrySummaries,
+    Flaw::KeepsEmptyBoxes,
+    Flaw::PageIgnoresUpto,
+    Flaw::SeenLastWriteWins,
+    Flaw::LastCommitNotDurable,
+    Flaw::HoldsTwice,
+];
+
+struct Flawed {
+    flaw: Flaw,
+    state: StoreModel,
+    /// Users whose box a release emptied and nothing refilled.
+    emptied: Vec<(String, MessageId)>,
+    /// The state before the last commit.
+    durable: StoreModel,
+}
+
+impl Flawed {
+    fn new(flaw: Flaw) -> Self {
+        Flawed {
+            flaw,
+            state: StoreModel::default(),
+            emptied: Vec::new(),
+            durable: StoreModel::default(),
+        }
+    }
+
+    fn apply_one(&mut self, op: &StoreOp) {
+        match (self.flaw, op) {
+            (Flaw::ReleasesOnlyUpto, StoreOp::Release { user, upto }) => {
+                if let Some(boxed) = self.state.held.get_mut(user) {
+                    boxed.retain(|m| m.id != *upto);
+                    if boxed.is_empty() {
+                        self.state.held.remove(user);
+                    }
+                }
+            }
+            (Flaw::SeenLastWriteWins, StoreOp::Seen { user, at }) => {
+                self.state.last_seen.insert(user.clone(), *at);
+            }
+            (Flaw::HoldsTwice, StoreOp::Hold { user, message }) => {
+                let boxed = self.state.held.entry(user.clone()).or_default();
+                let at = boxed.partition_point(|m| m.id <= message.id);
+                boxed.insert(at, Arc::clone(message));
+            }
+            (Flaw::KeepsEmptyBoxes, StoreOp::Release { user, .. }) => {
+                let last = self
+                    .state
+                    .held
+                    .get(user)
+                    .and_then(|b| b.last())
+                    .map(|m| m.id);
+                self.state.apply(op);
+                if let (Some(last), false) = (last, self.state.held.contains_key(user)) {
+                    self.emptied.push((user.clone(), last));
+                }
+            }
+            (Flaw::KeepsEmptyBoxes, StoreOp::Hold { user, .. }) => {
+                self.emptied.retain(|(u, _)| u != user);
+                self.state.apply(op);
+            }
+            _ => self.state.apply(op),
+        }
+    }
+}
+
+impl CheckedStore for Flawed {
+    type Error = std::convert::Infallible;
+
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), Self::Error> {
+        self.durable = self.state.clone();
+        for op in ops {
+            self.apply_one(op);
+        }
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<Restored, Self::Error> {
+        let mut restored = self.state.restored();
+        match self.flaw {
+            Flaw::DropsOneEntrySummaries => restored.held.retain(|_, s| s.count != 1),
+            Flaw::KeepsEmptyBoxes => {
+                for (user, last) in &self.emptied {
+                    let summary = restored.held.entry(user.clone()).or_default();
+                    summary.last = *last;
+                }
+            }
+            _ => {}
+        }
+        Ok(restored)
+    }
+
+    fn held_page(
+        &mut self,
+        user: &str,
+        after: MessageId,
+        upto: MessageId,
+        max: usize,
+    ) -> Result<Vec<Arc<Message>>, Self::Error> {
+        let upto = match self.flaw {
+            Flaw::PageIgnoresUpto => MessageId::MAX,
+            _ => upto,
+        };
+        Ok(self.state.held_page(user, after, upto, max))
+    }
+
+    fn reopen(mut self) -> Result<Self, Self::Error> {
+        if self.flaw == Flaw::LastCommitNotDurable {
+            self.state = self.durable.clone();
+        }
+        Ok(self)
+    }
+}
+
+/// The message `run` panics with for a store with `flaw`, if it does.
+fn failure(flaw: Flaw) -> Option<String> {
+    let hook = panic::take_hook();
+    panic::set_hook(Box::new(|_| {}));
+    let result = panic::catch_unwind(|| store_check::run(CASES, || Flawed::new(flaw)));
+    panic::set_hook(hook);
+    let payload = result.err()?;
+    Some(
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "a panic without a message".into()),
+    )
+}
+
+#[test]
+fn every_flaw_fails_the_check() {
+    for flaw in FLAWS {
+        let message = failure(flaw).unwrap_or_else(|| panic!("{flaw:?} passed the check"));
+        assert!(
+            message.starts_with("store check: ") && message.contains("StoreModel::"),
+            "{flaw:?} failed otherwise than by a mismatch: {message}"
+        );
+        println!("{flaw:?}: {message}\n");
+    }
+}
+
+/// How often each flaw is found: the share of single cases that fail on
+/// it, on a fixed seed so the number is the same on every run.
+#[test]
+fn each_flaw_is_found_often() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+    let strategy = store_check::arb_case(store_check::Bodies::OnePerId);
+    let cases: Vec<_> = (0..200)
+        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
+        .collect();
+    for flaw in FLAWS {
+        let found = cases
+            .iter()
+            .filter(|case| store_check::check(Flawed::new(flaw), case).is_err())
+            .count();
+        println!("{flaw:?}: {found} of {}", cases.len());
+        assert!(
+            found * 4 >= cases.len(),
+            "{flaw:?} is found by {found} of {} cases only",
+            cases.len()
+        );
+    }
+}
