@@ -19,6 +19,8 @@ use crate::time::Time;
 /// before writing that round's lines, or faster by committing in the
 /// background and holding back only the lines behind a barrier.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum StoreOp {
     /// Append a message to `user`'s box. A box is read back in id order.
     Hold {
@@ -66,6 +68,7 @@ pub enum StoreOp {
 
 /// Consecutive bad credentials for one (user name, address) pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LoginFailures {
     /// The user name as typed (unknown names are tracked alike, so a block
     /// does not reveal which names exist).
@@ -85,6 +88,7 @@ pub struct LoginFailures {
 /// ([`crate::Output::LoadHeld`]), so memory does not grow with held
 /// messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BoxSummary {
     /// How many entries the box holds.
     pub count: usize,
@@ -104,6 +108,7 @@ impl BoxSummary {
 /// up to, with each box as a summary. A store gives the bodies of held
 /// messages on request, a page at a time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Restored {
     /// The first id not yet reserved.
     pub next_id: MessageId,
@@ -121,6 +126,7 @@ pub struct Restored {
 /// startup, [`StoreModel::held_page`] for a page), so a real store is
 /// tested against it; in-memory drivers and tests use it as their store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StoreModel {
     /// The first id not yet reserved.
     pub next_id: MessageId,
