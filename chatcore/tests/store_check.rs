@@ -33,19 +33,22 @@ enum Flaw {
     PageIgnoresUpto,
     /// `Seen` overwrites instead of keeping the later time.
     SeenLastWriteWins,
+    /// `ReserveIds` overwrites instead of keeping the larger id.
+    IdsMoveBack,
     /// The last commit before a restart is lost.
     LastCommitNotDurable,
     /// A hold of an id already in the box adds a second entry.
     HoldsTwice,
 }
 
-const FLAWS: [Flaw; 8] = [
+const FLAWS: [Flaw; 9] = [
     Flaw::ReleasesOnlyUpto,
     Flaw::DropsOneEntrySummaries,
     Flaw::SummariesLostOnReopen,
     Flaw::FailuresNotReplaced,
     Flaw::PageIgnoresUpto,
     Flaw::SeenLastWriteWins,
+    Flaw::IdsMoveBack,
     Flaw::LastCommitNotDurable,
     Flaw::HoldsTwice,
 ];
@@ -87,6 +90,7 @@ impl Flawed {
                 let at = boxed.partition_point(|m| m.id <= message.id);
                 boxed.insert(at, Arc::clone(message));
             }
+            (Flaw::IdsMoveBack, StoreOp::ReserveIds { next }) => self.state.next_id = *next,
             (Flaw::FailuresNotReplaced, StoreOp::LoginFailures(f)) => {
                 self.state.login_failures.push(f.clone());
             }
@@ -191,4 +195,66 @@ fn each_flaw_is_found_often() {
             cases.len()
         );
     }
+}
+
+/// What the check leaves out of its comparison, the core ignores: a
+/// server restored with its failed-login records in another order, and
+/// with a summary of an empty box, answers every line the same.
+#[test]
+fn the_core_ignores_what_the_check_leaves_out() {
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use chatcore::testing::{accounts, Harness, START};
+    use chatcore::{BoxSummary, Config, LoginFailures, Server};
+
+    let users = [("alice", "pw"), ("carol", "pw")];
+    let (home, away) = (
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
+    );
+    let record = |ip, count, blocked_until| LoginFailures {
+        user: "alice".into(),
+        ip,
+        count,
+        last: START,
+        blocked_until,
+    };
+    let restored = Restored {
+        next_id: 10,
+        held: BTreeMap::new(),
+        last_seen: BTreeMap::new(),
+        login_failures: vec![
+            record(away, 3, Some(START + Duration::from_secs(3600))),
+            record(home, 2, None),
+        ],
+    };
+    let mut reordered = restored.clone();
+    reordered.login_failures.reverse();
+    reordered
+        .held
+        .insert("carol".into(), BoxSummary { count: 0, last: 5 });
+
+    let run = |restored: Restored| {
+        let mut h = Harness::with_users(&users);
+        h.server = Server::restore(START, Config::default(), accounts(&users), restored);
+        let mut seen = Vec::new();
+        // Blocked from `away`; one more failure blocks `home`.
+        for (ip, password) in [(away, "pw"), (home, "wrong"), (home, "pw")] {
+            let s = h.connect_from(ip);
+            h.send(s, "alice");
+            h.send(s, password);
+            seen.extend(h.take_text(s));
+        }
+        // Carol has nothing held: no OFFLINE.
+        let c = h.connect_logged_in("carol", "pw");
+        h.send(c, "whoelse");
+        seen.extend(h.take_text(c));
+        seen
+    };
+    let lines = run(restored);
+    assert!(lines.iter().any(|l| l.contains("blocked")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("OFFLINE")), "{lines:?}");
+    assert_eq!(run(reordered), lines);
 }

@@ -486,8 +486,9 @@ pub fn arb_op() -> impl Strategy<Value = StoreOp> {
 /// for several users, sharing one `Arc` as the core does, then some of
 /// them releasing it, maybe with other ops between, and maybe held again,
 /// as a redelivery does); several users releasing one id (a broadcast of
-/// an earlier batch, usually); one user seen twice; or one (user,
-/// address) pair failing to log in a few times, then maybe succeeding.
+/// an earlier batch, usually); a user seen twice and ids reserved twice;
+/// or one (user, address) pair failing to log in a few times, then maybe
+/// succeeding.
 pub fn arb_group() -> impl Strategy<Value = Vec<StoreOp>> {
     let broadcast = (
         arb_message(),
@@ -525,16 +526,20 @@ pub fn arb_group() -> impl Strategy<Value = Vec<StoreOp>> {
             .map(|user| StoreOp::Release { user, upto: id })
             .collect()
     });
-    // A login and a leave, in either order: the later time must stay.
-    let seen = (arb_user(), arb_time(), arb_time()).prop_map(|(user, a, b)| {
-        vec![
-            StoreOp::Seen {
-                user: user.clone(),
-                at: a,
-            },
-            StoreOp::Seen { user, at: b },
-        ]
-    });
+    // Two times a user was seen and two id reservations, each pair in
+    // either order: the later time and the larger id must stay.
+    let forward =
+        (arb_user(), arb_time(), arb_time(), 0..BELOW, 0..BELOW).prop_map(|(user, a, b, m, n)| {
+            vec![
+                StoreOp::Seen {
+                    user: user.clone(),
+                    at: a,
+                },
+                StoreOp::ReserveIds { next: m },
+                StoreOp::Seen { user, at: b },
+                StoreOp::ReserveIds { next: n },
+            ]
+        });
     // One pair failing again and again, maybe logging in at last: its
     // record is replaced each time, then cleared.
     let failing = (arb_user(), arb_ip(), 0..BELOW - 4, 1..4u32, any::<bool>()).prop_map(
@@ -560,7 +565,7 @@ pub fn arb_group() -> impl Strategy<Value = Vec<StoreOp>> {
         4 => arb_op().prop_map(|op| vec![op]),
         3 => broadcast,
         2 => releases,
-        1 => seen,
+        1 => forward,
         1 => failing,
     ]
 }
