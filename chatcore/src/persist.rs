@@ -16,8 +16,9 @@
 //!    [`StoreModel::held_page`] gives: the entries with
 //!    `after < id <= upto`, oldest first, at most `max`. The core ignores
 //!    the order of [`Restored::login_failures`] (it keys the records by
-//!    user and address) and a [`BoxSummary`] whose count is 0, so a store
-//!    may give either its own way.
+//!    user and address) and any [`BoxSummary`] whose count is 0, so a
+//!    store may give the records in any order and may list an emptied box
+//!    with a count of 0.
 //! 2. **Durable before the lines that depend on it.** A line the core
 //!    sends after an [`Output::Barrier`] (to its session; with `None`, a
 //!    delivery to anyone) must not reach the network before every change
