@@ -111,12 +111,23 @@
 //! delivery).
 //! Held messages are not kept in memory: the core asks for them a page at
 //! a time with [`Output::LoadHeld`], answered by [`Input::HeldLoaded`].
+//! What any store must do is [the store contract](persist#the-store-contract).
 //!
 //! # Testing
 //!
 //! The `testing` feature exports `testing::Harness`, which drives a server
 //! in memory with a clock that jumps from deadline to deadline, and proptest
 //! strategies for lines and commands in `testing::strategies`.
+//! `testing::store_check` checks a store of your own against the store
+//! contract in a few lines.
+//!
+//! # Features
+//!
+//! - `testing`: the harness, strategies and store check above (pulls in
+//!   proptest).
+//! - `serde`: `Serialize` and `Deserialize` on what a store keeps and on
+//!   [`HeldRequest`], in forms that are part of the API
+//!   ([`persist`](persist#serialized-forms-feature-serde)).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

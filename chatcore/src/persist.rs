@@ -1,5 +1,118 @@
 //! What must outlive the process, as changes the core asks the driver to
 //! make durable, and the state a driver gives back at startup.
+//!
+//! # The store contract
+//!
+//! What any store an embedder puts behind the core must do, whatever its
+//! engine (a file, SQLite, a database server). The driver hands the store
+//! the [`StoreOp`]s of [`Output::Persist`] in batches (one commit each),
+//! gives [`Server::restore`] what the store loads at startup, and answers
+//! each [`Output::LoadHeld`] with a page read from it. [`StoreModel`] is
+//! the reference: it defines what every op means.
+//!
+//! 1. **Same answers as the model.** After any sequence of committed
+//!    batches, the store loads what [`StoreModel::restored`] gives, and a
+//!    page of `user`'s box for `after`, `upto` and `max` is what
+//!    [`StoreModel::held_page`] gives: the entries with
+//!    `after < id <= upto`, oldest first, at most `max`. The core ignores
+//!    the order of [`Restored::login_failures`] (it keys the records by
+//!    user and address) and any [`BoxSummary`] whose count is 0, so a
+//!    store may give the records in any order and may list an emptied box
+//!    with a count of 0.
+//! 2. **Durable before the lines that depend on it.** A line the core
+//!    sends after an [`Output::Barrier`] (to its session; with `None`, a
+//!    delivery to anyone) must not reach the network before every change
+//!    emitted before the barrier is durable: committed so that it survives
+//!    a crash of the process and of the machine. That is what makes
+//!    `OK message bob queued offline` a promise, keeps a failed login
+//!    counted across a crash, and keeps a message id from being handed
+//!    out twice (PROTOCOL.md §6). Lines not behind a barrier may go out
+//!    before the changes before them are durable; committing each round's
+//!    changes before writing its lines (group commit) meets the rule too.
+//! 3. **Reads see every commit.** The answer to an [`Output::LoadHeld`]
+//!    must reflect every change emitted before it: read it after
+//!    committing those, from where they were written (a replica that lags
+//!    its primary will not do). Whether it reflects later changes does
+//!    not matter: the core changes nothing in the range while it waits.
+//! 4. **All or none, in order.** A batch is applied all or none, its ops
+//!    in the order given, and batches in the order emitted. After a crash
+//!    the store holds a prefix of the batches, whole; a batch whose commit
+//!    failed left no trace and may be applied again.
+//! 5. **Ordered by id.** A box is read back in id order, not in the order
+//!    of its holds: a message delivered and not confirmed when its session
+//!    died is held again with its own id, and goes back ahead of the
+//!    messages held since (PROTOCOL.md §5).
+//! 6. **Idempotent.** Holding an id already in the box keeps one entry (a
+//!    message held again is the same message); a release that covers
+//!    nothing does nothing; the id counter and last-seen times never move
+//!    back; a failed-login record replaces the one of its (user, address)
+//!    pair.
+//! 7. **One body per id.** An id names one message for the life of the
+//!    store: the core never holds one id with two different contents, so
+//!    a store may keep each body once and let every box that holds it
+//!    point at it (a broadcast is held once per recipient, behind one
+//!    `Arc`), dropping it when the last box releases it.
+//! 8. **Startup does not grow with held messages.** Loading reads a
+//!    summary per box (count and last id), not the messages, and a page
+//!    costs about its size, not its box's (an index on user and id). The
+//!    core keeps only the summaries in memory, and asks for bodies a page
+//!    at a time.
+//! 9. **One writer.** Two servers on the same data would hand out the same
+//!    ids: a store must refuse a second writer (chatd's SQLite store holds
+//!    an exclusive lock).
+//!
+//! Ids and times are `u64`. The core's ids count up from 1 and its times
+//! are wall-clock milliseconds, far below 2^63, so a store may keep them as
+//! signed 64-bit integers; the one exception is the end of a block
+//! ([`LoginFailures::blocked_until`]), which is `u64::MAX` when the
+//! configured block time is too long to add: keep it bit for bit.
+//!
+//! ## What checks it
+//!
+//! `testing::store_check` (feature `testing`) checks rules 1, 3, 5, 6 and
+//! 7 against any store, and rules 2 and 4 as far as a restart shows them
+//! (what a store gives back after being closed and opened again); with a
+//! few lines, a store that passes it behaves as the core expects. Where
+//! the barriers are, and which lines wait behind them, is the core's side
+//! of rule 2, tested in `tests/rules_durability.rs`. What no such check
+//! can see (a crash of the machine, a commit that fails half-way, a second
+//! writer, what a load costs) depends on the engine: chatd's store tests
+//! kill transactions, fill the disk, open a second server and inspect the
+//! indexes of its SQLite store, which an engine of your own needs in its
+//! own terms.
+//!
+//! # Serialized forms (feature `serde`)
+//!
+//! With the `serde` feature, [`StoreOp`], [`Restored`], [`BoxSummary`],
+//! [`LoginFailures`], [`StoreModel`], [`Message`], [`MessageKind`],
+//! [`Time`] and [`HeldRequest`] implement `Serialize` and `Deserialize`,
+//! for a store that writes ops to a log, ships them to another process or
+//! snapshots the model. These forms are part of the API, pinned by tests,
+//! and change only with a new major version:
+//!
+//! - [`Time`] is a number: milliseconds since the Unix epoch.
+//! - [`MessageKind`] is `"private"` or `"broadcast"`.
+//! - Structs are objects of their fields, by their Rust names; an
+//!   [`IpAddr`] is its text (`"10.0.0.7"`, `"::1"`) and an absent
+//!   `blocked_until` is `null`.
+//! - A [`StoreOp`] is an object with one key, the op's name in snake case:
+//!   `{"release":{"user":"bob","upto":7}}`,
+//!   `{"login_failures":{"user":...}}`. Externally tagged, so that formats
+//!   without self-description (bincode, postcard) can read it back.
+//! - The session and load ids of a [`HeldRequest`] are plain numbers.
+//!
+//! A deserialized message is a value of its own: holds that shared one
+//! `Arc` before share none after a round trip, which the contract allows
+//! (rule 7 is about contents, not sharing).
+//!
+//! [`Output::Persist`]: crate::Output::Persist
+//! [`Output::Barrier`]: crate::Output::Barrier
+//! [`Output::LoadHeld`]: crate::Output::LoadHeld
+//! [`Server::restore`]: crate::Server::restore
+//! [`HeldRequest`]: crate::HeldRequest
+//! [`Message`]: crate::Message
+//! [`MessageKind`]: crate::MessageKind
+//! [`Time`]: crate::Time
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -10,15 +123,18 @@ use crate::time::Time;
 
 /// One change to durable state, emitted as [`crate::Output::Persist`].
 ///
-/// The driver applies changes in the order given. Ordering rule: a line
-/// after an [`crate::Output::Barrier`] must not reach the network before
-/// every change emitted before the barrier is durable (so `OK message bob
+/// The driver applies changes in the order given, and a line after an
+/// [`crate::Output::Barrier`] must not reach the network before every
+/// change emitted before the barrier is durable (so `OK message bob
 /// queued offline` is only seen once the message is committed); other lines
 /// need not wait. Drivers meet it simply by committing every change
 /// gathered from one round of inputs in one transaction (group commit)
 /// before writing that round's lines, or faster by committing in the
-/// background and holding back only the lines behind a barrier.
+/// background and holding back only the lines behind a barrier. The whole
+/// contract is in [the module docs](self#the-store-contract).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum StoreOp {
     /// Append a message to `user`'s box. A box is read back in id order.
     Hold {
@@ -66,6 +182,7 @@ pub enum StoreOp {
 
 /// Consecutive bad credentials for one (user name, address) pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LoginFailures {
     /// The user name as typed (unknown names are tracked alike, so a block
     /// does not reveal which names exist).
@@ -85,6 +202,7 @@ pub struct LoginFailures {
 /// ([`crate::Output::LoadHeld`]), so memory does not grow with held
 /// messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BoxSummary {
     /// How many entries the box holds.
     pub count: usize,
@@ -104,6 +222,7 @@ impl BoxSummary {
 /// up to, with each box as a summary. A store gives the bodies of held
 /// messages on request, a page at a time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Restored {
     /// The first id not yet reserved.
     pub next_id: MessageId,
@@ -121,6 +240,7 @@ pub struct Restored {
 /// startup, [`StoreModel::held_page`] for a page), so a real store is
 /// tested against it; in-memory drivers and tests use it as their store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StoreModel {
     /// The first id not yet reserved.
     pub next_id: MessageId,

@@ -10,7 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// restart. The driver passes the current time into every call; the core
 /// clamps it so that its own clock never runs backwards, so a wall clock
 /// stepped back by NTP cannot reorder deadlines or timestamps.
+///
+/// With the `serde` feature it is the number of milliseconds since the
+/// epoch (`1795540321000`): this form is part of the API.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
 pub struct Time(u64);
 
 impl Time {

@@ -16,6 +16,8 @@ use crate::wire::{DecodeError, ServerLine};
 /// A connection, as the core knows it. Allocated by
 /// [`crate::Server::open_session`] and never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
 pub struct SessionId(pub(crate) u64);
 
 impl SessionId {
@@ -39,6 +41,8 @@ pub struct CheckId(pub(crate) u64);
 /// Names one [`Output::LoadHeld`], so that an answer that comes after its
 /// session ended (or after the core stopped waiting for it) is ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
 pub struct LoadId(pub(crate) u64);
 
 /// Something that happened outside the core.
@@ -245,6 +249,7 @@ impl fmt::Debug for PasswordCheck {
 /// Fewer than `max` means the range is exhausted; the core then ends the
 /// block there even if its summary promised more.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HeldRequest {
     /// The connection that asked.
     pub session: SessionId,

@@ -28,36 +28,27 @@ pub(crate) use thread::{Committed, StoreGone, StoreThread};
 
 /// A durable home for the core's state.
 ///
-/// The contract, for any engine (SQLite here; a shared PostgreSQL for
-/// several chatd nodes could be next). [`StoreModel`] in chatcore is the
-/// reference: after any sequence of committed ops, [`Store::load`] must
-/// equal its [`StoreModel::restored`] and [`Store::held_page`] its
-/// [`StoreModel::held_page`]; the property test in `tests/props.rs` holds
-/// `SqliteStore` to that.
+/// Any engine (SQLite here; a shared PostgreSQL for several chatd nodes
+/// could be next) keeps the store contract written in chatcore, in
+/// [`chatcore::persist`](chatcore::persist#the-store-contract): the same
+/// answers as [`StoreModel`], durable before the lines behind a barrier,
+/// reads that see every commit, all or none, boxes in id order,
+/// idempotent ops, one body per id, a startup that does not grow with held
+/// messages, and one writer. `tests/props.rs` runs chatcore's store check
+/// (`chatcore::testing::store_check`) against [`SqliteStore`] and
+/// [`MemoryStore`]; the rest of `tests/` covers what it cannot see (a
+/// failed transaction, a full disk, a second server, the indexes).
 ///
-/// - **Durability.** When [`Store::apply`] returns `Ok`, every op given is
-///   durable: it survives a crash of the process and of the machine. The
-///   core sends the lines that depend on them (`OK message ... queued
-///   offline`) only after that.
-/// - **Atomicity.** One `apply` is all or none. On
-///   [`Failure::CannotWriteNow`] none of the ops was applied and the same
-///   ops come again later, so applying them must not depend on a partial
-///   earlier try.
-/// - **Idempotent holds.** Holding the same (user, id) twice keeps one
-///   entry; releasing a range that holds nothing does nothing.
-/// - **Reads see every commit.** [`Store::held_page`] reflects every op of
-///   every `apply` that returned before it was called. The driver calls it
-///   only after committing the ops the core emitted before asking, so an
-///   engine where reads may lag writes (a replica) must read from where it
-///   writes.
-/// - **Startup does not grow with held messages.** [`Store::load`] reads
-///   summaries (a count and last id per box), not messages: its cost is in
-///   users and failed-login records. Bodies are read a page at a time by
-///   [`Store::held_page`], which must cost about the page, not the box
-///   (an index on (user, id)).
-/// - **One writer.** The engine must refuse a second server on the same
-///   data (SQLite holds an exclusive lock): two cores would hand out the
-///   same ids.
+/// What is chatd's own:
+///
+/// - **Failures sorted.** A failed [`Store::apply`] says, through
+///   [`StoreError::failure`], whether the server can wait
+///   ([`Failure::CannotWriteNow`]: none of the ops was applied, and the
+///   same ops come again later, so applying them must not depend on a
+///   partial earlier try) or must stop.
+/// - **One thread.** The driver reaches the store through one thread
+///   (`thread.rs`) that takes commits and page reads in the order asked,
+///   so a page read after a commit sees it (rule 3 of the contract).
 pub trait Store: Send {
     /// Reads back the durable state: the id counter, a summary of each
     /// non-empty box, last-seen times and failed-login records.

@@ -1,202 +1,135 @@
-//! The SQLite store against its model, `StoreModel`, on random ops: the
-//! summaries `load` gives, every page `held_page` gives, and range releases.
+//! The SQLite store (and the memory store) against `StoreModel`, by
+//! chatcore's store check (`chatcore::testing::store_check`): the
+//! summaries `load` gives, every page `held_page` gives, range releases,
+//! broadcasts held behind one `Arc`, and reopening. The migrated layouts
+//! go on like a new store.
+
+use chatcore::testing::store_check::{self, Bodies, Case, CheckedStore};
+use chatcore::MessageId;
+use proptest::prelude::*;
+use tempfile::TempDir;
 
 use super::*;
-use proptest::prelude::*;
+use crate::store::MemoryStore;
 
-fn arb_user() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["alice", "bob", "carol", "dave", "erin", "x.y-z_1"])
-        .prop_map(String::from)
+/// A SQLite store in a directory of its own, which a reopen closes and
+/// opens again, as a restarted chatd does.
+struct OnDisk {
+    dir: TempDir,
+    store: SqliteStore,
 }
 
-fn arb_ip() -> impl Strategy<Value = IpAddr> {
-    prop_oneof![
-        any::<[u8; 4]>().prop_map(IpAddr::from),
-        any::<[u8; 16]>().prop_map(IpAddr::from),
-    ]
-}
-
-/// Values the store keeps below 2^63 (see [`SqliteStore`]).
-const BIG: u64 = i64::MAX as u64;
-
-/// A message with one of 20 ids (from 1: the core's first id, and a page
-/// is asked for above an id). Two draws of one id usually differ in
-/// content, which the core never does, but `StoreModel::apply` allows.
-fn arb_message() -> impl Strategy<Value = Arc<Message>> {
-    (
-        1..21u64,
-        0..BIG,
-        arb_user(),
-        any::<bool>(),
-        "[ -~\té✓]{0,40}",
-    )
-        .prop_map(|(id, at, from, bcast, text)| {
-            Arc::new(Message {
-                id,
-                at: Time::from_unix_millis(at),
-                from,
-                kind: if bcast {
-                    MessageKind::Broadcast
-                } else {
-                    MessageKind::Private
-                },
-                text,
-            })
-        })
-}
-
-fn arb_op() -> impl Strategy<Value = StoreOp> {
-    prop_oneof![
-        4 => (arb_user(), arb_message()).prop_map(|(user, message)| StoreOp::Hold { user, message }),
-        2 => (arb_user(), 0..22u64).prop_map(|(user, upto)| StoreOp::Release { user, upto }),
-        1 => (0..BIG).prop_map(|next| StoreOp::ReserveIds { next }),
-        1 => (arb_user(), 0..BIG).prop_map(|(user, at)| StoreOp::Seen { user, at: Time::from_unix_millis(at) }),
-        2 => (arb_user(), arb_ip(), any::<u32>(), 0..BIG, prop::option::of(0..BIG)).prop_map(
-            |(user, ip, count, last, until)| StoreOp::LoginFailures(LoginFailures {
-                user,
-                ip,
-                count,
-                last: Time::from_unix_millis(last),
-                blocked_until: until.map(Time::from_unix_millis),
-            })
-        ),
-        1 => (arb_user(), arb_ip()).prop_map(|(user, ip)| StoreOp::ClearLoginFailures { user, ip }),
-    ]
-}
-
-/// A few ops that belong together: one op, a broadcast (one message
-/// held for several users, sharing one `Arc` as the core does, then
-/// some of them releasing it, maybe with other ops between, and maybe
-/// held again, as a redelivery does), or several
-/// users releasing one id (a broadcast of an earlier batch, usually).
-fn arb_group() -> impl Strategy<Value = Vec<StoreOp>> {
-    let broadcast = (
-        arb_message(),
-        prop::collection::vec((arb_user(), any::<bool>()), 1..7),
-        prop::collection::vec(arb_op(), 0..3),
-        prop::collection::vec(arb_user(), 0..3),
-    )
-        .prop_map(|(message, users, between, again)| {
-            let mut ops: Vec<StoreOp> = users
-                .iter()
-                .map(|(user, _)| StoreOp::Hold {
-                    user: user.clone(),
-                    message: Arc::clone(&message),
-                })
-                .collect();
-            ops.extend(between);
-            ops.extend(
-                users
-                    .into_iter()
-                    .filter(|(_, release)| *release)
-                    .map(|(user, _)| StoreOp::Release {
-                        user,
-                        upto: message.id,
-                    }),
-            );
-            ops.extend(again.into_iter().map(|user| StoreOp::Hold {
-                user,
-                message: Arc::clone(&message),
-            }));
-            ops
-        });
-    let releases = (0..20u64, prop::collection::vec(arb_user(), 1..7)).prop_map(|(id, users)| {
-        users
-            .into_iter()
-            .map(|user| StoreOp::Release { user, upto: id })
-            .collect()
-    });
-    prop_oneof![
-        4 => arb_op().prop_map(|op| vec![op]),
-        3 => broadcast,
-        2 => releases,
-    ]
-}
-
-/// Ops grouped into batches (one `apply` each).
-fn arb_batches() -> impl Strategy<Value = Vec<Vec<StoreOp>>> {
-    prop::collection::vec(
-        prop::collection::vec(arb_group(), 0..6).prop_map(|groups| groups.concat()),
-        0..6,
-    )
-}
-
-/// Opens the migrated store in `dir`, checks it holds what `model` does
-/// (summaries and contents), applies `after` to both, and checks again
-/// after a reopen: a migrated store goes on like a new one.
-fn migrated_goes_on(
-    dir: &std::path::Path,
-    mut model: StoreModel,
-    after: &[Vec<StoreOp>],
-) -> Result<(), TestCaseError> {
-    let mut store = SqliteStore::open(dir).unwrap();
-    prop_assert_eq!(store.load().unwrap(), model.restored());
-    prop_assert_eq!(&contents(&mut store), &model);
-    for batch in after {
-        store.apply(batch).unwrap();
-        for op in batch {
-            model.apply(op);
-        }
+impl OnDisk {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        OnDisk { dir, store }
     }
-    drop(store);
-    let mut store = SqliteStore::open(dir).unwrap();
-    prop_assert_eq!(store.load().unwrap(), model.restored());
-    prop_assert_eq!(contents(&mut store), model);
+
+    /// No message row outlives the last box that holds it.
+    fn orphans(&self) -> i64 {
+        self.store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM messages WHERE id NOT IN (SELECT id FROM held)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+}
+
+impl CheckedStore for OnDisk {
+    type Error = StoreError;
+
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        Store::apply(&mut self.store, ops)
+    }
+
+    fn load(&mut self) -> Result<Restored, StoreError> {
+        self.store.load()
+    }
+
+    fn held_page(
+        &mut self,
+        user: &str,
+        after: MessageId,
+        upto: MessageId,
+        max: usize,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
+        self.store.held_page(user, after, upto, max)
+    }
+
+    fn reopen(self) -> Result<Self, StoreError> {
+        let OnDisk { dir, store } = self;
+        // The exclusive lock goes with the connection.
+        drop(store);
+        let store = SqliteStore::open(dir.path())?;
+        Ok(OnDisk { dir, store })
+    }
+}
+
+/// Lives as long as the process: nothing to reopen.
+impl CheckedStore for MemoryStore {
+    type Error = StoreError;
+
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        Store::apply(self, ops)
+    }
+
+    fn load(&mut self) -> Result<Restored, StoreError> {
+        Store::load(self)
+    }
+
+    fn held_page(
+        &mut self,
+        user: &str,
+        after: MessageId,
+        upto: MessageId,
+        max: usize,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
+        Store::held_page(self, user, after, upto, max)
+    }
+}
+
+/// The check as an embedder runs it: one body per id, as the core emits.
+#[test]
+fn sqlite_passes_the_store_check() {
+    store_check::run(64, OnDisk::new);
+}
+
+#[test]
+fn the_memory_store_passes_the_store_check() {
+    store_check::run(64, MemoryStore::default);
+}
+
+/// Opens the migrated store in `dir` and runs `case` on it from what
+/// `model` holds: a migrated store goes on like a new one.
+fn migrated_goes_on(dir: TempDir, model: StoreModel, case: &Case) -> Result<(), TestCaseError> {
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store_check::check_from(OnDisk { dir, store }, model, case)?;
     Ok(())
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// Whatever the ops and however they are grouped into commits, the
-    /// store (and the store reopened) gives back what `StoreModel`
-    /// computes: the same summaries at startup, and the same entries for
-    /// any page of any box.
+    /// More than the contract asks: one id held with different bodies
+    /// (never done by the core) reads back per box, as `StoreModel` keeps
+    /// it. And a message row lives exactly as long as someone holds it.
     #[test]
-    fn sqlite_matches_the_model(
-        batches in arb_batches(),
-        page in 1..5usize,
-        pages in prop::collection::vec((arb_user(), 0..22u64, 0..22u64, 0..5usize), 4),
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut model = StoreModel::default();
-        {
-            let mut store = SqliteStore::open(dir.path()).unwrap();
-            for batch in &batches {
-                store.apply(batch).unwrap();
-                for op in batch {
-                    model.apply(op);
-                }
-                prop_assert_eq!(&store.load().unwrap(), &model.restored());
-                prop_assert_eq!(&contents_paged(&mut store, page), &model);
-                for (user, after, upto, max) in &pages {
-                    prop_assert_eq!(
-                        store.held_page(user, *after, *upto, *max).unwrap(),
-                        model.held_page(user, *after, *upto, *max)
-                    );
-                }
-            }
-            // A message row lives exactly as long as someone holds it.
-            let orphans: i64 = store
-                .conn
-                .query_row(
-                    "SELECT COUNT(*) FROM messages
-                     WHERE id NOT IN (SELECT id FROM held)",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            prop_assert_eq!(orphans, 0);
-        }
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        prop_assert_eq!(store.load().unwrap(), model.restored());
-        prop_assert_eq!(contents(&mut store), model);
+    fn sqlite_matches_the_model_with_any_bodies(case in store_check::arb_case(Bodies::Any)) {
+        let disk = store_check::check(OnDisk::new(), &case)?;
+        prop_assert_eq!(disk.orphans(), 0);
     }
 
     /// A database written by the version 1 layout opens, migrated, with
     /// the same content, and goes on matching `StoreModel`.
     #[test]
-    fn v1_database_migrates(before in arb_batches(), after in arb_batches()) {
+    fn v1_database_migrates(
+        before in store_check::arb_batches_with(Bodies::Any),
+        after in store_check::arb_case(Bodies::Any),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut model = StoreModel::default();
         {
@@ -209,14 +142,17 @@ proptest! {
             }
             prop_assert_eq!(v1::load(&old), model.clone());
         }
-        migrated_goes_on(dir.path(), model, &after)?;
+        migrated_goes_on(dir, model, &after)?;
     }
 
     /// A version 3 database (boxes without summaries) opens, migrated,
     /// with the same content and summaries, and goes on matching
     /// `StoreModel`.
     #[test]
-    fn v3_database_migrates(before in arb_batches(), after in arb_batches()) {
+    fn v3_database_migrates(
+        before in store_check::arb_batches_with(Bodies::Any),
+        after in store_check::arb_case(Bodies::Any),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut model = StoreModel::default();
         {
@@ -228,6 +164,6 @@ proptest! {
                 }
             }
         }
-        migrated_goes_on(dir.path(), model, &after)?;
+        migrated_goes_on(dir, model, &after)?;
     }
 }
