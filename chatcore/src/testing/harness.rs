@@ -256,9 +256,12 @@ impl Harness {
         self.drain();
     }
 
-    /// Moves the clock forward by `d` at once and runs what is due then, as
-    /// a driver that wakes late does (a loaded machine): deadlines passed on
-    /// the way run together, at the end, not each at its own moment.
+    /// Moves the clock forward by `d` at once and calls
+    /// [`Server::handle_timeout`] once, as a driver that wakes late does (a
+    /// loaded machine). The core still runs each deadline passed on the way
+    /// at its own moment; what is late is the harness, which answers what
+    /// those deadlines asked of it (pages to load, pages written) only at
+    /// the end.
     pub fn jump(&mut self, d: Duration) {
         self.now = self.now + d;
         self.server.handle_timeout(self.now);
