@@ -215,11 +215,7 @@ impl Rig {
                     .as_ref()
                     .and_then(|c| c.verify_plain(&check.password))
                     .unwrap_or(false);
-                self.input(Input::PasswordChecked {
-                    session: check.session,
-                    check: check.check,
-                    ok,
-                });
+                self.input(check.answer(ok));
             } else if let Some(r) = self.loads.pop_front() {
                 let messages = self.store.held_page(&r.user, r.after, r.upto, r.max);
                 self.input(Input::HeldLoaded {

@@ -149,11 +149,7 @@ impl Harness {
     /// session asked, or `None` if none is pending.
     pub fn answer_password_check(&mut self, ok: bool) -> Option<SessionId> {
         let check = self.checks.pop_front()?;
-        self.input(Input::PasswordChecked {
-            session: check.session,
-            check: check.check,
-            ok,
-        });
+        self.input(check.answer(ok));
         Some(check.session)
     }
 
@@ -371,14 +367,7 @@ impl Harness {
                 .as_ref()
                 .and_then(|c| c.verify_plain(&check.password))
                 .unwrap_or(false);
-            self.server.handle_input(
-                self.now,
-                Input::PasswordChecked {
-                    session: check.session,
-                    check: check.check,
-                    ok,
-                },
-            );
+            self.server.handle_input(self.now, check.answer(ok));
         }
     }
 
