@@ -476,3 +476,104 @@ proptest! {
         prop_assert_eq!(exact.seen(), free.seen(), "at the end");
     }
 }
+
+// Harness::settle: exactly-once without knowing about flood control or confirmation
+
+use chatcore::testing::Harness;
+
+#[derive(Clone, Debug)]
+enum Traffic {
+    /// User `from` sends `n` messages to user `to` as fast as it can.
+    Burst { from: usize, to: usize, n: usize },
+    /// User `who`'s connection drops (after `settle`), and they log in again.
+    Drop { who: usize },
+}
+
+fn traffic() -> impl Strategy<Value = Traffic> {
+    prop_oneof![
+        3 => (0..3usize, 0..3usize, 1..25usize).prop_map(|(from, to, n)| Traffic::Burst { from, to, n }),
+        1 => (0..3usize).prop_map(|who| Traffic::Drop { who }),
+    ]
+}
+
+/// What a property author keeps: per user the texts received, and per
+/// sender the texts whose reply is still to come.
+#[derive(Default)]
+struct Tally {
+    received: BTreeMap<usize, Vec<String>>,
+    unanswered: BTreeMap<usize, VecDeque<(usize, String)>>,
+    accepted: Vec<(usize, String)>,
+}
+
+impl Tally {
+    fn read(&mut self, h: &mut Harness, sessions: &[SessionId]) {
+        for (user, s) in sessions.iter().enumerate() {
+            for line in h.take(*s) {
+                match line {
+                    ServerLine::Deliver(m) => {
+                        self.received.entry(user).or_default().push(m.text.clone())
+                    }
+                    ServerLine::Delivered { .. } | ServerLine::Queued { .. } => {
+                        let sent = self.unanswered.entry(user).or_default().pop_front();
+                        self.accepted.push(sent.expect("a reply to a message sent"));
+                    }
+                    ServerLine::Err(_) => {
+                        self.unanswered.entry(user).or_default().pop_front();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every message accepted reaches its recipient exactly once, across
+    /// dropped connections, with flood control on (the default): written
+    /// as if neither flood control nor confirmation existed, thanks to
+    /// `settle` (the `Harness` docs show the same without it failing).
+    #[test]
+    fn with_settle_every_accepted_message_arrives_exactly_once(
+        script in proptest::collection::vec(traffic(), 1..12),
+    ) {
+        let mut h = Harness::with_users(USERS);
+        let mut sessions: Vec<SessionId> =
+            USERS[..3].iter().map(|(u, p)| h.connect_logged_in(u, p)).collect();
+        let mut tally = Tally::default();
+        let mut tag = 0;
+        for step in &script {
+            match *step {
+                Traffic::Burst { from, to, n } => {
+                    for _ in 0..n {
+                        tag += 1;
+                        let text = format!("t{tag}");
+                        h.send(sessions[from], &format!("message {} {text}", USERS[to].0));
+                        tally.unanswered.entry(from).or_default().push_back((to, text));
+                        tally.read(&mut h, &sessions);
+                    }
+                }
+                Traffic::Drop { who } => {
+                    h.settle();
+                    tally.read(&mut h, &sessions);
+                    h.close(sessions[who]);
+                    let (user, password) = USERS[who];
+                    sessions[who] = h.connect_logged_in(user, password);
+                    tally.read(&mut h, &sessions);
+                }
+            }
+        }
+        h.settle();
+        tally.read(&mut h, &sessions);
+        prop_assert!(tally.unanswered.values().all(VecDeque::is_empty));
+        let mut expected: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (to, text) in &tally.accepted {
+            expected.entry(*to).or_default().push(text.clone());
+        }
+        for texts in tally.received.values_mut().chain(expected.values_mut()) {
+            texts.sort();
+        }
+        prop_assert_eq!(tally.received, expected);
+    }
+}

@@ -250,6 +250,37 @@ impl Server {
         self.shut_down
     }
 
+    /// Logged-in sessions with work held back (commands waiting for flood
+    /// control or behind an `OFFLINE` block, a block not sent in full,
+    /// deliveries not confirmed), in id order: what
+    /// [`Harness::settle`](crate::testing::Harness::settle) waits out.
+    #[cfg(feature = "testing")]
+    pub(crate) fn held_back(&self) -> Vec<HeldBack> {
+        let mut held: Vec<HeldBack> = self
+            .sessions
+            .iter()
+            .filter_map(|(id, s)| {
+                let a = s.active()?;
+                let unconfirmed = !a.unconfirmed.is_empty();
+                if a.backlog.is_empty() && a.paging.is_empty() && !unconfirmed {
+                    return None;
+                }
+                // A probe sent after the last delivery: its answer confirms
+                // them all.
+                let probe_sent = a
+                    .unconfirmed
+                    .back()
+                    .is_some_and(|u| u.after_probe < a.probe_seq);
+                Some(HeldBack {
+                    session: *id,
+                    confirm_with: (unconfirmed && probe_sent).then_some(a.probe_seq),
+                })
+            })
+            .collect();
+        held.sort_by_key(|h| h.session);
+        held
+    }
+
     fn advance_clock(&mut self, now: Time) {
         self.now = self.now.max(now);
     }
@@ -566,6 +597,16 @@ impl Server {
             requeued,
         });
     }
+}
+
+/// A session with work held back, as [`Server::held_back`] reports it.
+#[cfg(feature = "testing")]
+#[derive(Debug)]
+pub(crate) struct HeldBack {
+    pub(crate) session: SessionId,
+    /// The probe whose answer (`idle <seq>`) confirms every delivery not
+    /// confirmed yet; `None` while that probe is still to come.
+    pub(crate) confirm_with: Option<u64>,
 }
 
 /// The one place an `ERR rate-limited` is built: every refusal for going
