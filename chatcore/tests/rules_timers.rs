@@ -95,6 +95,8 @@ enum Step {
     InputEnded(usize),
     /// A new connection logs in as user `u` (three inputs).
     LogIn(usize),
+    /// The users file is read again, unchanged (`set_accounts`).
+    Reload,
     /// Every session answers its latest probe, as live clients do.
     AnswerProbes,
     /// [`Step::AnswerProbes`] spelled out: the line each session sends, in
@@ -268,6 +270,11 @@ impl Rig {
                     self.input(Input::Line { session, line });
                 }
             }
+            Step::Reload => {
+                self.before_call();
+                self.server.set_accounts(self.now, accounts(USERS));
+                self.collect();
+            }
             Step::AnswerProbes => unreachable!("resolved into Step::Answers first"),
             Step::Answers(lines) => {
                 for (session, line) in self.opened.clone().into_iter().zip(lines) {
@@ -401,6 +408,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => delay().prop_map(Step::Timeout),
         1 => any::<bool>().prop_map(Step::Open),
         2 => (0..USERS.len()).prop_map(Step::LogIn),
+        1 => Just(Step::Reload),
         3 => Just(Step::AnswerProbes),
         12 => (who.clone(), say()).prop_map(|(i, s)| Step::Line(i, s)),
         1 => who.clone().prop_map(Step::Closed),

@@ -306,6 +306,11 @@ impl Server {
                 continue;
             }
             session.armed = None;
+            debug_assert!(
+                at >= self.now,
+                "{id} armed at {at:?}, before {:?}",
+                self.now
+            );
             self.advance_clock(at);
             self.on_timer(id);
             self.end_if_input_ended(id);
