@@ -147,6 +147,71 @@ impl Accounts {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+
+    /// What to verify a password against when the name is no account (a
+    /// [`PasswordCheck`](crate::PasswordCheck) whose `credential` is
+    /// `None`), so that the answer costs the same argon2 work as for a real
+    /// account and timing does not tell which names exist. Verifying
+    /// plain-text accounts against it too hides how their passwords are
+    /// stored.
+    ///
+    /// An argon2id PHC string with, for each of `m`, `t` and `p`, the
+    /// largest value among the accounts' hashes (so no account costs more
+    /// to check than an unknown name), or argon2id's usual `m=19456,t=2,p=1`
+    /// when no account is hashed. Its salt and hash are fixed bytes: no
+    /// password is known to match it, and the answer for an unknown name is
+    /// "no" whatever the verification says.
+    ///
+    /// The parameters follow the accounts, so a driver that keeps one
+    /// (rather than calling this per check) makes it again when the
+    /// accounts change.
+    pub fn dummy_credential(&self) -> Credential {
+        let mut largest: Option<[u32; 3]> = None;
+        for phc in self.by_name.values().filter_map(|c| match c {
+            Credential::Argon2id(phc) => Some(phc),
+            Credential::Plain(_) => None,
+        }) {
+            let Some(params) = phc_params(phc) else {
+                continue;
+            };
+            let l = largest.get_or_insert(params);
+            for (l, p) in l.iter_mut().zip(params) {
+                *l = (*l).max(p);
+            }
+        }
+        let [m, t, p] = largest.unwrap_or(DEFAULT_ARGON2_PARAMS);
+        Credential::Argon2id(format!(
+            "$argon2id$v=19$m={m},t={t},p={p}${DUMMY_SALT_B64}${DUMMY_HASH_B64}"
+        ))
+    }
+}
+
+/// argon2id's usual `m`, `t`, `p` (those of the argon2 crate's default and
+/// of `chatd hash-password`).
+const DEFAULT_ARGON2_PARAMS: [u32; 3] = [19_456, 2, 1];
+
+/// `chatcore-dummy-s` (16 bytes) in the PHC's unpadded base64.
+const DUMMY_SALT_B64: &str = "Y2hhdGNvcmUtZHVtbXktcw";
+
+/// `matches no password, ever. 32 b.` (32 bytes, argon2's usual output
+/// length) in the PHC's unpadded base64.
+const DUMMY_HASH_B64: &str = "bWF0Y2hlcyBubyBwYXNzd29yZCwgZXZlci4gMzIgYi4";
+
+/// The `m`, `t` and `p` of an argon2id PHC string, if they read as numbers.
+fn phc_params(phc: &str) -> Option<[u32; 3]> {
+    let params = phc.split('$').nth(3)?;
+    if params.split(',').count() != 3 {
+        return None;
+    }
+    let mut out = [0; 3];
+    for ((key, value), out) in ["m=", "t=", "p="]
+        .iter()
+        .zip(params.split(','))
+        .zip(&mut out)
+    {
+        *out = value.strip_prefix(key)?.parse().ok()?;
+    }
+    Some(out)
 }
 
 /// How one set of accounts differs from another: what
@@ -256,6 +321,40 @@ mod tests {
         for (text, line) in cases {
             assert_eq!(Accounts::parse(text).unwrap_err().line, line, "{text:?}");
         }
+    }
+
+    #[test]
+    fn the_dummy_credential_costs_what_the_dearest_account_costs() {
+        let salt = "c2FsdHNhbHQ";
+        let hash = "aGFzaGhhc2hoYXNoaGFzaA";
+        let text = format!(
+            "alice pw\n\
+             bob $argon2id$v=19$m=65536,t=1,p=1${salt}${hash}\n\
+             carol $argon2id$v=19$m=19456,t=4,p=2${salt}${hash}\n"
+        );
+        let accounts = Accounts::parse(&text).unwrap();
+        let dummy = "$argon2id$v=19$m=65536,t=4,p=2\
+            $Y2hhdGNvcmUtZHVtbXktcw$bWF0Y2hlcyBubyBwYXNzd29yZCwgZXZlci4gMzIgYi4";
+        assert_eq!(
+            accounts.dummy_credential(),
+            Credential::Argon2id(dummy.into())
+        );
+        // No hashed account: argon2id's usual defaults.
+        let defaults = "$argon2id$v=19$m=19456,t=2,p=1\
+            $Y2hhdGNvcmUtZHVtbXktcw$bWF0Y2hlcyBubyBwYXNzd29yZCwgZXZlci4gMzIgYi4";
+        for none in [Accounts::new(), Accounts::parse("alice pw\n").unwrap()] {
+            assert_eq!(
+                none.dummy_credential(),
+                Credential::Argon2id(defaults.into())
+            );
+        }
+        // A users file accepts it, so a driver's parser takes it too.
+        let Credential::Argon2id(phc) = accounts.dummy_credential() else {
+            panic!("not a hash");
+        };
+        assert!(Accounts::parse(&format!("dummy {phc}\n")).is_ok());
+        // Never matches as plain text either.
+        assert_eq!(accounts.dummy_credential().verify_plain(&phc), None);
     }
 
     #[test]

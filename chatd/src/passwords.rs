@@ -12,19 +12,19 @@
 //!
 //! Every check costs the same argon2 work, whatever the account: unknown
 //! names and plain-text credentials are run against a dummy argon2id hash
-//! (with the parameters most accounts use, made once at startup) and then
-//! the real answer is used, so response timing does not tell which names
-//! exist or how their passwords are stored. When the users file is read
-//! again ([`PasswordChecker::set_accounts`]) the dummy is made anew, so its
-//! cost keeps following the accounts.
+//! ([`Accounts::dummy_credential`]: the largest parameters the accounts
+//! use, parsed once at startup) and then the real answer is used, so
+//! response timing does not tell which names exist or how their passwords
+//! are stored. When the users file is read again
+//! ([`PasswordChecker::set_accounts`]) the dummy is made anew, so its cost
+//! keeps following the accounts.
 
-use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
-use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
 use chatcore::{Accounts, Credential};
@@ -97,18 +97,30 @@ impl Argon2Hash {
         })
     }
 
-    /// A hash that no password matches (a random output), with `params`:
-    /// checking against it costs what checking a real account costs.
-    fn dummy(params: Params) -> Argon2Hash {
-        let mut salt = vec![0u8; 16];
-        OsRng.fill_bytes(&mut salt);
-        let mut output = [0u8; 32];
-        OsRng.fill_bytes(&mut output);
+    /// The accounts' [`Accounts::dummy_credential`], parsed: checking
+    /// against it costs what checking the dearest account costs.
+    ///
+    /// chatcore builds it from the accounts' own parameters, which
+    /// [`check_accounts`] found usable, so it parses; should it ever not,
+    /// argon2's default parameters stand in rather than failing a login.
+    fn dummy(accounts: &Accounts) -> Argon2Hash {
+        let parsed = match accounts.dummy_credential() {
+            Credential::Argon2id(phc) => Argon2Hash::parse(&phc),
+            Credential::Plain(_) => Err("not a hash".to_string()),
+        };
+        parsed.unwrap_or_else(|e| {
+            tracing::error!("the dummy credential is unusable ({e}); using argon2's defaults");
+            Argon2Hash::dummy_with(Params::default())
+        })
+    }
+
+    /// A dummy with `params`, for when the accounts' one cannot be used.
+    fn dummy_with(params: Params) -> Argon2Hash {
         Argon2Hash {
             version: Version::V0x13,
             params,
-            salt,
-            output: Output::new(&output).expect("32 bytes is a valid output length"),
+            salt: b"chatd-dummy-salt".to_vec(),
+            output: Output::new(&[0; 32]).expect("32 bytes is a valid output length"),
         }
     }
 }
@@ -163,35 +175,13 @@ pub fn check_accounts(accounts: &Accounts) -> Result<CredentialSummary, Password
     Ok(summary)
 }
 
-/// The argon2 parameters most accounts use (the default when none is
-/// hashed): the dummy hash uses them so that its cost matches a real check.
-fn usual_params(accounts: &Accounts) -> Params {
-    let mut counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
-    for (_, credential) in accounts.iter() {
-        if let Credential::Argon2id(phc) = credential {
-            if let Ok(h) = Argon2Hash::parse(phc) {
-                let p = &h.params;
-                *counts
-                    .entry((p.m_cost(), p.t_cost(), p.p_cost()))
-                    .or_default() += 1;
-            }
-        }
-    }
-    counts
-        .into_iter()
-        .max_by_key(|&(k, n)| (n, std::cmp::Reverse(k)))
-        .and_then(|((m, t, p), _)| Params::new(m, t, p, None).ok())
-        .unwrap_or_default()
-}
-
 /// One thread's argon2 verifier: the working memory it keeps from check to
 /// check, and the dummy hash for credentials that have none.
 #[derive(Debug)]
 pub struct Verifier {
     /// Grown to the largest `m_cost` checked so far and never shrunk, so
     /// that a check allocates nothing: a thread's memory is bounded by the
-    /// largest `m_cost` in the users file (or the dummy's, which is the
-    /// most common one).
+    /// largest `m_cost` in the users file (the dummy's is that one).
     blocks: Vec<Block>,
     dummy: Arc<Argon2Hash>,
     /// argon2 computations run, for tests of the equal-cost rule.
@@ -264,7 +254,7 @@ impl Verifier {
 /// Verifies `password` against one PHC string with memory of its own: for
 /// one-off checks. The server uses [`PasswordChecker`].
 pub fn verify_phc(phc: &str, password: &str) -> bool {
-    let dummy = Arc::new(Argon2Hash::dummy(Params::default()));
+    let dummy = Arc::new(Argon2Hash::dummy_with(Params::default()));
     Verifier::new(dummy).verify(Some(&Credential::Argon2id(phc.to_string())), password)
 }
 
@@ -295,11 +285,11 @@ pub struct PasswordChecker {
 }
 
 impl PasswordChecker {
-    /// Makes the dummy hash (with the parameters the accounts mostly use)
+    /// Makes the dummy hash (with the largest parameters the accounts use)
     /// and starts `concurrency` check threads. Their argon2 memory is
     /// allocated at each one's first check.
     pub fn new(accounts: &Accounts, concurrency: usize) -> Result<Self, PasswordError> {
-        let dummy = Arc::new(Argon2Hash::dummy(usual_params(accounts)));
+        let dummy = Arc::new(Argon2Hash::dummy(accounts));
         let n = concurrency.max(1);
         // As many waiting as running: enough to keep every thread busy;
         // further checks wait in `check`, asynchronously.
@@ -323,7 +313,7 @@ impl PasswordChecker {
     /// read again): checks asked for from now on cost what checking the
     /// accounts now in force costs.
     pub fn set_accounts(&self, accounts: &Accounts) {
-        let dummy = Arc::new(Argon2Hash::dummy(usual_params(accounts)));
+        let dummy = Arc::new(Argon2Hash::dummy(accounts));
         *self.dummy.lock().unwrap_or_else(PoisonError::into_inner) = dummy;
     }
 
@@ -432,7 +422,7 @@ mod tests {
     }
 
     fn verifier(params: Params) -> Verifier {
-        Verifier::new(Arc::new(Argon2Hash::dummy(params)))
+        Verifier::new(Arc::new(Argon2Hash::dummy_with(params)))
     }
 
     #[test]
@@ -508,7 +498,7 @@ mod tests {
         assert!(v.verify(Some(&hashed), "pw"));
         // One argon2 computation each, whatever the credential.
         assert_eq!(v.runs, 4);
-        // The dummy has the parameters most accounts use.
+        // The dummy's check used the dummy's parameters.
         assert_eq!(v.blocks.len(), 256);
     }
 
@@ -535,8 +525,31 @@ mod tests {
         let s = check_accounts(&accounts).unwrap();
         assert_eq!(s.plain, ["alice", "bob"]);
         assert_eq!(s.hashed, 1);
-        let p = usual_params(&accounts);
+        let p = Argon2Hash::dummy(&accounts).params;
         assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (256, 1, 1));
+    }
+
+    /// The dummy is chatcore's `dummy_credential`: the largest parameters
+    /// among the accounts (a rarely used dear hash included, so no account
+    /// costs more to check than an unknown name), and no password matches.
+    #[test]
+    fn the_dummy_is_as_dear_as_the_dearest_account_and_matches_nothing() {
+        let small = hash_with("pw", cheap()).unwrap();
+        let big = hash_with("pw", Params::new(1024, 1, 1, None).unwrap()).unwrap();
+        let accounts =
+            Accounts::parse(&format!("ann {small}\nbob {small}\ncarol {big}\n")).unwrap();
+        let dummy = Argon2Hash::dummy(&accounts);
+        let p = &dummy.params;
+        assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (1024, 1, 1));
+        let mut v = Verifier::new(Arc::new(dummy.clone()));
+        for pw in ["", "pw", "chatcore-dummy-s"] {
+            assert!(!v.matches(&dummy, pw), "{pw:?}");
+        }
+        assert_eq!(
+            v.blocks.len(),
+            1024,
+            "checked at the accounts' dearest cost"
+        );
     }
 
     #[tokio::test]

@@ -214,7 +214,73 @@ pub enum Output {
     Event(Event),
 }
 
-/// A password to verify.
+/// A password to verify, off the event loop if that is slow, answered with
+/// [`PasswordCheck::answer`].
+///
+/// Every check should cost the same work, or response times tell which
+/// names exist and how passwords are stored: verify a hashed account's
+/// password against its hash, and everything else (a name that is no
+/// account, `credential: None`, and a plain-text account) against
+/// [`Accounts::dummy_credential`](crate::Accounts::dummy_credential) as
+/// well, then answer with the real result: `false` for a name that is no
+/// account, [`Credential::verify_plain`] for a plain-text one.
+///
+/// ```
+/// use std::net::{IpAddr, Ipv4Addr};
+/// use chatcore::{Accounts, Credential, Input, Output, PasswordCheck, Server, Time};
+/// use chatcore::wire::{ErrorReply, ServerLine};
+///
+/// /// Stands for the driver's argon2 library: slow on purpose, so a real
+/// /// driver runs it on a thread of its own.
+/// fn argon2_verify(phc: &str, password: &str) -> bool {
+///     # let _ = (phc, password);
+///     false
+/// }
+///
+/// /// Made once, and again whenever the accounts change.
+/// fn dummy(accounts: &Accounts) -> String {
+///     match accounts.dummy_credential() {
+///         Credential::Argon2id(phc) => phc,
+///         Credential::Plain(_) => unreachable!("the dummy is always a hash"),
+///     }
+/// }
+///
+/// fn verify(check: &PasswordCheck, dummy: &str) -> Input {
+///     let ok = match &check.credential {
+///         Some(Credential::Argon2id(phc)) => argon2_verify(phc, &check.password),
+///         Some(plain) => {
+///             argon2_verify(dummy, &check.password);
+///             plain.verify_plain(&check.password).unwrap_or(false)
+///         }
+///         None => {
+///             argon2_verify(dummy, &check.password);
+///             false
+///         }
+///     };
+///     check.answer(ok)
+/// }
+///
+/// let accounts = Accounts::parse("alice secret\n").unwrap();
+/// let dummy = dummy(&accounts);
+/// let now = Time::from_unix_secs(1_795_540_321);
+/// let mut server = Server::new(now, Default::default(), accounts);
+/// let s = server.open_session(now, IpAddr::V4(Ipv4Addr::LOCALHOST));
+/// let mut answers = Vec::new();
+/// for line in ["mallory", "guess"] {
+///     server.handle_input(now, Input::Line { session: s, line: line.into() });
+///     while let Some(output) = server.poll_output() {
+///         if let Output::CheckPassword(check) = output {
+///             answers.push(verify(&check, &dummy));
+///         }
+///     }
+/// }
+/// for answer in answers {
+///     server.handle_input(now, answer);
+/// }
+/// let err = ServerLine::Err(ErrorReply::BadCredentials);
+/// assert!(std::iter::from_fn(|| server.poll_output())
+///     .any(|o| o == Output::Send { session: s, line: err.clone() }));
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct PasswordCheck {
     /// The connection that asked.
@@ -226,9 +292,23 @@ pub struct PasswordCheck {
     /// The password as typed.
     pub password: String,
     /// The account's credential, or `None` for a name that is no account.
-    /// The driver must then spend the same work as on a wrong password and
-    /// answer `ok: false`, so timing does not tell which names exist.
+    /// The driver must then spend the same work as on a wrong password
+    /// (verify against [`Accounts::dummy_credential`](crate::Accounts::dummy_credential))
+    /// and answer `ok: false`, so timing does not tell which names exist.
     pub credential: Option<Credential>,
+}
+
+impl PasswordCheck {
+    /// The answer to this check, to hand to
+    /// [`Server::handle_input`](crate::Server::handle_input): whether the
+    /// password matched.
+    pub fn answer(&self, ok: bool) -> Input {
+        Input::PasswordChecked {
+            session: self.session,
+            check: self.check,
+            ok,
+        }
+    }
 }
 
 impl fmt::Debug for PasswordCheck {

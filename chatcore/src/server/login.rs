@@ -30,7 +30,7 @@ impl Server {
     /// credential that changed or went away is answered "no" whatever the
     /// driver finds, so a removed account cannot slip in during a reload.
     pub fn set_accounts(&mut self, now: Time, accounts: Accounts) -> AccountsChange {
-        self.advance_clock(now);
+        self.catch_up(now);
         let change = self.accounts.diff(&accounts);
         for session in self.sessions.values_mut() {
             if let Phase::Checking { user, stale, .. } = &mut session.phase {

@@ -42,6 +42,16 @@ const ID_BLOCK: MessageId = 1024;
 ///
 /// Every call takes `now`, always as its first argument. The core keeps the latest `now` it was given and
 /// ignores earlier ones, so its clock never runs backwards.
+///
+/// Every call that takes `now` first runs whatever fell due up to `now`,
+/// each deadline in turn at its own moment, before it looks at anything
+/// new. A driver that wakes late, or hands in a line before it got round to
+/// [`Server::handle_timeout`], gets exactly what a driver that woke at every
+/// deadline gets: a user name sent after the login timeout ends the
+/// connection instead of being asked for a password, and a session silent
+/// for two heartbeat periods gets two probes, not one.
+/// [`Server::handle_timeout`] is then only for the wake-ups when nothing
+/// else happens.
 #[derive(Debug)]
 pub struct Server {
     config: Config,
@@ -117,7 +127,7 @@ impl Server {
     /// A new connection from `peer`: greets it and asks for a user name.
     /// After [`Input::Shutdown`] it is refused with `BYE shutdown` at once.
     pub fn open_session(&mut self, now: Time, peer: IpAddr) -> SessionId {
-        self.advance_clock(now);
+        self.catch_up(now);
         let id = SessionId(self.next_session);
         self.next_session += 1;
         if self.shut_down {
@@ -136,7 +146,7 @@ impl Server {
     /// Feeds one input. Client mistakes are answered on the wire, never
     /// returned as errors; input for a session the core has closed is ignored.
     pub fn handle_input(&mut self, now: Time, input: Input) {
-        self.advance_clock(now);
+        self.catch_up(now);
         let session = input.session();
         match input {
             // The decoder refuses control characters; checking again here
@@ -173,21 +183,14 @@ impl Server {
     }
 
     /// Runs what is due at `now`: heartbeats, confirming probes, timeouts.
-    /// Early or repeated calls do nothing.
+    /// Early or repeated calls do nothing; a late one runs each deadline it
+    /// passed at its own moment, as calls at each of them would have.
+    ///
+    /// Every other call that takes `now` does the same first, so this is
+    /// only needed to wake the core when nothing else happens: at
+    /// [`Server::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Time) {
-        self.advance_clock(now);
-        while let Some((at, id)) = self.timers.pop_due(self.now) {
-            let Some(session) = self.sessions.get_mut(&id) else {
-                continue;
-            };
-            if session.armed != Some(at) {
-                continue;
-            }
-            session.armed = None;
-            self.on_timer(id);
-            self.end_if_input_ended(id);
-            self.rearm_after_timer(id);
-        }
+        self.catch_up(now);
     }
 
     /// The next piece of work for the driver, in the order it must be done.
@@ -247,8 +250,73 @@ impl Server {
         self.shut_down
     }
 
+    /// Logged-in sessions with work held back (commands waiting for flood
+    /// control or behind an `OFFLINE` block, a block not sent in full,
+    /// deliveries not confirmed), in id order: what
+    /// [`Harness::settle`](crate::testing::Harness::settle) waits out.
+    #[cfg(feature = "testing")]
+    pub(crate) fn held_back(&self) -> Vec<HeldBack> {
+        let mut held: Vec<HeldBack> = self
+            .sessions
+            .iter()
+            .filter_map(|(id, s)| {
+                let a = s.active()?;
+                let unconfirmed = !a.unconfirmed.is_empty();
+                if a.backlog.is_empty() && a.paging.is_empty() && !unconfirmed {
+                    return None;
+                }
+                // A probe sent after the last delivery: its answer confirms
+                // them all.
+                let probe_sent = a
+                    .unconfirmed
+                    .back()
+                    .is_some_and(|u| u.after_probe < a.probe_seq);
+                Some(HeldBack {
+                    session: *id,
+                    confirm_with: (unconfirmed && probe_sent).then_some(a.probe_seq),
+                })
+            })
+            .collect();
+        held.sort_by_key(|h| h.session);
+        held
+    }
+
     fn advance_clock(&mut self, now: Time) {
         self.now = self.now.max(now);
+    }
+
+    /// Moves the clock to `now`, running on the way every timer due by then,
+    /// in deadline order, each with the clock at its own deadline: what a
+    /// driver calling [`Server::handle_timeout`] at every
+    /// [`Server::poll_timeout`] would have got. A heartbeat two periods
+    /// overdue thus runs twice, and the second one is scheduled from the
+    /// first, not from `now`.
+    ///
+    /// Every entry in the set is at or after the clock (entries are armed
+    /// at `max(deadline, now)` and the clock never passes an entry without
+    /// running it), so setting the clock to each entry's time never moves
+    /// it backwards.
+    fn catch_up(&mut self, now: Time) {
+        let target = self.now.max(now);
+        while let Some((at, id)) = self.timers.pop_due(target) {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if session.armed != Some(at) {
+                continue;
+            }
+            session.armed = None;
+            debug_assert!(
+                at >= self.now,
+                "{id} armed at {at:?}, before {:?}",
+                self.now
+            );
+            self.advance_clock(at);
+            self.on_timer(id);
+            self.end_if_input_ended(id);
+            self.rearm_after_timer(id);
+        }
+        self.advance_clock(target);
     }
 
     /// Queues a line for a session the core has. Work that outlives its
@@ -534,6 +602,16 @@ impl Server {
             requeued,
         });
     }
+}
+
+/// A session with work held back, as [`Server::held_back`] reports it.
+#[cfg(feature = "testing")]
+#[derive(Debug)]
+pub(crate) struct HeldBack {
+    pub(crate) session: SessionId,
+    /// The probe whose answer (`idle <seq>`) confirms every delivery not
+    /// confirmed yet; `None` while that probe is still to come.
+    pub(crate) confirm_with: Option<u64>,
 }
 
 /// The one place an `ERR rate-limited` is built: every refusal for going

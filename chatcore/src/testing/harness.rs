@@ -24,6 +24,55 @@ use crate::wire::ServerLine;
 ///   that off with [`Harness::hold_loads`]).
 /// - Lines sent to each session are kept until [`Harness::take`] reads them.
 ///
+/// # Two traps for property authors
+///
+/// A property such as "every message accepted reaches its recipient exactly
+/// once" fails on a correct server for two reasons that have nothing to do
+/// with the property:
+///
+/// - **Flood control holds lines back.** Commands past the burst wait for
+///   tokens ([`Config::flood`], on by default): right after a quick run of
+///   `message` commands, only some have been run, and the rest arrive when
+///   the clock moves.
+/// - **A delivery counts only once confirmed.** A message written to a
+///   client is confirmed when the client answers a probe sent after it
+///   (`idle <seq>`, PROTOCOL.md §6). Until then the connection dropping puts
+///   it back in the box, and it comes again at the next login: seen twice,
+///   as the protocol wants for a message that may not have arrived.
+///
+/// [`Harness::settle`] waits both out (it moves the clock and answers the
+/// probes that confirm), so a property can check exactly-once without
+/// knowing of either:
+///
+/// ```
+/// use chatcore::testing::Harness;
+///
+/// fn msgs(h: &mut Harness, s: chatcore::SessionId) -> usize {
+///     h.take_text(s).iter().filter(|l| l.starts_with("MSG ")).count()
+/// }
+/// let run = |settle: bool| {
+///     let mut h = Harness::with_users(&[("alice", "a"), ("bob", "b")]);
+///     let a = h.connect_logged_in("alice", "a");
+///     let b = h.connect_logged_in("bob", "b");
+///     for i in 0..15 {
+///         h.send(a, &format!("message bob {i}"));
+///     }
+///     if settle {
+///         h.settle();
+///     }
+///     let live = msgs(&mut h, b);
+///     h.close(b); // bob's connection drops
+///     h.settle(); // whatever alice sent still waiting reaches bob's box
+///     let b = h.connect_logged_in("bob", "b");
+///     (live, msgs(&mut h, b))
+/// };
+/// // Without settle: 10 of 15 at once (the default burst), and all 15 at
+/// // the next login: the 10 were never confirmed.
+/// assert_eq!(run(false), (10, 15));
+/// // With it: 15 live, all confirmed, none again.
+/// assert_eq!(run(true), (15, 0));
+/// ```
+///
 /// ```
 /// use chatcore::testing::Harness;
 /// use chatcore::wire::ServerLine;
@@ -149,11 +198,7 @@ impl Harness {
     /// session asked, or `None` if none is pending.
     pub fn answer_password_check(&mut self, ok: bool) -> Option<SessionId> {
         let check = self.checks.pop_front()?;
-        self.input(Input::PasswordChecked {
-            session: check.session,
-            check: check.check,
-            ok,
-        });
+        self.input(check.answer(ok));
         Some(check.session)
     }
 
@@ -256,9 +301,59 @@ impl Harness {
         self.drain();
     }
 
-    /// Moves the clock forward by `d` at once and runs what is due then, as
-    /// a driver that wakes late does (a loaded machine): deadlines passed on
-    /// the way run together, at the end, not each at its own moment.
+    /// Moves the clock and answers probes until no logged-in session has
+    /// anything held back: no command waiting for flood control (or behind
+    /// an `OFFLINE` block), no block not sent in full, no delivery waiting
+    /// for confirmation. Each session with unconfirmed deliveries answers
+    /// the probe that confirms them (`idle <seq>`) as soon as it is sent;
+    /// no other line is sent, so sessions that are not waited for are left
+    /// as they are (and those never waited for stay silent, heartbeats
+    /// included).
+    ///
+    /// See the struct docs for why a property needs this.
+    ///
+    /// # Panics
+    ///
+    /// If the clock would move past [`Config::heartbeat_timeout`] on the
+    /// way: something waits that moving time does not bring (a page or
+    /// password check held with [`Harness::hold_writes`] and the like), and
+    /// going on would end the sessions for silence.
+    pub fn settle(&mut self) {
+        let start = self.now;
+        let limit = self.config.heartbeat_timeout;
+        loop {
+            let held = self.server.held_back();
+            if held.is_empty() {
+                return;
+            }
+            let mut answered = false;
+            for h in &held {
+                if let Some(seq) = h.confirm_with {
+                    self.send(h.session, &format!("idle {seq}"));
+                    answered = true;
+                }
+            }
+            if answered {
+                continue;
+            }
+            let next = self.server.poll_timeout();
+            assert!(
+                next.is_some_and(|at| at.since(start) <= limit),
+                "settle: still held back after {:?} (sessions {:?}); is a page, \
+                 load or password check held?",
+                self.now.since(start),
+                held.iter().map(|h| h.session).collect::<Vec<_>>()
+            );
+            self.step();
+        }
+    }
+
+    /// Moves the clock forward by `d` at once and calls
+    /// [`Server::handle_timeout`] once, as a driver that wakes late does (a
+    /// loaded machine). The core still runs each deadline passed on the way
+    /// at its own moment; what is late is the harness, which answers what
+    /// those deadlines asked of it (pages to load, pages written) only at
+    /// the end.
     pub fn jump(&mut self, d: Duration) {
         self.now = self.now + d;
         self.server.handle_timeout(self.now);
@@ -368,14 +463,7 @@ impl Harness {
                 .as_ref()
                 .and_then(|c| c.verify_plain(&check.password))
                 .unwrap_or(false);
-            self.server.handle_input(
-                self.now,
-                Input::PasswordChecked {
-                    session: check.session,
-                    check: check.check,
-                    ok,
-                },
-            );
+            self.server.handle_input(self.now, check.answer(ok));
         }
     }
 

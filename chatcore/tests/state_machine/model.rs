@@ -248,8 +248,9 @@ pub enum Transition {
     Written { pick: usize },
     /// Time passes; every deadline on the way is run.
     Tick { millis: u64 },
-    /// Time passes and the driver wakes late: the deadlines passed on the
-    /// way all run at the end, together (a loaded machine).
+    /// Time passes and the driver wakes late (a loaded machine): the
+    /// deadlines passed on the way run, each at its own moment, and what
+    /// they asked of the driver is answered only at the end.
     Jump { millis: u64 },
     /// `Input::Shutdown`, then a new server restored from the store.
     Shutdown,
