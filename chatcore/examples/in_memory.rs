@@ -42,14 +42,7 @@ impl Driver {
                         .as_ref()
                         .and_then(|c| c.verify_plain(&check.password))
                         .unwrap_or(false);
-                    self.server.handle_input(
-                        self.now,
-                        Input::PasswordChecked {
-                            session: check.session,
-                            check: check.check,
-                            ok,
-                        },
-                    );
+                    self.server.handle_input(self.now, check.answer(ok));
                 }
                 Output::Persist(op) => self.store.apply(&op),
                 // Changes are applied at once: nothing waits for them.

@@ -103,10 +103,11 @@ impl Core {
                 Output::Barrier { .. } | Output::Event(_) => {}
                 Output::CheckPassword(c) => {
                     // Plain text only, verified here: see the module doc.
-                    let ok = c.credential.and_then(|cr| cr.verify_plain(&c.password)) == Some(true);
-                    let (session, check) = (c.session, c.check);
-                    self.server
-                        .handle_input(t, Input::PasswordChecked { session, check, ok });
+                    let ok = c
+                        .credential
+                        .as_ref()
+                        .and_then(|cr| cr.verify_plain(&c.password));
+                    self.server.handle_input(t, c.answer(ok == Some(true)));
                 }
                 Output::LoadHeld(r) => {
                     let (session, load) = (r.session, r.load);

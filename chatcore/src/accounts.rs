@@ -1,4 +1,4 @@
-//! Accounts and the users file (PROTOCOL.md §10).
+//! Accounts and the users file ([PROTOCOL.md §10](crate::protocol#10-the-users-file)).
 
 use std::collections::BTreeMap;
 

@@ -156,9 +156,9 @@
 //! (`a_name_with_no_account_is_still_checked_with_no_credential`). Spend
 //! the same work as on a wrong password and answer "no", so that timing
 //! does not tell which names exist: verify the password against
-//! `Accounts::dummy_credential()`, which costs what checking a real
+//! [`Accounts::dummy_credential`](crate::Accounts::dummy_credential), which costs what checking a real
 //! account costs, then answer `false` whatever it says. Build the answer
-//! with `PasswordCheck::answer(ok)`.
+//! with [`PasswordCheck::answer`](crate::PasswordCheck::answer).
 //!
 //! # Shutdown
 //!

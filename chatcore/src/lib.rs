@@ -29,7 +29,11 @@
 //!
 //! Feed an event, then drain [`Server::poll_output`] until it returns
 //! `None`, every time. Call [`Server::handle_timeout`] once
-//! [`Server::poll_timeout`] is reached.
+//! [`Server::poll_timeout`] is reached. Waking late is harmless: every
+//! call that takes `now` first runs what fell due before it, each deadline
+//! at its own moment, so an input handed in before `handle_timeout` still
+//! sees the timeouts that passed. [`guide`] says the rest of what a driver
+//! must do.
 //!
 //! ```
 //! use std::net::{IpAddr, Ipv4Addr};
@@ -52,8 +56,7 @@
 //!                     .as_ref()
 //!                     .and_then(|c| c.verify_plain(&check.password))
 //!                     .unwrap_or(false);
-//!                 let answer = Input::PasswordChecked { session: check.session, check: check.check, ok };
-//!                 server.handle_input(now, answer);
+//!                 server.handle_input(now, check.answer(ok));
 //!             }
 //!             Output::Persist(_op) => { /* make it durable */ }
 //!             // Lines after a barrier wait until the changes before it are

@@ -26,7 +26,7 @@
 //!    a crash of the process and of the machine. That is what makes
 //!    `OK message bob queued offline` a promise, keeps a failed login
 //!    counted across a crash, and keeps a message id from being handed
-//!    out twice (PROTOCOL.md §6). Lines not behind a barrier may go out
+//!    out twice ([PROTOCOL.md §6](crate::protocol#6-heartbeat-and-liveness)). Lines not behind a barrier may go out
 //!    before the changes before them are durable; committing each round's
 //!    changes before writing its lines (group commit) meets the rule too.
 //! 3. **Reads see every commit.** The answer to an [`Output::LoadHeld`]
@@ -41,7 +41,7 @@
 //! 5. **Ordered by id.** A box is read back in id order, not in the order
 //!    of its holds: a message delivered and not confirmed when its session
 //!    died is held again with its own id, and goes back ahead of the
-//!    messages held since (PROTOCOL.md §5).
+//!    messages held since ([PROTOCOL.md §5](crate::protocol#5-held-messages-the-offline-box)).
 //! 6. **Idempotent.** Holding an id already in the box keeps one entry (a
 //!    message held again is the same message); a release that covers
 //!    nothing does nothing; the id counter and last-seen times never move
@@ -121,10 +121,10 @@ use std::sync::Arc;
 use crate::message::{Message, MessageId};
 use crate::time::Time;
 
-/// One change to durable state, emitted as [`crate::Output::Persist`].
+/// One change to durable state, emitted as [`Output::Persist`](crate::Output::Persist).
 ///
 /// The driver applies changes in the order given, and a line after an
-/// [`crate::Output::Barrier`] must not reach the network before every
+/// [`Output::Barrier`](crate::Output::Barrier) must not reach the network before every
 /// change emitted before the barrier is durable (so `OK message bob
 /// queued offline` is only seen once the message is committed); other lines
 /// need not wait. Drivers meet it simply by committing every change
@@ -147,7 +147,7 @@ pub enum StoreOp {
     /// what the user confirmed.
     ///
     /// A range, not one id, because a box is delivered in id order and
-    /// confirmed a prefix at a time (PROTOCOL.md §5): one confirmation is
+    /// confirmed a prefix at a time ([PROTOCOL.md §5](crate::protocol#5-held-messages-the-offline-box)): one confirmation is
     /// one change per user, however many messages it covers. The core
     /// never names an id above an entry that is still owed.
     Release {
@@ -199,7 +199,7 @@ pub struct LoginFailures {
 
 /// What the core keeps of one user's box in memory: the bodies stay in the
 /// store and are read a page at a time when the box is delivered
-/// ([`crate::Output::LoadHeld`]), so memory does not grow with held
+/// ([`Output::LoadHeld`](crate::Output::LoadHeld)), so memory does not grow with held
 /// messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -311,7 +311,7 @@ impl StoreModel {
     }
 
     /// The entries of `user`'s box with `after < id <= upto`, oldest first,
-    /// at most `max`: the answer to a [`crate::Output::LoadHeld`].
+    /// at most `max`: the answer to a [`Output::LoadHeld`](crate::Output::LoadHeld).
     pub fn held_page(
         &self,
         user: &str,

@@ -1,4 +1,4 @@
-//! What goes into and comes out of the [`crate::Server`]: the whole
+//! What goes into and comes out of the [`Server`](crate::Server): the whole
 //! vocabulary a driver speaks, kept apart from the state behind it so it can
 //! be read (and kept stable) on its own. Nothing here does I/O; these are
 //! the requests for it.
@@ -14,7 +14,7 @@ use crate::time::Time;
 use crate::wire::{DecodeError, ServerLine};
 
 /// A connection, as the core knows it. Allocated by
-/// [`crate::Server::open_session`] and never reused.
+/// [`Server::open_session`](crate::Server::open_session) and never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(transparent))]
@@ -49,7 +49,7 @@ pub struct LoadId(pub(crate) u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// A complete line from a connection, already decoded by a
-    /// [`crate::wire::LineDecoder`].
+    /// [`LineDecoder`](crate::wire::LineDecoder).
     Line {
         /// From whom.
         session: SessionId,
@@ -134,7 +134,7 @@ impl Input {
     }
 }
 
-/// Work for the driver. Drain them with [`crate::Server::poll_output`]
+/// Work for the driver. Drain them with [`Server::poll_output`](crate::Server::poll_output)
 /// after every `handle_*` call and act on them in order.
 ///
 /// Deliberately not `#[non_exhaustive]`, unlike [`Event`]: a driver that
@@ -162,7 +162,7 @@ pub enum Output {
     /// before this output has been written to its socket (not merely
     /// queued). Asked between pages of held messages, so that a big box is
     /// paced by how fast the client reads. Only emitted when
-    /// [`crate::Config::held_page_size`] is set.
+    /// [`Config::held_page_size`](crate::Config::held_page_size) is set.
     NotifyWritten {
         /// Which connection.
         session: SessionId,
@@ -399,7 +399,7 @@ pub enum Event {
         /// The connection.
         session: SessionId,
         /// The name tried; `None` when what was sent is no valid user name
-        /// (PROTOCOL.md §3). Such text may be anything a client pipelined,
+        /// ([PROTOCOL.md §3](crate::protocol#3-login)). Such text may be anything a client pipelined,
         /// even a password, so it is never handed out to be logged.
         user: Option<String>,
         /// From where.

@@ -111,7 +111,7 @@ impl Server {
         self.arm(id);
     }
 
-    /// A live delivery past [`crate::Config::max_unconfirmed`] (or a held
+    /// A live delivery past [`Config::max_unconfirmed`](crate::Config::max_unconfirmed) (or a held
     /// page, for a client that never confirms) takes the oldest unconfirmed
     /// one as confirmed, so such a client holds bounded memory (see there).
     fn trim_unconfirmed(&mut self, id: SessionId) {
@@ -186,10 +186,10 @@ impl Server {
     /// client confirms the block page by page and a drop mid-drain sends
     /// back only what is unconfirmed; the driver is asked to say when the
     /// page is written. A page is never more than the room below
-    /// [`crate::Config::max_unconfirmed`]: with no room, the block waits
+    /// [`Config::max_unconfirmed`](crate::Config::max_unconfirmed): with no room, the block waits
     /// for confirmations ([`Server::confirm`] resumes it).
     ///
-    /// Without [`crate::Config::held_page_size`] the whole block is read in
+    /// Without [`Config::held_page_size`](crate::Config::held_page_size) the whole block is read in
     /// one request and sent at once, with no pacing.
     pub(super) fn next_page(&mut self, id: SessionId) {
         let paged = self.config.held_page_size;

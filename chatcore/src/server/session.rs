@@ -186,7 +186,7 @@ pub(crate) struct Session {
     pub(crate) phase: Phase,
     /// This session's entry in the timer set.
     pub(crate) armed: Option<Time>,
-    /// The peer sent EOF ([`super::Input::InputEnded`]): the session ends
+    /// The peer sent EOF ([`Input::InputEnded`](super::Input::InputEnded)): the session ends
     /// once what it sent before is handled.
     pub(crate) input_ended: bool,
 }

@@ -36,7 +36,7 @@ use crate::wire::ServerLine;
 ///   the clock moves.
 /// - **A delivery counts only once confirmed.** A message written to a
 ///   client is confirmed when the client answers a probe sent after it
-///   (`idle <seq>`, PROTOCOL.md §6). Until then the connection dropping puts
+///   (`idle <seq>`, [PROTOCOL.md §6](crate::protocol#6-heartbeat-and-liveness)). Until then the connection dropping puts
 ///   it back in the box, and it comes again at the next login: seen twice,
 ///   as the protocol wants for a message that may not have arrived.
 ///

@@ -1,6 +1,6 @@
 //! Tools for people writing their own tests against the core (feature
 //! `testing`): proptest strategies for lines and commands, and a harness
-//! that drives a [`crate::Server`] with a clock it jumps from deadline to
+//! that drives a [`Server`](crate::Server) with a clock it jumps from deadline to
 //! deadline, so time-based rules are tested exactly and without sleeping.
 //! [`store_check`] holds a store of your own to the store contract.
 

@@ -128,11 +128,11 @@ pub trait CheckedStore: Sized {
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), Self::Error>;
 
     /// Reads back the durable state, each box as a summary (what the
-    /// driver passes to [`crate::Server::restore`]).
+    /// driver passes to [`Server::restore`](crate::Server::restore)).
     fn load(&mut self) -> Result<Restored, Self::Error>;
 
     /// The entries of `user`'s box with `after < id <= upto`, oldest first,
-    /// at most `max`: the answer to a [`crate::Output::LoadHeld`].
+    /// at most `max`: the answer to a [`Output::LoadHeld`](crate::Output::LoadHeld).
     fn held_page(
         &mut self,
         user: &str,
