@@ -260,6 +260,20 @@ impl TestServer {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The server's stderr once `done` holds for it, or as it is after
+    /// [`LINE_TIMEOUT`](super::LINE_TIMEOUT): a reply the client reads can come before the log line the
+    /// server wrote first, since a thread collects stderr.
+    pub fn stderr_once(&self, done: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + super::LINE_TIMEOUT;
+        loop {
+            let log = self.stderr();
+            if done(&log) || Instant::now() > end {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
