@@ -362,9 +362,8 @@ struct BoxChange {
 pub(super) struct Batch<'a> {
     known: Known,
     boxes: HashMap<&'a str, BoxChange>,
-    /// Per message id: holders added minus holders removed. Every id held
-    /// or released in the transaction has an entry, so that a row whose
-    /// holders all went within it goes too.
+    /// Per message id: holders added minus holders removed, beyond the
+    /// one a row written in this transaction starts with.
     holders: HashMap<i64, i64>,
     /// Whether `held_variant` may have rows: without any, a release need
     /// not look there.
@@ -426,15 +425,17 @@ impl Batch<'_> {
             tx.prepare_cached(sql)?.execute(params![user, delta])?;
         }
         for (id, delta) in &self.holders {
-            let left: Option<i64> = tx
-                .prepare_cached(
-                    "UPDATE messages SET holders = holders + ?2 WHERE id = ?1 RETURNING holders",
-                )?
-                .query_row(params![id, delta], |r| r.get(0))
-                .optional()?;
-            if left.is_some_and(|n| n <= 0) {
-                tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
-                    .execute(params![id])?;
+            if *delta < 0 {
+                let gone = tx
+                    .prepare_cached("DELETE FROM messages WHERE id = ?1 AND holders + ?2 <= 0")?
+                    .execute(params![id, delta])?;
+                if gone > 0 {
+                    continue;
+                }
+            }
+            if *delta != 0 {
+                tx.prepare_cached("UPDATE messages SET holders = holders + ?2 WHERE id = ?1")?
+                    .execute(params![id, delta])?;
             }
         }
         Ok(self.variants)
@@ -451,26 +452,32 @@ pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlit
 }
 
 /// Makes sure `messages` has a row for `message`'s id; returns whether
-/// that row is `message` (else the box entry is a variant).
-fn store_message(tx: &rusqlite::Transaction<'_>, message: &Message) -> rusqlite::Result<bool> {
+/// that row is `message` (else the box entry is a variant), and whether it
+/// is new. A new row starts with one holder: the hold that wrote it.
+fn store_message(
+    tx: &rusqlite::Transaction<'_>,
+    message: &Message,
+) -> rusqlite::Result<(bool, bool)> {
     let id = to_sql(message.id);
     let ts = to_sql(message.at.unix_millis());
     let kind = kind_str(message.kind);
     let added = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO messages (id, ts, sender, kind, text)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO messages (id, ts, sender, kind, text, holders)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1)",
         )?
         .execute(params![id, ts, message.from, kind, message.text])?;
     if added == 1 {
-        return Ok(true);
+        return Ok((true, true));
     }
-    tx.prepare_cached(
-        "SELECT ts = ?2 AND sender = ?3 AND kind = ?4 AND text = ?5 FROM messages WHERE id = ?1",
-    )?
-    .query_row(params![id, ts, message.from, kind, message.text], |r| {
-        r.get(0)
-    })
+    let same = tx
+        .prepare_cached(
+            "SELECT ts = ?2 AND sender = ?3 AND kind = ?4 AND text = ?5 FROM messages WHERE id = ?1",
+        )?
+        .query_row(params![id, ts, message.from, kind, message.text], |r| {
+            r.get(0)
+        })?;
+    Ok((same, false))
 }
 
 /// Writes one (user name, address) pair's failed-login record, last in
@@ -489,22 +496,27 @@ pub(super) fn apply_op<'a>(
         StoreOp::Hold { user, message } => {
             let id = to_sql(message.id);
             let ptr = Arc::as_ptr(message);
-            let same = match batch.known.get(&id) {
-                Some(&(seen, same)) if seen == ptr => same,
+            let (same, fresh) = match batch.known.get(&id) {
+                Some(&(seen, same)) if seen == ptr => (same, false),
                 _ => {
-                    let same = store_message(tx, message)?;
+                    let (same, fresh) = store_message(tx, message)?;
                     batch.known.insert(id, (ptr, same));
-                    same
+                    (same, fresh)
                 }
             };
             let added = tx
                 .prepare_cached("INSERT OR IGNORE INTO held (user, id) VALUES (?1, ?2)")?
                 .execute(params![user, id])?;
-            let holders = batch.holders.entry(id).or_default();
+            // A new row already counts this hold (a private message then
+            // needs no update of its row at the end).
+            match (fresh, added) {
+                (true, 0) => *batch.holders.entry(id).or_default() -= 1,
+                (false, 1) => *batch.holders.entry(id).or_default() += 1,
+                _ => {}
+            }
             if added == 0 {
                 return Ok(());
             }
-            *holders += 1;
             let change = batch.boxes.entry(user.as_str()).or_default();
             change.delta += 1;
             change.max_added = change.max_added.max(Some(id));
