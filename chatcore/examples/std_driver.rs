@@ -25,14 +25,9 @@ const QUEUE_LINES: usize = 1024;
 /// not make the kernel reset the connection and destroy the `BYE`.
 const LINGER: Duration = Duration::from_secs(1);
 
-enum Out {
-    Line(String),
-    Written,
-}
-
 struct Core {
     server: Server,
-    conns: HashMap<SessionId, SyncSender<Out>>,
+    conns: HashMap<SessionId, SyncSender<String>>,
     db: StoreModel, // the store, in memory here
 }
 
@@ -94,8 +89,10 @@ impl Core {
         let t = self.server.now();
         while let Some(output) = self.server.poll_output() {
             match output {
-                Output::Send { session, line } => self.queue(session, Out::Line(line.to_string())),
-                Output::NotifyWritten { session } => self.queue(session, Out::Written),
+                Output::Send { session, line } => self.queue(session, line.to_string()),
+                // Only with `Config::held_page_size` set, which this driver
+                // leaves off (boxes come in one page).
+                Output::NotifyWritten { .. } => {}
                 // Its writer writes what is queued, then closes.
                 Output::Close { session } => drop(self.conns.remove(&session)),
                 // Applied before any line is written: barriers wait for nothing.
@@ -110,8 +107,8 @@ impl Core {
                     self.server.handle_input(t, c.answer(ok == Some(true)));
                 }
                 Output::LoadHeld(r) => {
-                    let (session, load) = (r.session, r.load);
                     let messages = self.db.held_page(&r.user, r.after, r.upto, r.max);
+                    let (session, load) = (r.session, r.load);
                     let answer = Input::HeldLoaded {
                         session,
                         load,
@@ -125,8 +122,8 @@ impl Core {
 
     /// Hands a connection's writer its next entry; a full queue is a peer
     /// that stopped reading.
-    fn queue(&mut self, session: SessionId, out: Out) {
-        if let Some(Err(_)) = self.conns.get(&session).map(|q| q.try_send(out)) {
+    fn queue(&mut self, session: SessionId, line: String) {
+        if let Some(Err(_)) = self.conns.get(&session).map(|q| q.try_send(line)) {
             self.conns.remove(&session);
             self.server
                 .handle_input(self.server.now(), Input::Closed { session });
@@ -154,18 +151,13 @@ fn read_lines(mut r: TcpStream, session: SessionId, max: usize, shared: &Shared)
 }
 
 /// Writes the core's lines until it drops the queue, then closes.
-fn write_lines(mut w: &TcpStream, rx: &Receiver<Out>, session: SessionId, shared: &Shared) {
+fn write_lines(mut w: &TcpStream, rx: &Receiver<String>, session: SessionId, shared: &Shared) {
     w.set_write_timeout(Some(WRITE_TIMEOUT)).ok();
     w.set_nodelay(true).ok();
-    for msg in rx {
-        match msg {
-            Out::Written => feed(shared, Input::Written { session }),
-            Out::Line(line) => {
-                if w.write_all(format!("{line}\n").as_bytes()).is_err() {
-                    feed(shared, Input::Closed { session });
-                    break;
-                }
-            }
+    for line in rx {
+        if w.write_all(format!("{line}\n").as_bytes()).is_err() {
+            feed(shared, Input::Closed { session });
+            break;
         }
     }
     // Shut our side down so the peer reads the `BYE` to its end, and close
