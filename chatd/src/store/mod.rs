@@ -15,6 +15,7 @@ use std::sync::Arc;
 use chatcore::{Message, MessageId, Restored, StoreModel, StoreOp};
 
 mod error;
+mod groups;
 mod schema;
 mod sqlite;
 mod thread;

@@ -17,9 +17,9 @@ use super::SqliteStore;
 /// its message; version 2 lacked the index on `login_failures.seq`;
 /// version 3 lacked `held_summary` and the index of `held` by user;
 /// version 4 keyed `held` by (id, user) with a second index by (user, id),
-/// and found a message's last holder by looking. [`SqliteStore::open`]
-/// migrates them to this one.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+/// and found a message's last holder by looking; version 5 lacked the
+/// groups. [`SqliteStore::open`] migrates them to this one.
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// The schema (version [`SCHEMA_VERSION`]).
 ///
@@ -40,6 +40,14 @@ pub(super) const SCHEMA_VERSION: i64 = 5;
 ///
 /// Holding the same (user, id) twice keeps one copy, as
 /// [`StoreModel::apply`] does.
+///
+/// A broadcast is held as one `held_group` row: a bitmap of its
+/// receivers, by each user's bit in `user_index`. A user's group entries
+/// are the groups above their `group_cursor` with their bit set, so a
+/// confirmation moves one cursor instead of deleting a row per message,
+/// and a broadcast to 1000 users writes one row (see `groups.rs` for when
+/// a hold becomes a bit and when a row). `messages.holders` counts both
+/// kinds of entry; the trigger takes a group with its message.
 ///
 /// `held_summary` is each non-empty box's count and last id, kept by
 /// `apply` in the same transaction as `held`, so that startup reads one row
@@ -103,6 +111,22 @@ CREATE TABLE IF NOT EXISTS held_summary (
     count INTEGER NOT NULL CHECK (count > 0),
     last  INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held_group (
+    id        INTEGER PRIMARY KEY,
+    receivers BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS user_index (
+    user TEXT    PRIMARY KEY,
+    bit  INTEGER NOT NULL UNIQUE
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_cursor (
+    user TEXT    PRIMARY KEY,
+    upto INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS a_group_goes_with_its_message AFTER DELETE ON messages
+BEGIN
+    DELETE FROM held_group WHERE id = old.id;
+END;
 ";
 
 /// Fills what version 5 derives from `held`, from scratch: the summary of
@@ -223,9 +247,13 @@ pub(super) fn migrate(tx: &Transaction<'_>, path: &Path, version: i64) -> Result
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;
         }
-        2..=4 => {
-            tx.execute_batch(&format!("{MIGRATE_V2_TO_V5} {FILL_DERIVED}"))
-                .map_err(migrate)?;
+        2..=5 => {
+            if version < 5 {
+                tx.execute_batch(&format!("{MIGRATE_V2_TO_V5} {FILL_DERIVED}"))
+                    .map_err(migrate)?;
+            }
+            // The tables version 6 added.
+            tx.execute_batch(SCHEMA).map_err(migrate)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;
         }

@@ -13,6 +13,7 @@ use chatcore::{
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::error::StoreError;
+use super::groups::{self, Groups, Pending, View, GROUP_MIN};
 use super::schema::{self, SCHEMA_VERSION};
 use super::Store;
 
@@ -38,6 +39,8 @@ pub struct SqliteStore {
     pub(super) path: PathBuf,
     /// Whether `held_variant` may have rows (see [`Batch`]).
     pub(super) variants: bool,
+    /// Every user's bit and cursor for broadcasts held as one row.
+    pub(super) groups: Groups,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -149,10 +152,12 @@ impl SqliteStore {
                 r.get(0)
             })
             .map_err(sql)?;
+        let groups = Groups::load(&conn).map_err(sql)?;
         Ok(SqliteStore {
             conn,
             path,
             variants,
+            groups,
         })
     }
 
@@ -277,7 +282,75 @@ impl SqliteStore {
             };
             page.push(Arc::new(self.message(id, ts, from, &kind, text)?));
         }
+        drop(stmt);
+        self.merge_group_entries(user, after, upto, max, &mut page)?;
         Ok(page)
+    }
+
+    /// Adds to `page` (one page of `user`'s rows, in id order) the
+    /// entries `user` holds through groups in the same window, keeping the
+    /// first `max` of both in id order.
+    fn merge_group_entries(
+        &self,
+        user: &str,
+        after: MessageId,
+        upto: MessageId,
+        max: usize,
+        page: &mut Vec<Arc<Message>>,
+    ) -> Result<(), StoreError> {
+        let Some(&bit) = self.groups.bits.get(user) else {
+            return Ok(());
+        };
+        let cursor = self.groups.cursors.get(user).copied().unwrap_or(0);
+        let from = to_sql(after).max(cursor);
+        // Rows past the last one this page keeps cannot make it in.
+        let to = if page.len() >= max {
+            page.last().map_or(to_sql(upto), |m| to_sql(m.id))
+        } else {
+            to_sql(upto)
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT g.id, g.receivers, m.ts, m.sender, m.kind, m.text
+                 FROM held_group AS g JOIN messages AS m ON m.id = g.id
+                 WHERE g.id > ?1 AND g.id <= ?2
+                 ORDER BY g.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query(params![from, to]).map_err(|e| self.err(e))?;
+        let mut found = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            if found.len() >= max {
+                break;
+            }
+            let bitmap = row
+                .get_ref(1)
+                .and_then(|v| Ok(v.as_blob()?))
+                .map_err(|e| self.err(e))?;
+            if !groups::has(bitmap, bit) {
+                continue;
+            }
+            let fields = (|| -> rusqlite::Result<_> {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            })()
+            .map_err(|e| self.err(e))?;
+            let (id, ts, from, kind, text) = fields;
+            found.push(Arc::new(self.message(id, ts, from, &kind, text)?));
+        }
+        if found.is_empty() {
+            return Ok(());
+        }
+        page.extend(found);
+        page.sort_by_key(|m| m.id);
+        page.truncate(max);
+        Ok(())
     }
 
     /// Everything but the boxes.
@@ -360,6 +433,7 @@ struct BoxChange {
 /// held for 1000 users and released by each of them touched each box's
 /// summary, and its message's count of holders, 1000 times.
 pub(super) struct Batch<'a> {
+    view: View<'a>,
     known: Known,
     boxes: HashMap<&'a str, BoxChange>,
     /// Per message id: holders added minus holders removed, beyond the
@@ -370,11 +444,12 @@ pub(super) struct Batch<'a> {
     variants: bool,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
     /// A batch for a store whose `held_variant` may (or surely does not)
-    /// have rows.
-    pub(super) fn new(variants: bool) -> Self {
+    /// have rows, and with these groups.
+    pub(super) fn new(variants: bool, groups: &'a Groups) -> Self {
         Batch {
+            view: View::new(groups),
             known: Known::default(),
             boxes: HashMap::new(),
             holders: HashMap::new(),
@@ -389,7 +464,10 @@ impl Batch<'_> {
     /// lookup, not a scan), so the summary is exact whatever the order of
     /// holds and releases was. A message with no holder left loses its
     /// row.
-    pub(super) fn finish(self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<bool> {
+    pub(super) fn finish(
+        self,
+        tx: &rusqlite::Transaction<'_>,
+    ) -> rusqlite::Result<(bool, Pending)> {
         for (user, change) in &self.boxes {
             let delta = change.delta;
             if !change.removed {
@@ -409,20 +487,30 @@ impl Batch<'_> {
             if emptied > 0 {
                 continue;
             }
-            // The box keeps entries. A count that does not grow cannot be
+            if change.max_added.is_none() {
+                // Only removed, and not emptied: the last entry stays (a
+                // release takes a prefix, so losing it empties the box).
+                tx.prepare_cached("UPDATE held_summary SET count = count + ?2 WHERE user = ?1")?
+                    .execute(params![user, delta])?;
+                continue;
+            }
+            // Added and removed: the last id is read back, from the rows
+            // and the groups. A count that does not grow cannot be
             // inserted (it must be positive), and needs no insert: a box
             // that lost entries had a summary, or gained them here.
+            let by_row: Option<i64> = tx
+                .prepare_cached("SELECT MAX(id) FROM held WHERE user = ?1")?
+                .query_row(params![user], |r| r.get(0))?;
+            let last = by_row.max(self.view.last(tx, user)?);
             let sql = if delta > 0 {
-                "INSERT INTO held_summary (user, count, last)
-                 VALUES (?1, ?2, (SELECT MAX(id) FROM held WHERE user = ?1))
+                "INSERT INTO held_summary (user, count, last) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user) DO UPDATE
                  SET count = count + excluded.count, last = excluded.last"
             } else {
-                "UPDATE held_summary
-                 SET count = count + ?2, last = (SELECT MAX(id) FROM held WHERE user = ?1)
-                 WHERE user = ?1"
+                "UPDATE held_summary SET count = count + ?2, last = ?3 WHERE user = ?1"
             };
-            tx.prepare_cached(sql)?.execute(params![user, delta])?;
+            tx.prepare_cached(sql)?
+                .execute(params![user, delta, last])?;
         }
         for (id, delta) in &self.holders {
             if *delta < 0 {
@@ -438,7 +526,7 @@ impl Batch<'_> {
                     .execute(params![id, delta])?;
             }
         }
-        Ok(self.variants)
+        Ok((self.variants, self.view.into_pending()))
     }
 }
 
@@ -446,7 +534,9 @@ impl Batch<'_> {
 /// migrations that write ops one at a time).
 #[cfg(test)]
 pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
-    let mut batch = Batch::new(true);
+    // Only for stores without groups: the batch sees none.
+    let groups = Groups::default();
+    let mut batch = Batch::new(true, &groups);
     apply_op(tx, op, &mut batch)?;
     batch.finish(tx).map(drop)
 }
@@ -504,6 +594,10 @@ pub(super) fn apply_op<'a>(
                     (same, fresh)
                 }
             };
+            // An id seen before may be held for this user by its group.
+            if !fresh && batch.view.holds(tx, user, id)? {
+                return Ok(());
+            }
             let added = tx
                 .prepare_cached("INSERT OR IGNORE INTO held (user, id) VALUES (?1, ?2)")?
                 .execute(params![user, id])?;
@@ -547,12 +641,17 @@ pub(super) fn apply_op<'a>(
                 removed += 1;
             }
             drop(rows);
-            if removed == 0 {
-                return Ok(());
-            }
-            if batch.variants {
+            if removed > 0 && batch.variants {
                 tx.prepare_cached("DELETE FROM held_variant WHERE user = ?1 AND id <= ?2")?
                     .execute(params![user, upto])?;
+            }
+            let Batch { view, holders, .. } = batch;
+            view.release(tx, user, upto, |id| {
+                *holders.entry(id).or_default() -= 1;
+                removed += 1;
+            })?;
+            if removed == 0 {
+                return Ok(());
             }
             let change = batch.boxes.entry(user.as_str()).or_default();
             change.delta -= removed;
@@ -608,26 +707,94 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let result = apply_all(&mut self.conn, ops, self.variants);
+        let result = apply_all(&mut self.conn, ops, self.variants, &self.groups);
         if result.is_err() && !self.conn.is_autocommit() {
             // Dropping the transaction rolls it back; should that have
             // failed too, make sure the next `apply` starts afresh rather
             // than inside what is left of this one.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        self.variants = result.map_err(|e| self.err(e))?;
+        let (variants, pending) = result.map_err(|e| self.err(e))?;
+        self.variants = variants;
+        self.groups.commit(pending);
         Ok(())
     }
 }
 
-/// `ops` in one transaction. Returns whether `held_variant` may have rows afterwards.
-fn apply_all(conn: &mut Connection, ops: &[StoreOp], variants: bool) -> rusqlite::Result<bool> {
+/// `ops` in one transaction. Returns whether `held_variant` may have rows
+/// afterwards, and the groups' new bits and cursors.
+fn apply_all(
+    conn: &mut Connection,
+    ops: &[StoreOp],
+    variants: bool,
+    groups: &Groups,
+) -> rusqlite::Result<(bool, Pending)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut batch = Batch::new(variants);
-    for op in ops {
-        apply_op(&tx, op, &mut batch)?;
+    let mut batch = Batch::new(variants, groups);
+    let mut i = 0;
+    while i < ops.len() {
+        let run = hold_run(&ops[i..]);
+        if run >= GROUP_MIN && hold_group(&tx, &ops[i..i + run], &mut batch)? {
+            i += run;
+            continue;
+        }
+        apply_op(&tx, &ops[i], &mut batch)?;
+        i += 1;
     }
-    let variants = batch.finish(&tx)?;
+    let done = batch.finish(&tx)?;
     tx.commit()?;
-    Ok(variants)
+    Ok(done)
+}
+
+/// How many holds of one message (one `Arc`) start `ops`.
+fn hold_run(ops: &[StoreOp]) -> usize {
+    let Some(StoreOp::Hold { message, .. }) = ops.first() else {
+        return 0;
+    };
+    ops.iter()
+        .take_while(|op| matches!(op, StoreOp::Hold { message: m, .. } if Arc::ptr_eq(m, message)))
+        .count()
+}
+
+/// Holds a run of holds of one message as a group, if its row is new;
+/// returns false (having done nothing but learn about the row) if not.
+fn hold_group<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    run: &'a [StoreOp],
+    batch: &mut Batch<'a>,
+) -> rusqlite::Result<bool> {
+    let users = run.iter().filter_map(|op| match op {
+        StoreOp::Hold { user, .. } => Some(user.as_str()),
+        _ => None,
+    });
+    let Some(StoreOp::Hold { message, .. }) = run.first() else {
+        return Ok(false);
+    };
+    let id = to_sql(message.id);
+    if batch.known.contains_key(&id) {
+        return Ok(false);
+    }
+    let (same, fresh) = store_message(tx, message)?;
+    batch.known.insert(id, (Arc::as_ptr(message), same));
+    if !fresh {
+        return Ok(false);
+    }
+    let mut by_row = Vec::new();
+    let mut held = batch.view.hold(tx, id, users, &mut by_row)?;
+    for user in by_row {
+        let added = tx
+            .prepare_cached("INSERT OR IGNORE INTO held (user, id) VALUES (?1, ?2)")?
+            .execute(params![user, id])?;
+        if added == 1 {
+            held.push(user);
+        }
+    }
+    // The new row counts one holder already.
+    *batch.holders.entry(id).or_default() += i64::try_from(held.len()).unwrap_or(i64::MAX) - 1;
+    for user in held {
+        let change = batch.boxes.entry(user).or_default();
+        change.delta += 1;
+        change.max_added = change.max_added.max(Some(id));
+    }
+    Ok(true)
 }

@@ -98,13 +98,16 @@ fn a_v1_database_is_migrated() {
     assert_eq!(
         tables,
         [
+            "group_cursor",
             "held",
+            "held_group",
             "held_summary",
             "held_variant",
             "id_reservation",
             "last_seen",
             "login_failures",
-            "messages"
+            "messages",
+            "user_index"
         ]
     );
     let count = |sql: &str| -> i64 { store.conn.query_row(sql, [], |r| r.get(0)).unwrap() };

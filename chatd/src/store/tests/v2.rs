@@ -63,5 +63,6 @@ pub fn open(dir: &Path) -> SqliteStore {
         conn,
         path,
         variants: true,
+        groups: Default::default(),
     }
 }

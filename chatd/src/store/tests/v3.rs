@@ -27,6 +27,7 @@ pub fn open(dir: &Path) -> SqliteStore {
         conn,
         path,
         variants: true,
+        groups: Default::default(),
     }
 }
 
