@@ -248,6 +248,47 @@ fn a_v4_database_is_migrated() {
     assert_eq!(erin[0].text, "not the same");
 }
 
+/// A version 5 database (no groups) gets the group tables and goes on:
+/// its rows stay rows, and a broadcast after the upgrade is one group.
+#[test]
+fn a_v5_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = sample_ops();
+    {
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        store.apply(&ops).unwrap();
+        store
+            .conn
+            .execute_batch(
+                "DROP TRIGGER a_group_goes_with_its_message;
+                 DROP TABLE held_group; DROP TABLE user_index; DROP TABLE group_cursor;
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+    }
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    assert_eq!(contents(&mut store), expected(&ops));
+    let b = msg(30, "carol", MessageKind::Broadcast, "after the upgrade");
+    let more: Vec<StoreOp> = ["alice", "bob", "dave"]
+        .into_iter()
+        .map(|user| StoreOp::Hold {
+            user: user.into(),
+            message: Arc::clone(&b),
+        })
+        .collect();
+    store.apply(&more).unwrap();
+    let groups: i64 = store
+        .conn
+        .query_row("SELECT COUNT(*) FROM held_group", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(groups, 1);
+    drop(store);
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
+    assert_eq!(contents(&mut store), expected(&all));
+}
+
 #[test]
 fn a_newer_layout_is_refused() {
     let dir = tempfile::tempdir().unwrap();
