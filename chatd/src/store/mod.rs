@@ -6,7 +6,8 @@
 //! tests and embedding.
 //!
 //! Layout: the trait and the in-memory store here; the SQLite engine in
-//! `sqlite.rs`, its tables and migrations in `schema.rs`, the sorting of
+//! `sqlite.rs`, broadcasts held as one row in `groups.rs`, its tables and
+//! migrations in `schema.rs`, the sorting of
 //! failures into "wait" and "stop" in `error.rs`, and the thread the driver
 //! talks to the store through in `thread.rs`.
 
