@@ -457,6 +457,13 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// Notes one entry added to `user`'s box, by a row or a bit.
+    fn entry_added(&mut self, user: &'a str, id: i64) {
+        let change = self.boxes.entry(user).or_default();
+        change.delta += 1;
+        change.max_added = change.max_added.max(Some(id));
+    }
+
     /// Brings `held_summary` and `messages.holders` up to date with the
     /// ops applied, one statement per touched box and per touched message.
     /// A box that only grew takes the larger last id; a box that lost
@@ -598,22 +605,18 @@ pub(super) fn apply_op<'a>(
             if !fresh && batch.view.holds(tx, user, id)? {
                 return Ok(());
             }
-            let added = tx
-                .prepare_cached("INSERT OR IGNORE INTO held (user, id) VALUES (?1, ?2)")?
-                .execute(params![user, id])?;
+            let added = insert_row(tx, user, id)?;
             // A new row already counts this hold (a private message then
             // needs no update of its row at the end).
             match (fresh, added) {
-                (true, 0) => *batch.holders.entry(id).or_default() -= 1,
-                (false, 1) => *batch.holders.entry(id).or_default() += 1,
+                (true, false) => *batch.holders.entry(id).or_default() -= 1,
+                (false, true) => *batch.holders.entry(id).or_default() += 1,
                 _ => {}
             }
-            if added == 0 {
+            if !added {
                 return Ok(());
             }
-            let change = batch.boxes.entry(user.as_str()).or_default();
-            change.delta += 1;
-            change.max_added = change.max_added.max(Some(id));
+            batch.entry_added(user, id);
             if !same {
                 tx.prepare_cached(
                     "INSERT INTO held_variant (user, id, ts, sender, kind, text)
@@ -782,19 +785,23 @@ fn hold_group<'a>(
     let mut by_row = Vec::new();
     let mut held = batch.view.hold(tx, id, users, &mut by_row)?;
     for user in by_row {
-        let added = tx
-            .prepare_cached("INSERT OR IGNORE INTO held (user, id) VALUES (?1, ?2)")?
-            .execute(params![user, id])?;
-        if added == 1 {
+        if insert_row(tx, user, id)? {
             held.push(user);
         }
     }
     // The new row counts one holder already.
     *batch.holders.entry(id).or_default() += i64::try_from(held.len()).unwrap_or(i64::MAX) - 1;
     for user in held {
-        let change = batch.boxes.entry(user).or_default();
-        change.delta += 1;
-        change.max_added = change.max_added.max(Some(id));
+        batch.entry_added(user, id);
     }
     Ok(true)
+}
+
+/// Holds message `id` for `user` by a `held` row; false if it was held so
+/// already.
+fn insert_row(tx: &rusqlite::Transaction<'_>, user: &str, id: i64) -> rusqlite::Result<bool> {
+    let added = tx
+        .prepare_cached("INSERT OR IGNORE INTO held (user, id) VALUES (?1, ?2)")?
+        .execute(params![user, id])?;
+    Ok(added == 1)
 }

@@ -192,6 +192,26 @@ fn miscounted_holders(store: &SqliteStore) -> i64 {
     bad
 }
 
+/// Creates `<dir>/chatd.db` with `sql` run in one transaction, opened as
+/// chatd opens it: how the writers of past layouts (`v1`, `v2`, `v3`)
+/// start, each with its own frozen layout text.
+fn open_old_layout(dir: &std::path::Path, sql: &str) -> SqliteStore {
+    let path = dir.join(SqliteStore::FILE_NAME);
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))
+        .unwrap();
+    SqliteStore {
+        conn,
+        path,
+        variants: true,
+        groups: Default::default(),
+    }
+}
+
 /// [`contents_paged`] in one page per box.
 fn contents(store: &mut SqliteStore) -> StoreModel {
     contents_paged(store, usize::MAX)

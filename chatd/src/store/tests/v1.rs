@@ -41,20 +41,7 @@ CREATE TABLE IF NOT EXISTS login_failures (
 
 /// Opens `<dir>/chatd.db` as version 1 did (user_version left 0).
 pub fn open(dir: &Path) -> SqliteStore {
-    let path = dir.join(SqliteStore::FILE_NAME);
-    let conn = Connection::open(&path).unwrap();
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-        .unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-        .unwrap();
-    SqliteStore {
-        conn,
-        path,
-        variants: true,
-        groups: Default::default(),
-    }
+    open_old_layout(dir, SCHEMA)
 }
 
 /// Version 1's `apply` (all ops; non-message ones are unchanged).

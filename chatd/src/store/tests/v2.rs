@@ -49,20 +49,5 @@ CREATE TABLE IF NOT EXISTS login_failures (
 
 /// Creates `<dir>/chatd.db` as version 2 did.
 pub fn open(dir: &Path) -> SqliteStore {
-    let path = dir.join(SqliteStore::FILE_NAME);
-    let conn = Connection::open(&path).unwrap();
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-        .unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = 2; COMMIT;"
-    ))
-    .unwrap();
-    SqliteStore {
-        conn,
-        path,
-        variants: true,
-        groups: Default::default(),
-    }
+    open_old_layout(dir, &format!("{SCHEMA} PRAGMA user_version = 2;"))
 }

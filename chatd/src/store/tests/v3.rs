@@ -11,24 +11,14 @@ use super::*;
 
 /// Creates `<dir>/chatd.db` as version 3 did.
 pub fn open(dir: &Path) -> SqliteStore {
-    let path = dir.join(SqliteStore::FILE_NAME);
-    let conn = Connection::open(&path).unwrap();
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-        .unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {} {} PRAGMA user_version = 3; COMMIT;",
-        v2::SCHEMA,
-        "CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);"
-    ))
-    .unwrap();
-    SqliteStore {
-        conn,
-        path,
-        variants: true,
-        groups: Default::default(),
-    }
+    open_old_layout(
+        dir,
+        &format!(
+            "{} CREATE INDEX IF NOT EXISTS login_failures_by_seq ON login_failures (seq);
+             PRAGMA user_version = 3;",
+            v2::SCHEMA
+        ),
+    )
 }
 
 /// Version 2's and 3's `apply`: boxes without summaries, releases by id
