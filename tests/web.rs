@@ -405,6 +405,12 @@ fn the_web_client_in_chromium() {
     );
     let (class, _) = alice.message("held across the restart");
     assert_eq!(class, "private");
+    // Carol's page reconnects on its own backoff, which may take longer
+    // than alice's: wait for it, so that the whoelse below has her.
+    carol.wait(
+        "carol's page to log in again",
+        "return document.body.dataset.state === 'online' && [...document.querySelectorAll('#messages li')].some(li => li.textContent.includes('connection lost'))",
+    );
     // Let anything redelivered arrive (a whoelse answered proves the
     // server sent everything before it), then count.
     alice.command("whoelse");
