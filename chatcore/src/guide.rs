@@ -51,8 +51,12 @@
 //!    lines meets this without looking at barriers.** One that commits in
 //!    the background holds back only what a barrier names: the `OK` of a
 //!    `message` or `broadcast` that stored something, the answer to a
-//!    failed login whose record changed, and the first deliveries after
-//!    the core reserves a new block of message ids. Deliveries to online
+//!    failed login whose record changed, and the deliveries after the core
+//!    reserves a new block of message ids (a driver that looks at their ids
+//!    may hold back only those carrying an id of the new block: at or above
+//!    the `next` of the [`StoreOp::ReserveIds`] before it; chatd does, so
+//!    that a reservation, every 512 messages, does not stall every
+//!    conversation for a commit). Deliveries to online
 //!    users, probes and replies that acknowledge nothing durable go out at
 //!    once (`only_the_ok_of_a_held_message_waits_behind_a_barrier`,
 //!    `a_message_held_for_an_offline_user_is_acknowledged_behind_a_barrier`,

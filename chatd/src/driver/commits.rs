@@ -12,9 +12,10 @@
 //! holding every change before it at the end of that session's queue, and
 //! the session's later lines (and its close) queue behind it, in order
 //! (except a delivery, which may pass waiting replies, though never a
-//! waiting delivery); a
-//! barrier for everyone (after a block of message ids is reserved) makes
-//! every delivery wait for that ticket. When a commit ends, the queues move on
+//! waiting delivery). A barrier for everyone comes after the core reserves
+//! a block of message ids: a delivery carrying an id of that block waits
+//! for the ticket of the reservation (see [`Reservations`]), and other
+//! deliveries go on. When a commit ends, the queues move on
 //! as far as the tickets now durable allow. So an `OK` is seen only once
 //! its message is durable, while deliveries to online users, probes and
 //! other replies never wait for the disk; a crash before the commit loses
@@ -35,7 +36,7 @@ use std::time::Duration;
 
 #[cfg(doc)]
 use chatcore::Output;
-use chatcore::{Input, SessionId, StoreOp};
+use chatcore::{Input, MessageId, SessionId, StoreOp};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -142,15 +143,25 @@ pub(super) struct Commits {
     in_flight: Option<InFlight>,
     /// Every ticket up to this one is durable.
     durable: u64,
-    /// Every delivery waits for this ticket (a barrier for everyone).
+    /// Every delivery waits for this ticket (a barrier for everyone that
+    /// does not follow a reservation of ids).
     everyone_waits_for: u64,
+    /// Blocks of message ids reserved and the tickets that make them
+    /// durable.
+    reservations: Reservations,
     /// Lines waiting, per session.
     queues: HashMap<SessionId, SessionQueue>,
     pub(super) outage: Option<Outage>,
 }
 
 impl Commits {
-    pub(super) fn new(max_unwritten_bytes: usize) -> Commits {
+    /// `reserved`: the first message id the store has not reserved (every
+    /// id below it was reserved by a durable change).
+    pub(super) fn new(max_unwritten_bytes: usize, reserved: MessageId) -> Commits {
+        let reservations = Reservations {
+            upto: reserved,
+            ..Reservations::default()
+        };
         Commits {
             open: Vec::new(),
             open_bytes: 0,
@@ -163,6 +174,7 @@ impl Commits {
             in_flight: None,
             durable: 0,
             everyone_waits_for: 0,
+            reservations,
             queues: HashMap::new(),
             outage: None,
         }
@@ -170,6 +182,11 @@ impl Commits {
 
     /// A change for the open batch.
     pub(super) fn persist(&mut self, op: StoreOp) {
+        if let StoreOp::ReserveIds { next } = op {
+            self.reservations.reserved(next, self.open_ticket);
+        } else {
+            self.reservations.last_op_reserved = false;
+        }
         let bytes = op_bytes(&op);
         self.unwritten_ops += 1;
         self.unwritten_bytes += bytes;
@@ -265,6 +282,57 @@ impl Commits {
     }
 }
 
+/// The blocks of message ids reserved by changes not yet durable.
+///
+/// The core reserves a block of ids ahead of use and follows the
+/// reservation with a barrier for everyone, so that no delivery carrying
+/// an id of the block is seen before the block is durable: otherwise a
+/// crash could hand the id out again. Holding back every delivery until
+/// then, as that barrier asks, would stall all conversations for a commit
+/// each time a block is reserved (every 512 messages); the ids of the
+/// deliveries tell which of them need the reservation, so only those wait.
+#[derive(Debug, Default)]
+struct Reservations {
+    /// The first id not reserved by any change so far.
+    upto: MessageId,
+    /// Per reservation not yet durable, oldest first: the first id it
+    /// reserves and the ticket that makes it durable.
+    pending: VecDeque<(MessageId, u64)>,
+    /// Whether the last change was a reservation (then a barrier for
+    /// everyone is the one that follows it).
+    last_op_reserved: bool,
+}
+
+impl Reservations {
+    /// Ids below `next` are reserved by a change in the batch of `ticket`.
+    fn reserved(&mut self, next: MessageId, ticket: u64) {
+        self.last_op_reserved = true;
+        if next <= self.upto {
+            return;
+        }
+        self.pending.push_back((self.upto, ticket));
+        self.upto = next;
+    }
+
+    /// Every ticket up to `durable` is durable.
+    fn durable(&mut self, durable: u64) {
+        while self.pending.front().is_some_and(|&(_, t)| t <= durable) {
+            self.pending.pop_front();
+        }
+    }
+
+    /// The ticket a delivery carrying `id` waits for (0: none). An id at
+    /// or above every reservation (which the core never hands out) waits
+    /// for the last one.
+    fn ticket_for(&self, id: MessageId) -> u64 {
+        self.pending
+            .iter()
+            .rev()
+            .find(|&&(first, _)| first <= id)
+            .map_or(0, |&(_, t)| t)
+    }
+}
+
 /// Waits for the running commit to end; never ends if none runs (for a
 /// `select!` branch guarded by [`Commits::committing`]).
 pub(super) async fn commit_ended(commits: &mut Commits) -> Result<Committed, StoreGone> {
@@ -283,6 +351,9 @@ impl Driver {
             return;
         }
         match session {
+            // Right after a reservation, the deliveries that need it are
+            // known by their ids (see `Reservations`).
+            None if c.reservations.last_op_reserved => {}
             None => c.everyone_waits_for = c.everyone_waits_for.max(ticket),
             Some(session) => c
                 .queues
@@ -298,9 +369,16 @@ impl Driver {
     pub(super) fn emit(&mut self, output: RoundOutput) {
         let session = output.session();
         let c = &mut self.commits;
-        let delivery = matches!(output, RoundOutput::Send { delivery: true, .. });
-        let everyone =
-            (delivery && c.everyone_waits_for > c.durable).then_some(c.everyone_waits_for);
+        let (delivery, needs) = match &output {
+            RoundOutput::Send {
+                delivery: Some(id), ..
+            } => (
+                true,
+                c.reservations.ticket_for(*id).max(c.everyone_waits_for),
+            ),
+            _ => (false, 0),
+        };
+        let everyone = (needs > c.durable).then_some(needs);
         // A delivery may pass the session's lines that wait (an `OK`, the
         // replies and probes after it), but never another delivery: a
         // client sees deliveries between replies anyway, and in order
@@ -361,7 +439,10 @@ impl Driver {
                     Waiting::Output(..) => {
                         if let Some(Waiting::Output(o, bytes)) = queue.items.pop_front() {
                             queue.bytes -= bytes;
-                            if let RoundOutput::Send { delivery: true, .. } = &o {
+                            if let RoundOutput::Send {
+                                delivery: Some(_), ..
+                            } = &o
+                            {
                                 queue.deliveries -= 1;
                             }
                             ready.push(o);
@@ -460,6 +541,7 @@ impl Driver {
             Ok(()) => {
                 let c = &mut self.commits;
                 c.durable = upto;
+                c.reservations.durable(upto);
                 c.unwritten_ops -= ops.len();
                 c.unwritten_bytes -= bytes;
                 self.end_outage();
@@ -605,4 +687,68 @@ fn op_bytes(op: &StoreOp) -> usize {
             StoreOp::LoginFailures(f) => f.user.len(),
             StoreOp::ReserveIds { .. } => 0,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reserving at startup (ids from 1000 on), then the next block while
+    /// the first is half used, as the core does.
+    fn two_blocks() -> Reservations {
+        let mut r = Reservations {
+            upto: 1000,
+            ..Reservations::default()
+        };
+        r.reserved(2024, 1);
+        r.reserved(3048, 7);
+        r
+    }
+
+    #[test]
+    fn a_delivery_waits_only_for_the_reservation_of_its_id() {
+        let r = two_blocks();
+        // Reserved before startup: durable already.
+        assert_eq!(r.ticket_for(999), 0);
+        assert_eq!(r.ticket_for(1000), 1);
+        assert_eq!(r.ticket_for(2023), 1);
+        // The second block's ids wait for its ticket, not the first's.
+        assert_eq!(r.ticket_for(2024), 7);
+        assert_eq!(r.ticket_for(3047), 7);
+    }
+
+    #[test]
+    fn once_a_reservation_is_durable_its_ids_wait_for_nothing() {
+        let mut r = two_blocks();
+        r.durable(1);
+        // The case that used to stall everyone: the first block's ids go
+        // out while the second block's reservation is being committed.
+        assert_eq!(r.ticket_for(1500), 0);
+        assert_eq!(r.ticket_for(2500), 7);
+        r.durable(7);
+        assert_eq!(r.ticket_for(2500), 0);
+        assert!(r.pending.is_empty());
+    }
+
+    #[test]
+    fn a_reservation_that_reserves_nothing_new_is_not_waited_for() {
+        let mut r = two_blocks();
+        r.reserved(3000, 9);
+        assert!(r.last_op_reserved);
+        assert_eq!(r.ticket_for(3047), 7);
+        assert_eq!(r.pending.len(), 2);
+    }
+
+    #[test]
+    fn a_barrier_for_everyone_that_follows_no_reservation_holds_every_delivery() {
+        let mut c = Commits::new(1 << 20, 0);
+        c.persist(StoreOp::ReserveIds { next: 1024 });
+        assert!(c.reservations.last_op_reserved);
+        c.persist(StoreOp::Seen {
+            user: "alice".into(),
+            at: chatcore::Time::from_unix_millis(1),
+        });
+        // Then `Driver::barrier` falls back to holding every delivery.
+        assert!(!c.reservations.last_op_reserved);
+    }
 }

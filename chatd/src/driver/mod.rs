@@ -19,7 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chatcore::wire::ServerLine;
 use chatcore::{
-    Accounts, Event, Input, LoginFailure, Message, Output, PasswordCheck, Server, SessionId,
+    Accounts, Event, Input, LoginFailure, Message, MessageId, Output, PasswordCheck, Server,
+    SessionId,
 };
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
@@ -159,9 +160,10 @@ enum RoundOutput {
         session: SessionId,
         /// The line, `\n` included.
         bytes: Bytes,
-        /// Whether it is a `MSG` or `BCAST` (they may pass other lines
-        /// that wait, see `commits.rs`).
-        delivery: bool,
+        /// The message id of a `MSG` or `BCAST` (they may pass other
+        /// lines that wait, and wait only for the reservation of their id,
+        /// see `commits.rs`).
+        delivery: Option<MessageId>,
     },
     /// [`Output::Close`].
     Close { session: SessionId },
@@ -281,6 +283,7 @@ impl Prepared {
             web,
         } = self;
         let clock = Clock::start();
+        let reserved = restored.next_id;
         let server = Server::restore(clock.now(), settings.core.clone(), accounts, restored);
         let (inputs, mut rx) = mpsc::channel(INPUT_CHANNEL);
         let store = StoreThread::start(store)
@@ -308,7 +311,7 @@ impl Prepared {
                 acceptor: tokio_rustls::TlsAcceptor::from(config),
                 handshake_timeout: settings.core.login_timeout,
             }),
-            commits: Commits::new(settings.max_unwritten_bytes),
+            commits: Commits::new(settings.max_unwritten_bytes, reserved),
             internal: VecDeque::new(),
             forget: Vec::new(),
             dead: Vec::new(),
@@ -445,7 +448,10 @@ impl Driver {
                 Output::Barrier { session } => self.barrier(session),
                 Output::Send { session, line } => {
                     crate::metrics::line(&line);
-                    let delivery = matches!(line, ServerLine::Deliver(_));
+                    let delivery = match &line {
+                        ServerLine::Deliver(m) => Some(m.id),
+                        _ => None,
+                    };
                     let bytes = self.format(&line);
                     self.emit(RoundOutput::Send {
                         session,
@@ -503,7 +509,7 @@ impl Driver {
                 bytes,
                 delivery,
             } => {
-                if self.send(session, bytes, delivery).is_err() {
+                if self.send(session, bytes, delivery.is_some()).is_err() {
                     self.dead.push(session);
                 }
             }
