@@ -275,6 +275,7 @@
 //! [`PasswordCheck::credential`]: crate::PasswordCheck::credential
 //! [`StoreOp`]: crate::StoreOp
 //! [`StoreOp::Release`]: crate::StoreOp::Release
+//! [`StoreOp::ReserveIds`]: crate::StoreOp::ReserveIds
 //! [`StoreModel::apply`]: crate::StoreModel::apply
 //! [`StoreModel::held_page`]: crate::StoreModel::held_page
 //! [`Config::held_page_size`]: crate::Config::held_page_size
