@@ -6,7 +6,8 @@
 //! tests and embedding.
 //!
 //! Layout: the trait and the in-memory store here; the SQLite engine in
-//! `sqlite.rs`, broadcasts held as one row in `groups.rs`, its tables and
+//! `sqlite.rs`, broadcasts held as one row in `groups.rs`, private messages
+//! as a log in `recent.rs`, its tables and
 //! migrations in `schema.rs`, the sorting of
 //! failures into "wait" and "stop" in `error.rs`, and the thread the driver
 //! talks to the store through in `thread.rs`.
@@ -17,6 +18,7 @@ use chatcore::{Message, MessageId, Restored, StoreModel, StoreOp};
 
 mod error;
 mod groups;
+mod recent;
 mod schema;
 mod sqlite;
 mod thread;

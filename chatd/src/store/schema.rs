@@ -18,8 +18,9 @@ use super::SqliteStore;
 /// version 3 lacked `held_summary` and the index of `held` by user;
 /// version 4 keyed `held` by (id, user) with a second index by (user, id),
 /// and found a message's last holder by looking; version 5 lacked the
-/// groups. [`SqliteStore::open`] migrates them to this one.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+/// groups, version 6 the log of private messages (`recent`).
+/// [`SqliteStore::open`] migrates them to this one.
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 /// The schema (version [`SCHEMA_VERSION`]).
 ///
@@ -48,6 +49,13 @@ pub(super) const SCHEMA_VERSION: i64 = 6;
 /// and a broadcast to 1000 users writes one row (see `groups.rs` for when
 /// a hold becomes a bit and when a row). `messages.holders` counts both
 /// kinds of entry; the trigger takes a group with its message.
+///
+/// A private message for a user who confirms it soon is held as one
+/// `recent` row, message and receiver together, keyed by id so that a
+/// commit's rows are neighbours; a confirmation moves the user's
+/// `recent_cursor`, and the rows behind the oldest entry still held are
+/// cut a range at a time (see `recent.rs`). `messages.holders` does not
+/// count them: they have no `messages` row.
 ///
 /// `held_summary` is each non-empty box's count and last id, kept by
 /// `apply` in the same transaction as `held`, so that startup reads one row
@@ -120,6 +128,18 @@ CREATE TABLE IF NOT EXISTS user_index (
     bit  INTEGER NOT NULL UNIQUE
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS group_cursor (
+    user TEXT    PRIMARY KEY,
+    upto INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS recent (
+    id     INTEGER PRIMARY KEY,
+    user   TEXT    NOT NULL,
+    ts     INTEGER NOT NULL,
+    sender TEXT    NOT NULL,
+    kind   TEXT    NOT NULL CHECK (kind IN ('private', 'broadcast')),
+    text   TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recent_cursor (
     user TEXT    PRIMARY KEY,
     upto INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -247,12 +267,12 @@ pub(super) fn migrate(tx: &Transaction<'_>, path: &Path, version: i64) -> Result
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;
         }
-        2..=5 => {
+        2..=6 => {
             if version < 5 {
                 tx.execute_batch(&format!("{MIGRATE_V2_TO_V5} {FILL_DERIVED}"))
                     .map_err(migrate)?;
             }
-            // The tables version 6 added.
+            // The tables versions 6 and 7 added.
             tx.execute_batch(SCHEMA).map_err(migrate)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;

@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::error::StoreError;
 use super::groups::{self, Groups, Pending, View, GROUP_MIN};
+use super::recent::Recent;
 use super::schema::{self, SCHEMA_VERSION};
 use super::Store;
 
@@ -41,6 +42,11 @@ pub struct SqliteStore {
     pub(super) variants: bool,
     /// Every user's bit and cursor for broadcasts held as one row.
     pub(super) groups: Groups,
+    /// The log of private messages, as far as memory knows it.
+    pub(super) recent: Recent,
+    /// Whether `recent` must be read again before the next commit (the
+    /// last one failed, and the memory may be ahead of the database).
+    pub(super) recent_stale: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -153,12 +159,27 @@ impl SqliteStore {
             })
             .map_err(sql)?;
         let groups = Groups::load(&conn).map_err(sql)?;
+        let recent = Recent::load(&conn).map_err(sql)?;
         Ok(SqliteStore {
             conn,
             path,
             variants,
             groups,
+            recent,
+            recent_stale: false,
         })
+    }
+
+    /// Reads the log's entries again if a failed commit may have left the
+    /// memory ahead of the database (see [`Recent`]).
+    fn reread_recent(&mut self) -> Result<(), StoreError> {
+        if self.recent_stale {
+            let limits = self.recent.limits;
+            self.recent = Recent::load(&self.conn).map_err(|e| self.err(e))?;
+            self.recent.limits = limits;
+            self.recent_stale = false;
+        }
+        Ok(())
     }
 
     /// The database file.
@@ -284,7 +305,39 @@ impl SqliteStore {
         }
         drop(stmt);
         self.merge_group_entries(user, after, upto, max, &mut page)?;
+        self.merge_recent_entries(user, after, upto, max, &mut page)?;
         Ok(page)
+    }
+
+    /// Adds to `page` (one page of `user`'s rows and group entries, in id
+    /// order) the entries `user` holds in the log in the same window,
+    /// keeping the first `max` in id order.
+    fn merge_recent_entries(
+        &self,
+        user: &str,
+        after: MessageId,
+        upto: MessageId,
+        max: usize,
+        page: &mut Vec<Arc<Message>>,
+    ) -> Result<(), StoreError> {
+        let to = if page.len() >= max {
+            page.last().map_or(to_sql(upto), |m| to_sql(m.id))
+        } else {
+            to_sql(upto)
+        };
+        let ids = self.recent.ids(user, to_sql(after), to, max);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for id in ids {
+            let message = super::recent::read(&self.conn, id)
+                .map_err(|e| self.err(e))?
+                .ok_or_else(|| self.corrupt(format!("held message {id} is not in recent")))?;
+            page.push(Arc::new(message));
+        }
+        page.sort_by_key(|m| m.id);
+        page.truncate(max);
+        Ok(())
     }
 
     /// Adds to `page` (one page of `user`'s rows, in id order) the
@@ -434,6 +487,7 @@ struct BoxChange {
 /// summary, and its message's count of holders, 1000 times.
 pub(super) struct Batch<'a> {
     view: View<'a>,
+    recent: &'a mut Recent,
     known: Known,
     boxes: HashMap<&'a str, BoxChange>,
     /// Per message id: holders added minus holders removed, beyond the
@@ -447,9 +501,10 @@ pub(super) struct Batch<'a> {
 impl<'a> Batch<'a> {
     /// A batch for a store whose `held_variant` may (or surely does not)
     /// have rows, and with these groups.
-    pub(super) fn new(variants: bool, groups: &'a Groups) -> Self {
+    pub(super) fn new(variants: bool, groups: &'a Groups, recent: &'a mut Recent) -> Self {
         Batch {
             view: View::new(groups),
+            recent,
             known: Known::default(),
             boxes: HashMap::new(),
             holders: HashMap::new(),
@@ -508,7 +563,9 @@ impl<'a> Batch<'a> {
             let by_row: Option<i64> = tx
                 .prepare_cached("SELECT MAX(id) FROM held WHERE user = ?1")?
                 .query_row(params![user], |r| r.get(0))?;
-            let last = by_row.max(self.view.last(tx, user)?);
+            let last = by_row
+                .max(self.view.last(tx, user)?)
+                .max(self.recent.last(user));
             let sql = if delta > 0 {
                 "INSERT INTO held_summary (user, count, last) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user) DO UPDATE
@@ -543,7 +600,10 @@ impl<'a> Batch<'a> {
 pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
     // Only for stores without groups: the batch sees none.
     let groups = Groups::default();
-    let mut batch = Batch::new(true, &groups);
+    let mut recent = Recent::default();
+    // Never the log: these stores predate it.
+    recent.max_id = i64::MAX;
+    let mut batch = Batch::new(true, &groups, &mut recent);
     apply_op(tx, op, &mut batch)?;
     batch.finish(tx).map(drop)
 }
@@ -592,6 +652,15 @@ pub(super) fn apply_op<'a>(
     match op {
         StoreOp::Hold { user, message } => {
             let id = to_sql(message.id);
+            if batch.recent.takes(user, id) {
+                batch.recent.hold(tx, user, message)?;
+                batch.entry_added(user, id);
+                return Ok(());
+            }
+            if batch.recent.holds(user, id) {
+                return Ok(());
+            }
+            batch.recent.seen(id);
             let ptr = Arc::as_ptr(message);
             let (same, fresh) = match batch.known.get(&id) {
                 Some(&(seen, same)) if seen == ptr => (same, false),
@@ -618,18 +687,7 @@ pub(super) fn apply_op<'a>(
             }
             batch.entry_added(user, id);
             if !same {
-                tx.prepare_cached(
-                    "INSERT INTO held_variant (user, id, ts, sender, kind, text)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    user,
-                    id,
-                    to_sql(message.at.unix_millis()),
-                    message.from,
-                    kind_str(message.kind),
-                    message.text,
-                ])?;
+                insert_variant(tx, user, message)?;
                 batch.variants = true;
             }
         }
@@ -653,6 +711,7 @@ pub(super) fn apply_op<'a>(
                 *holders.entry(id).or_default() -= 1;
                 removed += 1;
             })?;
+            removed += batch.recent.release(tx, user, upto)?;
             if removed == 0 {
                 return Ok(());
             }
@@ -693,6 +752,7 @@ pub(super) fn apply_op<'a>(
 
 impl Store for SqliteStore {
     fn load(&mut self) -> Result<Restored, StoreError> {
+        self.reread_recent()?;
         self.load_inner()
     }
 
@@ -703,6 +763,7 @@ impl Store for SqliteStore {
         upto: MessageId,
         max: usize,
     ) -> Result<Vec<Arc<Message>>, StoreError> {
+        self.reread_recent()?;
         self.held_page_inner(user, after, upto, max)
     }
 
@@ -710,12 +771,22 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let result = apply_all(&mut self.conn, ops, self.variants, &self.groups);
-        if result.is_err() && !self.conn.is_autocommit() {
-            // Dropping the transaction rolls it back; should that have
-            // failed too, make sure the next `apply` starts afresh rather
-            // than inside what is left of this one.
-            let _ = self.conn.execute_batch("ROLLBACK");
+        self.reread_recent()?;
+        let result = apply_all(
+            &mut self.conn,
+            ops,
+            self.variants,
+            &self.groups,
+            &mut self.recent,
+        );
+        if result.is_err() {
+            if !self.conn.is_autocommit() {
+                // Dropping the transaction rolls it back; should that have
+                // failed too, make sure the next `apply` starts afresh
+                // rather than inside what is left of this one.
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.recent_stale = true;
         }
         let (variants, pending) = result.map_err(|e| self.err(e))?;
         self.variants = variants;
@@ -731,9 +802,10 @@ fn apply_all(
     ops: &[StoreOp],
     variants: bool,
     groups: &Groups,
+    recent: &mut Recent,
 ) -> rusqlite::Result<(bool, Pending)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut batch = Batch::new(variants, groups);
+    let mut batch = Batch::new(variants, groups, recent);
     let mut i = 0;
     while i < ops.len() {
         let run = hold_run(&ops[i..]);
@@ -744,6 +816,10 @@ fn apply_all(
         apply_op(&tx, &ops[i], &mut batch)?;
         i += 1;
     }
+    for (user, message) in batch.recent.take_oldest(&tx, false)? {
+        move_to_held(&tx, &user, &message, &mut batch)?;
+    }
+    batch.recent.cut(&tx, false)?;
     let done = batch.finish(&tx)?;
     tx.commit()?;
     Ok(done)
@@ -766,10 +842,6 @@ fn hold_group<'a>(
     run: &'a [StoreOp],
     batch: &mut Batch<'a>,
 ) -> rusqlite::Result<bool> {
-    let users = run.iter().filter_map(|op| match op {
-        StoreOp::Hold { user, .. } => Some(user.as_str()),
-        _ => None,
-    });
     let Some(StoreOp::Hold { message, .. }) = run.first() else {
         return Ok(false);
     };
@@ -777,6 +849,16 @@ fn hold_group<'a>(
     if batch.known.contains_key(&id) {
         return Ok(false);
     }
+    // Whoever holds this id in the log holds it already.
+    let users: Vec<&'a str> = run
+        .iter()
+        .filter_map(|op| match op {
+            StoreOp::Hold { user, .. } if !batch.recent.holds(user, id) => Some(user.as_str()),
+            _ => None,
+        })
+        .collect();
+    batch.recent.seen(id);
+    let users = users.into_iter();
     let (same, fresh) = store_message(tx, message)?;
     batch.known.insert(id, (Arc::as_ptr(message), same));
     if !fresh {
@@ -795,6 +877,51 @@ fn hold_group<'a>(
         batch.entry_added(user, id);
     }
     Ok(true)
+}
+
+/// Holds an entry taken out of the log by a `held` row instead, with the
+/// bookkeeping of a hold but not of a new entry (the box keeps its count).
+fn move_to_held(
+    tx: &rusqlite::Transaction<'_>,
+    user: &str,
+    message: &Message,
+    batch: &mut Batch<'_>,
+) -> rusqlite::Result<()> {
+    let id = to_sql(message.id);
+    let (same, fresh) = store_message(tx, message)?;
+    let added = insert_row(tx, user, id)?;
+    match (fresh, added) {
+        (true, false) => *batch.holders.entry(id).or_default() -= 1,
+        (false, true) => *batch.holders.entry(id).or_default() += 1,
+        _ => {}
+    }
+    if added && !same {
+        insert_variant(tx, user, message)?;
+        batch.variants = true;
+    }
+    Ok(())
+}
+
+/// Keeps `user`'s entry of `message` apart from the `messages` row of its
+/// id, which is another message.
+fn insert_variant(
+    tx: &rusqlite::Transaction<'_>,
+    user: &str,
+    message: &Message,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO held_variant (user, id, ts, sender, kind, text)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        user,
+        to_sql(message.id),
+        to_sql(message.at.unix_millis()),
+        message.from,
+        kind_str(message.kind),
+        message.text,
+    ])?;
+    Ok(())
 }
 
 /// Holds message `id` for `user` by a `held` row; false if it was held so

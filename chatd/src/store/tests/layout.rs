@@ -107,6 +107,8 @@ fn a_v1_database_is_migrated() {
             "last_seen",
             "login_failures",
             "messages",
+            "recent",
+            "recent_cursor",
             "user_index"
         ]
     );

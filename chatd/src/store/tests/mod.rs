@@ -209,6 +209,8 @@ fn open_old_layout(dir: &std::path::Path, sql: &str) -> SqliteStore {
         path,
         variants: true,
         groups: Default::default(),
+        recent: Default::default(),
+        recent_stale: true,
     }
 }
 

@@ -17,13 +17,30 @@ use crate::store::MemoryStore;
 struct OnDisk {
     dir: TempDir,
     store: SqliteStore,
+    /// A log of private messages this short, cut this often (see
+    /// `recent.rs`), instead of chatd's.
+    log: Option<(usize, i64)>,
 }
 
 impl OnDisk {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        OnDisk { dir, store }
+        OnDisk {
+            dir,
+            store,
+            log: None,
+        }
+    }
+
+    /// A store whose log of private messages holds three entries and is
+    /// cut every two ids, so that moving entries to `held` and cutting
+    /// happen within a few ops.
+    fn short_log() -> Self {
+        let mut on_disk = OnDisk::new();
+        on_disk.log = Some((3, 2));
+        on_disk.store.recent.limits = on_disk.log;
+        on_disk
     }
 
     /// No message row outlives the last box that holds it, and every
@@ -55,11 +72,12 @@ impl CheckedStore for OnDisk {
     }
 
     fn reopen(self) -> Result<Self, StoreError> {
-        let OnDisk { dir, store } = self;
+        let OnDisk { dir, store, log } = self;
         // The exclusive lock goes with the connection.
         drop(store);
-        let store = SqliteStore::open(dir.path())?;
-        Ok(OnDisk { dir, store })
+        let mut store = SqliteStore::open(dir.path())?;
+        store.recent.limits = log;
+        Ok(OnDisk { dir, store, log })
     }
 }
 
@@ -92,6 +110,13 @@ fn sqlite_passes_the_store_check() {
     store_check::run(64, OnDisk::new);
 }
 
+/// The same with the log of private messages kept short: entries move to
+/// `held` and confirmed rows are cut all the time.
+#[test]
+fn sqlite_with_a_short_log_passes_the_store_check() {
+    store_check::run(64, OnDisk::short_log);
+}
+
 #[test]
 fn the_memory_store_passes_the_store_check() {
     store_check::run(64, MemoryStore::default);
@@ -101,7 +126,15 @@ fn the_memory_store_passes_the_store_check() {
 /// `model` holds: a migrated store goes on like a new one.
 fn migrated_goes_on(dir: TempDir, model: StoreModel, case: &Case) -> Result<(), TestCaseError> {
     let store = SqliteStore::open(dir.path()).unwrap();
-    store_check::check_from(OnDisk { dir, store }, model, case)?;
+    store_check::check_from(
+        OnDisk {
+            dir,
+            store,
+            log: None,
+        },
+        model,
+        case,
+    )?;
     Ok(())
 }
 
@@ -159,5 +192,98 @@ proptest! {
             }
         }
         migrated_goes_on(dir, model, &after)?;
+    }
+}
+
+/// What happens to a store when the core runs: each message has the next
+/// id, is held for one user (a private message) or several in a row (a
+/// broadcast), and boxes are confirmed up to an id already held; now and
+/// then an old message is held again (a redelivery after a restart, an
+/// equal copy of its body).
+fn arb_traffic() -> impl Strategy<Value = Vec<Vec<StoreOp>>> {
+    let event = (0..8u8, 0..4usize, 1..4usize, any::<prop::sample::Index>());
+    prop::collection::vec(prop::collection::vec(event, 1..7), 1..10).prop_map(|batches| {
+        let users = ["ann", "bo", "cy", "di"];
+        let mut next: MessageId = 1;
+        let mut sent: Vec<Arc<Message>> = Vec::new();
+        let mut out = Vec::new();
+        for batch in batches {
+            let mut ops = Vec::new();
+            for (kind, who, many, pick) in batch {
+                let user = users[who].to_string();
+                let fresh = |next: &mut MessageId, kind| {
+                    let m = Arc::new(Message {
+                        id: *next,
+                        at: Time::from_unix_millis(1_000 + *next),
+                        from: "zed".into(),
+                        kind,
+                        text: format!("text {next}"),
+                    });
+                    *next += 1;
+                    m
+                };
+                match kind {
+                    0..=3 => {
+                        let m = fresh(&mut next, MessageKind::Private);
+                        sent.push(Arc::clone(&m));
+                        ops.push(StoreOp::Hold { user, message: m });
+                    }
+                    4 => {
+                        let m = fresh(&mut next, MessageKind::Broadcast);
+                        sent.push(Arc::clone(&m));
+                        for u in users.iter().cycle().skip(who).take(many + 1) {
+                            ops.push(StoreOp::Hold {
+                                user: u.to_string(),
+                                message: Arc::clone(&m),
+                            });
+                        }
+                    }
+                    5 | 6 if !sent.is_empty() => {
+                        let upto = sent[pick.index(sent.len())].id;
+                        ops.push(StoreOp::Release { user, upto });
+                    }
+                    7 if !sent.is_empty() => {
+                        let old = &sent[pick.index(sent.len())];
+                        ops.push(StoreOp::Hold {
+                            user,
+                            message: Arc::new(Message::clone(old)),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            out.push(ops);
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Traffic shaped like the core's, with the log of private messages
+    /// kept short (entries move to `held`, confirmed rows are cut) and at
+    /// chatd's length: the store stays the model.
+    #[test]
+    fn traffic_with_increasing_ids_matches_the_model(
+        before in arb_traffic(),
+        after in arb_traffic(),
+        page in 1..5usize,
+        short in any::<bool>(),
+    ) {
+        let windows = ["ann", "bo"]
+            .iter()
+            .map(|user| store_check::Window {
+                user: user.to_string(),
+                after: 2,
+                upto: 9,
+                max: 3,
+            })
+            .collect();
+        let case = Case { before, after, page, windows };
+        let store = if short { OnDisk::short_log() } else { OnDisk::new() };
+        let store = store_check::check(store, &case)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(store.orphans(), 0);
     }
 }
