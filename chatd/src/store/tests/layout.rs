@@ -258,12 +258,15 @@ fn a_v5_database_is_migrated() {
     let ops = sample_ops();
     {
         let mut store = SqliteStore::open(dir.path()).unwrap();
+        // Version 5 had no log: every entry a row.
+        store.recent.max_id = i64::MAX;
         store.apply(&ops).unwrap();
         store
             .conn
             .execute_batch(
                 "DROP TRIGGER a_group_goes_with_its_message;
                  DROP TABLE held_group; DROP TABLE user_index; DROP TABLE group_cursor;
+                 DROP TABLE recent; DROP TABLE recent_cursor;
                  PRAGMA user_version = 5;",
             )
             .unwrap();
@@ -285,6 +288,46 @@ fn a_v5_database_is_migrated() {
         .query_row("SELECT COUNT(*) FROM held_group", [], |r| r.get(0))
         .unwrap();
     assert_eq!(groups, 1);
+    drop(store);
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
+    assert_eq!(contents(&mut store), expected(&all));
+}
+
+/// A version 6 database (no log of private messages) gets the log, keeps
+/// its content, and holds new private messages in the log.
+#[test]
+fn a_v6_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = sample_ops();
+    {
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        store.recent.max_id = i64::MAX;
+        store.apply(&ops).unwrap();
+        store
+            .conn
+            .execute_batch("DROP TABLE recent; DROP TABLE recent_cursor; PRAGMA user_version = 6;")
+            .unwrap();
+    }
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    assert_eq!(contents(&mut store), expected(&ops));
+    let more = [
+        StoreOp::Hold {
+            user: "bob".into(),
+            message: msg(40, "alice", MessageKind::Private, "after the upgrade"),
+        },
+        StoreOp::Release {
+            user: "alice".into(),
+            upto: 40,
+        },
+    ];
+    store.apply(&more).unwrap();
+    let logged: i64 = store
+        .conn
+        .query_row("SELECT COUNT(*) FROM recent", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(logged, 1);
     drop(store);
     let mut store = SqliteStore::open(dir.path()).unwrap();
     let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();

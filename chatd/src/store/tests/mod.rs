@@ -19,6 +19,7 @@ use super::{Failure, SqliteStore, Store, StoreError};
 mod layout;
 mod measure;
 mod props;
+mod recent;
 mod v1;
 mod v2;
 mod v3;
