@@ -5,9 +5,10 @@
 //! (`recent_cursor`) instead of deleting rows, and the log is cut behind
 //! the oldest entry still held, a range at a time.
 //!
-//! Under load this is what durability costs most: a commit of 50 private
-//! messages for 50 users dirtied about 37 pages of `held`, `messages` and
-//! the summaries, all appended to the WAL; with the log about 7.
+//! Under load this is what durability costs most: during S1 at 50 pairs
+//! (about 50 private messages a commit, for as many users) a commit
+//! dirtied about 37 pages of `held`, `messages` and the summaries, each
+//! appended to the WAL; with the log about 7.
 //!
 //! A hold goes to the log only for a message newer than every message the
 //! store was ever asked to hold (so nobody holds that id anywhere yet) and
@@ -17,10 +18,9 @@
 //!
 //! What is in memory: per user, the ids of their entries in the log, in
 //! order, and their cursor. The log is kept short: past [`RECENT_MAX`]
-//! entries (users who do not confirm, or are offline), the oldest go to
-//! `held`, and the store moves every entry there when it closes, so a
-//! startup reads at most [`RECENT_MAX`] rows of it, however many messages
-//! are held.
+//! entries (users who do not confirm, or are offline), the oldest half go
+//! to `held`, so a startup reads at most [`RECENT_MAX`] live rows of it
+//! (and the confirmed ones not yet cut), however many messages are held.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -191,21 +191,19 @@ impl Recent {
         Ok(i64::try_from(n).unwrap_or(i64::MAX))
     }
 
-    /// At the end of a transaction, when the log is too long (`all`: at
-    /// close, whatever its length): takes its oldest entries out, for the
-    /// caller to hold in `held`.
+    /// At the end of a transaction, when the log is too long: takes its
+    /// oldest entries out, for the caller to hold in `held`.
     pub(super) fn take_oldest(
         &mut self,
         tx: &Transaction<'_>,
-        all: bool,
     ) -> rusqlite::Result<Vec<(String, Message)>> {
         let max = self.max_len();
-        if !all && self.len <= max {
+        if self.len <= max {
             return Ok(Vec::new());
         }
         let mut ids: Vec<i64> = self.entries.values().flatten().copied().collect();
         ids.sort_unstable();
-        let keep = if all { 0 } else { max / 2 };
+        let keep = max / 2;
         let Some(&upto) = ids.len().checked_sub(keep + 1).and_then(|i| ids.get(i)) else {
             return Ok(Vec::new());
         };
@@ -228,15 +226,15 @@ impl Recent {
     }
 
     /// Deletes the rows behind the oldest entry still held, once enough
-    /// of them pile up (`all`: now).
-    pub(super) fn cut(&mut self, tx: &Transaction<'_>, all: bool) -> rusqlite::Result<()> {
+    /// of them pile up.
+    pub(super) fn cut(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
         let oldest = self
             .entries
             .values()
             .filter_map(|q| q.front().copied())
             .min()
             .unwrap_or(self.max_id.saturating_add(1));
-        if oldest > self.cut && (all || oldest - self.cut >= self.cut_every()) {
+        if oldest - self.cut >= self.cut_every() {
             tx.prepare_cached("DELETE FROM recent WHERE id < ?1")?
                 .execute(params![oldest])?;
             self.cut = oldest;

@@ -816,10 +816,10 @@ fn apply_all(
         apply_op(&tx, &ops[i], &mut batch)?;
         i += 1;
     }
-    for (user, message) in batch.recent.take_oldest(&tx, false)? {
+    for (user, message) in batch.recent.take_oldest(&tx)? {
         move_to_held(&tx, &user, &message, &mut batch)?;
     }
-    batch.recent.cut(&tx, false)?;
+    batch.recent.cut(&tx)?;
     let done = batch.finish(&tx)?;
     tx.commit()?;
     Ok(done)
