@@ -17,19 +17,22 @@
 //! store stays exactly [`chatcore::StoreModel`].
 //!
 //! What is in memory: per user, the ids of their entries in the log, in
-//! order, and their cursor. The log is kept short: past [`RECENT_MAX`]
-//! entries (users who do not confirm, or are offline), the oldest half go
-//! to `held`, so a startup reads at most [`RECENT_MAX`] live rows of it
-//! (and the confirmed ones not yet cut), however many messages are held.
+//! order, and their cursor. The log is kept short: an entry more than
+//! [`RECENT_MAX`] ids behind the newest (a user who is offline or does not
+//! confirm) goes to `held`, and so does the oldest half when there are
+//! more than [`RECENT_MAX`] entries. So the rows of the log span at most
+//! [`RECENT_MAX`] + [`CUT_EVERY`] ids, and a startup reads no more than
+//! that, however many messages are held.
 
 use std::collections::{HashMap, VecDeque};
 
 use chatcore::{Message, MessageKind};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-/// Entries kept in the log at most; past it, the oldest half goes to
-/// `held`. Confirmations come back within `confirm_delay` (0.2 s), so at
-/// 70,000 messages a second about 14,000 are waiting in the log.
+/// Entries kept in the log at most, and how far (in ids) an entry may lag
+/// behind the newest; past either, entries go to `held`. Confirmations
+/// come back within `confirm_delay` (0.2 s), so at 70,000 messages a
+/// second about 14,000 are waiting in the log, over a span of as many ids.
 pub(super) const RECENT_MAX: usize = 32_768;
 
 /// Rows of the log already confirmed are deleted once this many ids lie
@@ -96,6 +99,14 @@ impl Recent {
 
     fn cursor(&self, user: &str) -> i64 {
         self.cursors.get(user).copied().unwrap_or(0)
+    }
+
+    /// The oldest entry still held in the log.
+    fn oldest(&self) -> Option<i64> {
+        self.entries
+            .values()
+            .filter_map(|q| q.front().copied())
+            .min()
     }
 
     /// Whether a hold of `id` for `user` may go to the log.
@@ -191,22 +202,34 @@ impl Recent {
         Ok(i64::try_from(n).unwrap_or(i64::MAX))
     }
 
-    /// At the end of a transaction, when the log is too long: takes its
-    /// oldest entries out, for the caller to hold in `held`.
+    /// At the end of a transaction: takes out, for the caller to hold in
+    /// `held`, the entries more than the log's length behind the newest
+    /// id (one old entry would otherwise keep every row after it from
+    /// being cut: an offline user's message, say), and the oldest ones
+    /// when there are too many.
     pub(super) fn take_oldest(
         &mut self,
         tx: &Transaction<'_>,
     ) -> rusqlite::Result<Vec<(String, Message)>> {
         let max = self.max_len();
-        if self.len <= max {
+        let too_old = self
+            .max_id
+            .saturating_sub(i64::try_from(max).unwrap_or(i64::MAX));
+        let mut upto = if self.oldest().is_some_and(|id| id <= too_old) {
+            too_old
+        } else {
+            i64::MIN
+        };
+        if self.len > max {
+            let mut ids: Vec<i64> = self.entries.values().flatten().copied().collect();
+            ids.sort_unstable();
+            if let Some(&id) = ids.len().checked_sub(max / 2 + 1).and_then(|i| ids.get(i)) {
+                upto = upto.max(id);
+            }
+        }
+        if upto == i64::MIN {
             return Ok(Vec::new());
         }
-        let mut ids: Vec<i64> = self.entries.values().flatten().copied().collect();
-        ids.sort_unstable();
-        let keep = max / 2;
-        let Some(&upto) = ids.len().checked_sub(keep + 1).and_then(|i| ids.get(i)) else {
-            return Ok(Vec::new());
-        };
         let mut taken = Vec::new();
         for (user, q) in &mut self.entries {
             let n = q.partition_point(|&id| id <= upto);
@@ -228,12 +251,7 @@ impl Recent {
     /// Deletes the rows behind the oldest entry still held, once enough
     /// of them pile up.
     pub(super) fn cut(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
-        let oldest = self
-            .entries
-            .values()
-            .filter_map(|q| q.front().copied())
-            .min()
-            .unwrap_or(self.max_id.saturating_add(1));
+        let oldest = self.oldest().unwrap_or(self.max_id.saturating_add(1));
         if oldest - self.cut >= self.cut_every() {
             tx.prepare_cached("DELETE FROM recent WHERE id < ?1")?
                 .execute(params![oldest])?;

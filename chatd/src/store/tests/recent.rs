@@ -86,3 +86,42 @@ fn entries_not_confirmed_move_out_of_a_full_log() {
     assert_eq!(rows(&store, "held"), 0);
     assert_eq!(contents(&mut store), StoreModel::default());
 }
+
+/// One user offline with a message in the log while others talk and
+/// confirm: the old entry goes to `held` once it lags the log's length
+/// behind, so the rows after it are cut instead of piling up (and a
+/// startup does not read them all).
+#[test]
+fn an_old_entry_does_not_keep_the_log_from_being_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    store.recent.limits = Some((100, 10));
+    let mut model = StoreModel::default();
+    let first = [StoreOp::Hold {
+        user: "away".into(),
+        message: private(1),
+    }];
+    store.apply(&first).unwrap();
+    model.apply(&first[0]);
+    for id in 2..2_000 {
+        let ops = [
+            StoreOp::Hold {
+                user: "ann".into(),
+                message: private(id),
+            },
+            StoreOp::Release {
+                user: "ann".into(),
+                upto: id,
+            },
+        ];
+        store.apply(&ops).unwrap();
+        ops.iter().for_each(|op| model.apply(op));
+        let left = rows(&store, "recent");
+        assert!(left <= 100 + 10 + 1, "{left} rows in the log at id {id}");
+    }
+    assert_eq!(rows(&store, "held"), 1);
+    assert_eq!(contents(&mut store), model);
+    drop(store);
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(contents(&mut store), model);
+}
