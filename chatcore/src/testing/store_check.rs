@@ -12,7 +12,10 @@
 //! released by some of them, held again after a release (a redelivery),
 //! out-of-order holds, counters and last-seen times that must never go
 //! back, and failed-login records replaced and cleared per (user, address)
-//! pair.
+//! pair. Those draw ids from a small range, so most holds reuse an id;
+//! [`run`] also checks traffic shaped like the core's ([`arb_traffic`]),
+//! where each message has a new, larger id, which is what a store's fast
+//! path for new messages sees.
 //!
 //! Implement [`CheckedStore`] for your store (or a small wrapper around it)
 //! and call [`run`] from a test:
@@ -257,7 +260,8 @@ pub enum Mismatch {
 
 /// Checks a new store on `cases` random [`Case`]s, each on a store from
 /// `new_store` (which must start empty), with one body per id as the core
-/// emits ([`Bodies::OnePerId`]).
+/// emits ([`Bodies::OnePerId`]), then on `cases` more shaped like the
+/// core's traffic ([`arb_traffic_case`]).
 ///
 /// # Panics
 ///
@@ -271,13 +275,21 @@ pub fn run<S: CheckedStore>(cases: u32, new_store: impl Fn() -> S) {
         failure_persistence: None,
         ..Config::default()
     };
-    let mut runner = TestRunner::new(config);
+    let mut runner = TestRunner::new(config.clone());
     let result = runner.run(&arb_case(Bodies::OnePerId), |case| {
         check(new_store(), &case)?;
         Ok(())
     });
     if let Err(e) = result {
         panic!("store check: {e}");
+    }
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&arb_traffic_case(), |case| {
+        check(new_store(), &case)?;
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("store check (traffic): {e}");
     }
 }
 
@@ -634,6 +646,97 @@ pub fn arb_case(bodies: Bodies) -> impl Strategy<Value = Case> {
             if bodies == Bodies::OnePerId {
                 one_body_per_id(before.iter_mut().chain(after.iter_mut()));
             }
+            Case {
+                before,
+                after,
+                page,
+                windows,
+            }
+        })
+}
+
+/// What a store sees when the core runs, in batches: each message has
+/// the next id and is held for one user (a private message) or for
+/// several in a row behind one `Arc` (a broadcast); boxes are confirmed
+/// up to an id already held; now and then an old message is held again
+/// (a redelivery after a restart: an equal copy of its body). Four users.
+pub fn arb_traffic() -> impl Strategy<Value = Vec<Vec<StoreOp>>> {
+    let event = (0..8u8, 0..4usize, 1..4usize, any::<prop::sample::Index>());
+    prop::collection::vec(prop::collection::vec(event, 1..7), 1..16).prop_map(|batches| {
+        let users = ["ann", "bo", "cy", "di"];
+        let mut next: MessageId = 1;
+        let mut sent: Vec<Arc<Message>> = Vec::new();
+        let mut fresh = |kind| {
+            let m = Arc::new(Message {
+                id: next,
+                at: Time::from_unix_millis(1_000 + next),
+                from: "zed".into(),
+                kind,
+                text: format!("text {next}"),
+            });
+            next += 1;
+            m
+        };
+        let mut out = Vec::new();
+        for batch in batches {
+            let mut ops = Vec::new();
+            for (kind, who, many, pick) in batch {
+                let user = users[who].to_string();
+                match kind {
+                    0..=3 => {
+                        let m = fresh(MessageKind::Private);
+                        sent.push(Arc::clone(&m));
+                        ops.push(StoreOp::Hold { user, message: m });
+                    }
+                    4 => {
+                        let m = fresh(MessageKind::Broadcast);
+                        sent.push(Arc::clone(&m));
+                        for u in users.iter().cycle().skip(who).take(many + 1) {
+                            ops.push(StoreOp::Hold {
+                                user: u.to_string(),
+                                message: Arc::clone(&m),
+                            });
+                        }
+                    }
+                    5 | 6 if !sent.is_empty() => {
+                        let upto = sent[pick.index(sent.len())].id;
+                        ops.push(StoreOp::Release { user, upto });
+                    }
+                    7 if !sent.is_empty() => {
+                        let old = &sent[pick.index(sent.len())];
+                        ops.push(StoreOp::Hold {
+                            user,
+                            message: Arc::new(Message::clone(old)),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            out.push(ops);
+        }
+        out
+    })
+}
+
+/// A [`Case`] of [`arb_traffic`], cut in two by the reopen at a random
+/// batch, with windows over the first ids.
+pub fn arb_traffic_case() -> impl Strategy<Value = Case> {
+    (
+        arb_traffic(),
+        any::<prop::sample::Index>(),
+        1..5usize,
+        prop::collection::vec(arb_window(), 4),
+    )
+        .prop_map(|(mut before, cut, page, windows)| {
+            let after = before.split_off(cut.index(before.len() + 1));
+            let windows = windows
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| Window {
+                    user: ["ann", "bo", "cy", "di"][i].to_string(),
+                    ..w
+                })
+                .collect();
             Case {
                 before,
                 after,

@@ -195,92 +195,18 @@ proptest! {
     }
 }
 
-/// What happens to a store when the core runs: each message has the next
-/// id, is held for one user (a private message) or several in a row (a
-/// broadcast), and boxes are confirmed up to an id already held; now and
-/// then an old message is held again (a redelivery after a restart, an
-/// equal copy of its body).
-fn arb_traffic() -> impl Strategy<Value = Vec<Vec<StoreOp>>> {
-    let event = (0..8u8, 0..4usize, 1..4usize, any::<prop::sample::Index>());
-    prop::collection::vec(prop::collection::vec(event, 1..7), 1..10).prop_map(|batches| {
-        let users = ["ann", "bo", "cy", "di"];
-        let mut next: MessageId = 1;
-        let mut sent: Vec<Arc<Message>> = Vec::new();
-        let mut out = Vec::new();
-        for batch in batches {
-            let mut ops = Vec::new();
-            for (kind, who, many, pick) in batch {
-                let user = users[who].to_string();
-                let fresh = |next: &mut MessageId, kind| {
-                    let m = Arc::new(Message {
-                        id: *next,
-                        at: Time::from_unix_millis(1_000 + *next),
-                        from: "zed".into(),
-                        kind,
-                        text: format!("text {next}"),
-                    });
-                    *next += 1;
-                    m
-                };
-                match kind {
-                    0..=3 => {
-                        let m = fresh(&mut next, MessageKind::Private);
-                        sent.push(Arc::clone(&m));
-                        ops.push(StoreOp::Hold { user, message: m });
-                    }
-                    4 => {
-                        let m = fresh(&mut next, MessageKind::Broadcast);
-                        sent.push(Arc::clone(&m));
-                        for u in users.iter().cycle().skip(who).take(many + 1) {
-                            ops.push(StoreOp::Hold {
-                                user: u.to_string(),
-                                message: Arc::clone(&m),
-                            });
-                        }
-                    }
-                    5 | 6 if !sent.is_empty() => {
-                        let upto = sent[pick.index(sent.len())].id;
-                        ops.push(StoreOp::Release { user, upto });
-                    }
-                    7 if !sent.is_empty() => {
-                        let old = &sent[pick.index(sent.len())];
-                        ops.push(StoreOp::Hold {
-                            user,
-                            message: Arc::new(Message::clone(old)),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            out.push(ops);
-        }
-        out
-    })
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Traffic shaped like the core's, with the log of private messages
-    /// kept short (entries move to `held`, confirmed rows are cut) and at
-    /// chatd's length: the store stays the model.
+    /// Traffic shaped like the core's (`store_check::arb_traffic_case`),
+    /// with the log of private messages kept short (entries move to
+    /// `held`, confirmed rows are cut) and at chatd's length: the store
+    /// stays the model.
     #[test]
     fn traffic_with_increasing_ids_matches_the_model(
-        before in arb_traffic(),
-        after in arb_traffic(),
-        page in 1..5usize,
+        case in store_check::arb_traffic_case(),
         short in any::<bool>(),
     ) {
-        let windows = ["ann", "bo"]
-            .iter()
-            .map(|user| store_check::Window {
-                user: user.to_string(),
-                after: 2,
-                upto: 9,
-                max: 3,
-            })
-            .collect();
-        let case = Case { before, after, page, windows };
         let store = if short { OnDisk::short_log() } else { OnDisk::new() };
         let store = store_check::check(store, &case)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
