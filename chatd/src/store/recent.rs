@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use chatcore::{Message, MessageKind};
+use chatcore::Message;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// Entries kept in the log at most, and how far (in ids) an entry may lag
@@ -266,15 +266,18 @@ pub(super) fn read(tx: &Connection, id: i64) -> rusqlite::Result<Option<Message>
     tx.prepare_cached("SELECT ts, sender, kind, text FROM recent WHERE id = ?1")?
         .query_row(params![id], |r| {
             let kind: String = r.get(2)?;
+            let kind = super::sqlite::kind_from_str(&kind).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    format!("unknown message kind `{kind}`").into(),
+                )
+            })?;
             Ok(Message {
                 id: super::sqlite::from_sql(id),
                 at: chatcore::Time::from_unix_millis(super::sqlite::from_sql(r.get(0)?)),
                 from: r.get(1)?,
-                kind: if kind == "broadcast" {
-                    MessageKind::Broadcast
-                } else {
-                    MessageKind::Private
-                },
+                kind,
                 text: r.get(3)?,
             })
         })

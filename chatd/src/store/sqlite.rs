@@ -97,6 +97,15 @@ pub(super) fn kind_str(kind: MessageKind) -> &'static str {
     }
 }
 
+/// The inverse of [`kind_str`]; `None` for a kind no chatd writes.
+pub(super) fn kind_from_str(kind: &str) -> Option<MessageKind> {
+    match kind {
+        "private" => Some(MessageKind::Private),
+        "broadcast" => Some(MessageKind::Broadcast),
+        _ => None,
+    }
+}
+
 impl SqliteStore {
     /// The database file name inside the data directory.
     pub const FILE_NAME: &'static str = "chatd.db";
@@ -210,11 +219,8 @@ impl SqliteStore {
         kind: &str,
         text: String,
     ) -> Result<Message, StoreError> {
-        let kind = match kind {
-            "private" => MessageKind::Private,
-            "broadcast" => MessageKind::Broadcast,
-            other => return Err(self.corrupt(format!("unknown message kind `{other}`"))),
-        };
+        let kind = kind_from_str(kind)
+            .ok_or_else(|| self.corrupt(format!("unknown message kind `{kind}`")))?;
         Ok(Message {
             id: from_sql(id),
             at: Time::from_unix_millis(from_sql(ts)),
@@ -320,23 +326,17 @@ impl SqliteStore {
         max: usize,
         page: &mut Vec<Arc<Message>>,
     ) -> Result<(), StoreError> {
-        let to = if page.len() >= max {
-            page.last().map_or(to_sql(upto), |m| to_sql(m.id))
-        } else {
-            to_sql(upto)
-        };
-        let ids = self.recent.ids(user, to_sql(after), to, max);
-        if ids.is_empty() {
-            return Ok(());
-        }
+        let ids = self
+            .recent
+            .ids(user, to_sql(after), page_end(page, upto, max), max);
+        let mut found = Vec::with_capacity(ids.len());
         for id in ids {
             let message = super::recent::read(&self.conn, id)
                 .map_err(|e| self.err(e))?
                 .ok_or_else(|| self.corrupt(format!("held message {id} is not in recent")))?;
-            page.push(Arc::new(message));
+            found.push(Arc::new(message));
         }
-        page.sort_by_key(|m| m.id);
-        page.truncate(max);
+        merge_into(page, found, max);
         Ok(())
     }
 
@@ -356,12 +356,7 @@ impl SqliteStore {
         };
         let cursor = self.groups.cursors.get(user).copied().unwrap_or(0);
         let from = to_sql(after).max(cursor);
-        // Rows past the last one this page keeps cannot make it in.
-        let to = if page.len() >= max {
-            page.last().map_or(to_sql(upto), |m| to_sql(m.id))
-        } else {
-            to_sql(upto)
-        };
+        let to = page_end(page, upto, max);
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -397,12 +392,7 @@ impl SqliteStore {
             let (id, ts, from, kind, text) = fields;
             found.push(Arc::new(self.message(id, ts, from, &kind, text)?));
         }
-        if found.is_empty() {
-            return Ok(());
-        }
-        page.extend(found);
-        page.sort_by_key(|m| m.id);
-        page.truncate(max);
+        merge_into(page, found, max);
         Ok(())
     }
 
@@ -462,6 +452,27 @@ impl SqliteStore {
         }
         Ok(restored)
     }
+}
+
+/// The largest id an entry merged into `page` (one page of at most `max`
+/// entries, in id order, for a window ending at `upto`) can have: entries
+/// past the last one a full page keeps cannot make it in.
+fn page_end(page: &[Arc<Message>], upto: MessageId, max: usize) -> i64 {
+    match page.last() {
+        Some(last) if page.len() >= max => to_sql(last.id),
+        _ => to_sql(upto),
+    }
+}
+
+/// Merges `found` (entries of one box kept elsewhere, in id order) into
+/// `page`, keeping the first `max` of both in id order.
+fn merge_into(page: &mut Vec<Arc<Message>>, found: Vec<Arc<Message>>, max: usize) {
+    if found.is_empty() {
+        return;
+    }
+    page.extend(found);
+    page.sort_by_key(|m| m.id);
+    page.truncate(max);
 }
 
 /// What one `apply` has learnt about the `messages` row of an id: the

@@ -250,30 +250,39 @@ fn a_v4_database_is_migrated() {
     assert_eq!(erin[0].text, "not the same");
 }
 
-/// A version 5 database (no groups) gets the group tables and goes on:
-/// its rows stay rows, and a broadcast after the upgrade is one group.
-#[test]
-fn a_v5_database_is_migrated() {
+/// Writes `sample_ops` as rows (no log), makes the database an older
+/// layout with `downgrade`, and checks that it opens migrated with its
+/// content, that `more` is written to `table` in `rows` rows, and that
+/// everything reads back after a reopen.
+fn goes_on_after_migrating(downgrade: &str, more: &[StoreOp], table: &str, rows: i64) {
     let dir = tempfile::tempdir().unwrap();
     let ops = sample_ops();
     {
         let mut store = SqliteStore::open(dir.path()).unwrap();
-        // Version 5 had no log: every entry a row.
+        // Layouts before 7 had no log: every entry a row.
         store.recent.max_id = i64::MAX;
         store.apply(&ops).unwrap();
-        store
-            .conn
-            .execute_batch(
-                "DROP TRIGGER a_group_goes_with_its_message;
-                 DROP TABLE held_group; DROP TABLE user_index; DROP TABLE group_cursor;
-                 DROP TABLE recent; DROP TABLE recent_cursor;
-                 PRAGMA user_version = 5;",
-            )
-            .unwrap();
+        store.conn.execute_batch(downgrade).unwrap();
     }
     let mut store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(user_version(&store), SCHEMA_VERSION);
     assert_eq!(contents(&mut store), expected(&ops));
+    store.apply(more).unwrap();
+    let written: i64 = store
+        .conn
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(written, rows);
+    drop(store);
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    let all: Vec<StoreOp> = ops.iter().chain(more).cloned().collect();
+    assert_eq!(contents(&mut store), expected(&all));
+}
+
+/// A version 5 database (no groups) gets the group tables and goes on:
+/// its rows stay rows, and a broadcast after the upgrade is one group.
+#[test]
+fn a_v5_database_is_migrated() {
     let b = msg(30, "carol", MessageKind::Broadcast, "after the upgrade");
     let more: Vec<StoreOp> = ["alice", "bob", "dave"]
         .into_iter()
@@ -282,36 +291,21 @@ fn a_v5_database_is_migrated() {
             message: Arc::clone(&b),
         })
         .collect();
-    store.apply(&more).unwrap();
-    let groups: i64 = store
-        .conn
-        .query_row("SELECT COUNT(*) FROM held_group", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(groups, 1);
-    drop(store);
-    let mut store = SqliteStore::open(dir.path()).unwrap();
-    let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
-    assert_eq!(contents(&mut store), expected(&all));
+    goes_on_after_migrating(
+        "DROP TRIGGER a_group_goes_with_its_message;
+         DROP TABLE held_group; DROP TABLE user_index; DROP TABLE group_cursor;
+         DROP TABLE recent; DROP TABLE recent_cursor;
+         PRAGMA user_version = 5;",
+        &more,
+        "held_group",
+        1,
+    );
 }
 
 /// A version 6 database (no log of private messages) gets the log, keeps
 /// its content, and holds new private messages in the log.
 #[test]
 fn a_v6_database_is_migrated() {
-    let dir = tempfile::tempdir().unwrap();
-    let ops = sample_ops();
-    {
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        store.recent.max_id = i64::MAX;
-        store.apply(&ops).unwrap();
-        store
-            .conn
-            .execute_batch("DROP TABLE recent; DROP TABLE recent_cursor; PRAGMA user_version = 6;")
-            .unwrap();
-    }
-    let mut store = SqliteStore::open(dir.path()).unwrap();
-    assert_eq!(user_version(&store), SCHEMA_VERSION);
-    assert_eq!(contents(&mut store), expected(&ops));
     let more = [
         StoreOp::Hold {
             user: "bob".into(),
@@ -322,16 +316,12 @@ fn a_v6_database_is_migrated() {
             upto: 40,
         },
     ];
-    store.apply(&more).unwrap();
-    let logged: i64 = store
-        .conn
-        .query_row("SELECT COUNT(*) FROM recent", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(logged, 1);
-    drop(store);
-    let mut store = SqliteStore::open(dir.path()).unwrap();
-    let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
-    assert_eq!(contents(&mut store), expected(&all));
+    goes_on_after_migrating(
+        "DROP TABLE recent; DROP TABLE recent_cursor; PRAGMA user_version = 6;",
+        &more,
+        "recent",
+        1,
+    );
 }
 
 #[test]
