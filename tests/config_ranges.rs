@@ -64,6 +64,8 @@ const ROWS: &[Row] = &[
     },
     row("confirm_delay", "0.001", "1", S, "0", "1.001"),
     row("login_timeout", "0.001", "3600", S, "0", "3601"),
+    row("ok_delay", "0", "0.1", S, "-0.001", "0.101"),
+    row("commit_interval", "0", "1", S, "-0.001", "1.001"),
     row("last_hour_minutes", "1", "10080", "", "0", "10081"),
     row("max_login_attempts", "1", "100", "", "0", "101"),
     Row {

@@ -38,6 +38,9 @@ struct Queue {
     driver_gone: bool,
     /// The writer is gone: nothing more is kept.
     writer_gone: bool,
+    /// The writer was woken for what is queued and has not taken it yet:
+    /// it takes everything at once, so one wake-up serves every entry.
+    woken: bool,
 }
 
 /// What the writer and the core share about one outbound queue.
@@ -100,16 +103,50 @@ pub struct OutboundLimit {
 }
 
 impl Outbound {
-    /// Queues one line (with its `\n`). Never waits. Takes anything that
-    /// becomes [`Bytes`] without a copy: a `String` formatted for one
-    /// receiver, or a clone of bytes shared by many.
+    /// Queues one line (with its `\n`) and wakes the writer. Never waits.
+    /// Takes anything that becomes [`Bytes`] without a copy: a `String`
+    /// formatted for one receiver, or a clone of bytes shared by many.
     pub fn push(
         &mut self,
         line: impl Into<Bytes>,
         limit: &OutboundLimit,
         clock: &Clock,
     ) -> Result<(), Dead> {
-        let line = line.into();
+        self.push_line(line.into(), limit, clock, true)
+    }
+
+    /// Queues one line like [`push`](Self::push) but leaves the writer
+    /// asleep: the line goes out with the next line pushed, or at
+    /// [`wake`](Self::wake). An `OK` for a message is queued so: a client
+    /// in a conversation then reads it in the same segment as the reply it
+    /// waits for, and the server makes one write instead of two.
+    pub fn push_quiet(
+        &mut self,
+        line: impl Into<Bytes>,
+        limit: &OutboundLimit,
+        clock: &Clock,
+    ) -> Result<(), Dead> {
+        self.push_line(line.into(), limit, clock, false)
+    }
+
+    /// Wakes the writer if anything queued has not woken it.
+    pub fn wake(&self) {
+        let mut q = self.shared.queue();
+        let wake = !q.entries.is_empty() && !q.woken;
+        q.woken |= wake;
+        drop(q);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn push_line(
+        &mut self,
+        line: Bytes,
+        limit: &OutboundLimit,
+        clock: &Clock,
+        wake: bool,
+    ) -> Result<(), Dead> {
         let n = line.len();
         crate::metrics::outbound_queued(n);
         let queued = self.shared.queued.fetch_add(n, Ordering::AcqRel) + n;
@@ -125,29 +162,28 @@ impl Outbound {
         } else {
             self.over_since_ms = None;
         }
-        self.enqueue(Queued::Line(line));
+        self.enqueue(Queued::Line(line), wake);
         Ok(())
     }
 
     /// Asks the writer to report [`Input::Written`](chatcore::Input::Written) once every line queued
     /// so far is written to the socket (the core's `NotifyWritten`).
     pub fn mark(&self) {
-        self.enqueue(Queued::Mark);
+        self.enqueue(Queued::Mark, true);
     }
 
-    fn enqueue(&self, entry: Queued) {
+    fn enqueue(&self, entry: Queued, wake: bool) {
         let mut q = self.shared.queue();
         // A writer that is gone ended on an error; the connection task
         // reports that as `Input::Closed` itself.
         if q.writer_gone {
             return;
         }
-        let was_empty = q.entries.is_empty();
         q.entries.push_back(entry);
+        let wake = wake && !q.woken;
+        q.woken |= wake;
         drop(q);
-        // A non-empty queue was already signalled, and the writer takes
-        // everything in it at once.
-        if was_empty {
+        if wake {
             self.shared.wake.notify_one();
         }
     }
@@ -188,6 +224,7 @@ impl OutboundRx {
     /// Every entry queued now, if there is any.
     pub(crate) fn try_take(&mut self) -> Option<VecDeque<Queued>> {
         let mut q = self.shared.queue();
+        q.woken = false;
         (!q.entries.is_empty()).then(|| std::mem::take(&mut q.entries))
     }
 
@@ -301,6 +338,66 @@ mod tests {
         // ...and told the end once the driver drops its end.
         drop(tx);
         assert_eq!(waiting.await.unwrap(), (Some(1), None));
+    }
+
+    #[tokio::test]
+    async fn a_quiet_line_waits_for_the_next_line_or_a_wake() {
+        let clock = Clock::start();
+        let limit = OutboundLimit {
+            max_bytes: 1000,
+            stall_grace: Duration::from_secs(1),
+            hard_factor: 10,
+        };
+        fn lines(q: Option<VecDeque<Queued>>) -> Vec<String> {
+            q.unwrap_or_default()
+                .into_iter()
+                .map(|q| match q {
+                    Queued::Line(l) => String::from_utf8_lossy(l.as_ref()).into_owned(),
+                    Queued::Mark => "mark".into(),
+                })
+                .collect()
+        }
+        // A writer waiting, as a connection's writer waits.
+        let (mut tx, mut rx) = outbound(&clock);
+        let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+        let writer = tokio::spawn(async move {
+            while let Some(q) = rx.take().await {
+                let _ = got_tx.send(lines(Some(q)));
+            }
+        });
+        let nothing_for = |got: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<String>>| {
+            // The writer is a task of this runtime: once it had its turns,
+            // whatever woke it has been taken.
+            assert!(got.try_recv().is_err(), "the writer was woken");
+        };
+        tokio::task::yield_now().await;
+        // A quiet line alone does not wake the writer...
+        tx.push_quiet("OK 1\n", &limit, &clock).unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        nothing_for(&mut got);
+        // ...the next line does, and both go out together, in order.
+        tx.push("MSG 2\n", &limit, &clock).unwrap();
+        assert_eq!(got.recv().await.unwrap(), ["OK 1\n", "MSG 2\n"]);
+        // A quiet line goes out at a wake...
+        tx.push_quiet("OK 3\n", &limit, &clock).unwrap();
+        tx.wake();
+        assert_eq!(got.recv().await.unwrap(), ["OK 3\n"]);
+        // ...which does nothing with nothing queued.
+        tx.wake();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        nothing_for(&mut got);
+        // The driver letting go flushes a quiet line.
+        tx.push_quiet("OK 4\n", &limit, &clock).unwrap();
+        drop(tx);
+        assert_eq!(got.recv().await.unwrap(), ["OK 4\n"]);
+        writer.await.unwrap();
+        // A quiet line counts against the bound like any other.
+        let (mut tx, _rx) = outbound(&clock);
+        assert_eq!(tx.push_quiet("x".repeat(10_001), &limit, &clock), Err(Dead));
     }
 
     #[test]

@@ -145,6 +145,10 @@ pub struct FileConfig {
     pub max_unwritten_bytes: Option<Number>,
     /// See [`Settings::password_check_concurrency`].
     pub password_check_concurrency: Option<Number>,
+    /// See [`Settings::ok_delay`].
+    pub ok_delay: Option<Number>,
+    /// See [`Settings::commit_interval`].
+    pub commit_interval: Option<Number>,
     /// See [`Settings::log_format`].
     pub log_format: Option<LogFormat>,
     /// See [`WebSettings::enabled`](super::WebSettings::enabled).

@@ -106,6 +106,17 @@ pub struct Settings {
     pub max_unwritten_bytes: usize,
     /// Password checks (argon2, deliberately slow) that run at once.
     pub password_check_concurrency: usize,
+    /// How long an `OK message …` or `OK broadcast …` may wait, queued, for
+    /// the next line to the same client, so that both leave in one write
+    /// (zero: each at once). In a conversation the next line is the reply
+    /// the client waits for, so the client reads one segment instead of two
+    /// and the server makes one write instead of two.
+    pub ok_delay: Duration,
+    /// A commit starts at most this long after the one before started
+    /// (zero: as soon as it ended), so that one transaction and one `fsync`
+    /// serve every change of that time. Only `OK`s wait for commits:
+    /// deliveries do not. A login's box and a full batch do not wait.
+    pub commit_interval: Duration,
     /// Connections open at once, in total.
     pub max_connections: usize,
     /// Connections open at once from one IP address.
@@ -165,6 +176,8 @@ impl Default for Settings {
             max_outbound_bytes: 1 << 20,
             max_unwritten_bytes: 64 << 20,
             password_check_concurrency: 2,
+            ok_delay: Duration::from_millis(1),
+            commit_interval: Duration::from_millis(2),
             max_connections: 10_000,
             max_connections_per_ip: 64,
             tls: None,
@@ -235,6 +248,11 @@ impl Settings {
         set!(
             c.login_timeout,
             r::LOGIN_TIMEOUT.duration(file.login_timeout)?
+        );
+        set!(s.ok_delay, r::OK_DELAY.duration(file.ok_delay)?);
+        set!(
+            s.commit_interval,
+            r::COMMIT_INTERVAL.duration(file.commit_interval)?
         );
         set!(
             c.last_hour_minutes,
@@ -361,6 +379,8 @@ impl Settings {
             (r::HEARTBEAT, c.heartbeat),
             (r::HEARTBEAT_TIMEOUT, c.heartbeat_timeout),
             (r::CONFIRM_DELAY, c.confirm_delay),
+            (r::OK_DELAY, self.ok_delay),
+            (r::COMMIT_INTERVAL, self.commit_interval),
         ] {
             range.check_duration(d)?;
         }

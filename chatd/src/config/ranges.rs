@@ -180,6 +180,12 @@ pub const MAX_OUTBOUND_BYTES: Range = Range::count("max_outbound_bytes", 64, 1 <
 /// Store changes that may wait, in memory, while the disk is full:
 /// at least 1 MiB so a short outage is ridden out, at most 1 GiB.
 pub const MAX_UNWRITTEN_BYTES: Range = Range::count("max_unwritten_bytes", 1 << 20, 1 << 30);
+/// Longer is felt: an `OK` a tenth of a second late looks slow. Zero sends
+/// each at once.
+pub const OK_DELAY: Range = Range::secs("ok_delay", 0.0, 0.1);
+/// Every `OK` for a message waits for a commit: a second is as late as one
+/// may come. Zero starts each commit as soon as the one before ends.
+pub const COMMIT_INTERVAL: Range = Range::secs("commit_interval", 0.0, 1.0);
 /// Each checker thread keeps an argon2 buffer (19 MiB with the default
 /// parameters) and argon2 is CPU-bound: more threads than cores only
 /// cost memory.
@@ -211,4 +217,6 @@ pub const RANGES: &[Range] = &[
     MAX_OUTBOUND_BYTES,
     MAX_UNWRITTEN_BYTES,
     PASSWORD_CHECK_CONCURRENCY,
+    OK_DELAY,
+    COMMIT_INTERVAL,
 ];

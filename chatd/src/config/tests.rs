@@ -266,6 +266,8 @@ fn companions(key: &str, at_max: bool) -> &'static str {
 fn every_range_takes_its_bounds_and_refuses_just_outside() {
     for range in RANGES {
         let step = match range.unit {
+            // A range from zero: just below it is negative.
+            Unit::Seconds if range.min == 0.0 => 0.001,
             Unit::Seconds => range.min / 2.0,
             Unit::Count => 1.0,
         };

@@ -21,6 +21,13 @@
 //! other replies never wait for the disk; a crash before the commit loses
 //! only messages whose senders never got their `OK` (PROTOCOL.md §6).
 //!
+//! Commits are paced (`commit_interval`): one starts at most that long
+//! after the one before started, so that under load one transaction and
+//! one `fsync` serve the changes of many rounds. Only `OK`s wait for
+//! commits, and they are in no hurry (see `acks.rs`); a page of a box that
+//! a login waits for starts its commit at once, and so does a chunk's
+//! worth of changes.
+//!
 //! A store that cannot write now (a full disk, see [`Failure`]) does not
 //! stop the server: the batch that failed goes back to the head of the
 //! line, the core is told [`Input::StoreUnavailable`] (it refuses messages
@@ -141,6 +148,12 @@ pub(super) struct Commits {
     /// server stops.
     max_unwritten_bytes: usize,
     in_flight: Option<InFlight>,
+    /// `commit_interval`.
+    interval: Duration,
+    /// When the last commit started.
+    last_start: Option<Instant>,
+    /// When the next commit starts, if it waits for `interval`.
+    paced: Option<Instant>,
     /// Every ticket up to this one is durable.
     durable: u64,
     /// Every delivery waits for this ticket (a barrier for everyone that
@@ -157,7 +170,11 @@ pub(super) struct Commits {
 impl Commits {
     /// `reserved`: the first message id the store has not reserved (every
     /// id below it was reserved by a durable change).
-    pub(super) fn new(max_unwritten_bytes: usize, reserved: MessageId) -> Commits {
+    pub(super) fn new(
+        max_unwritten_bytes: usize,
+        reserved: MessageId,
+        interval: Duration,
+    ) -> Commits {
         let reservations = Reservations {
             upto: reserved,
             ..Reservations::default()
@@ -172,6 +189,9 @@ impl Commits {
             unwritten_bytes: 0,
             max_unwritten_bytes,
             in_flight: None,
+            interval,
+            last_start: None,
+            paced: None,
             durable: 0,
             everyone_waits_for: 0,
             reservations,
@@ -222,6 +242,23 @@ impl Commits {
             RETRY_INTERVAL
         };
         Some(outage.tried + gap)
+    }
+
+    /// When a commit waiting for `commit_interval` starts.
+    pub(super) fn paced_until(&self) -> Option<Instant> {
+        self.paced.filter(|_| self.in_flight.is_none())
+    }
+
+    /// When the sealed batches may go, if not now: `commit_interval` after
+    /// the last commit started, unless they fill a chunk. The store that
+    /// cannot write has its own pace (`retry_at`).
+    fn pace(&self, now: Instant) -> Option<Instant> {
+        if self.outage.is_some() {
+            return None;
+        }
+        let at = self.last_start? + self.interval;
+        let ops: usize = self.sealed.iter().map(|s| s.ops.len()).sum();
+        (now < at && ops < COMMIT_CHUNK_OPS).then_some(at)
     }
 
     /// Whether a commit is running.
@@ -484,9 +521,26 @@ impl Driver {
         Ok(())
     }
 
+    /// Sends the sealed batches to the store, unless a commit runs or they
+    /// wait for `commit_interval`.
+    pub(super) fn start_commit(&mut self) -> Result<(), RunError> {
+        let c = &mut self.commits;
+        if c.in_flight.is_some() || c.sealed.is_empty() {
+            return Ok(());
+        }
+        // A page of a box waits for this commit, and a login for the page.
+        if self.loads.is_empty() {
+            if let Some(at) = c.pace(Instant::now()) {
+                c.paced = Some(at);
+                return Ok(());
+            }
+        }
+        self.start_commit_now()
+    }
+
     /// Sends the sealed batches (as many whole ones as fit a chunk) to the
     /// store, unless a commit runs.
-    pub(super) fn start_commit(&mut self) -> Result<(), RunError> {
+    pub(super) fn start_commit_now(&mut self) -> Result<(), RunError> {
         let c = &mut self.commits;
         if c.in_flight.is_some() {
             return Ok(());
@@ -505,6 +559,8 @@ impl Driver {
             }
         }
         c.sealed_bytes -= chunk.bytes;
+        c.paced = None;
+        c.last_start = Some(Instant::now());
         if let Some(outage) = &mut c.outage {
             outage.tried = Instant::now();
             outage.new_changes = false;
@@ -650,7 +706,7 @@ impl Driver {
                     }
                     tries_left -= 1;
                 }
-                self.start_commit()?;
+                self.start_commit_now()?;
             }
             let ended = commit_ended(&mut self.commits).await;
             self.commit_done(ended)?;
@@ -741,7 +797,7 @@ mod tests {
 
     #[test]
     fn a_barrier_for_everyone_that_follows_no_reservation_holds_every_delivery() {
-        let mut c = Commits::new(1 << 20, 0);
+        let mut c = Commits::new(1 << 20, 0, Duration::ZERO);
         c.persist(StoreOp::ReserveIds { next: 1024 });
         assert!(c.reservations.last_op_reserved);
         c.persist(StoreOp::Seen {
@@ -750,5 +806,46 @@ mod tests {
         });
         // Then `Driver::barrier` falls back to holding every delivery.
         assert!(!c.reservations.last_op_reserved);
+    }
+
+    fn seen() -> StoreOp {
+        StoreOp::Seen {
+            user: "alice".into(),
+            at: chatcore::Time::from_unix_millis(1),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_waits_for_the_interval_unless_a_chunk_is_full() {
+        let ms = Duration::from_millis;
+        let mut c = Commits::new(1 << 20, 0, ms(2));
+        c.persist(seen());
+        c.seal_open();
+        // The first commit goes at once.
+        let start = Instant::now();
+        assert_eq!(c.pace(start), None);
+        c.last_start = Some(start);
+        c.sealed.clear();
+        // The next waits for the interval...
+        c.persist(seen());
+        c.seal_open();
+        tokio::time::advance(ms(1)).await;
+        assert_eq!(c.pace(Instant::now()), Some(start + ms(2)));
+        // ...unless a chunk's worth waits...
+        for _ in 0..COMMIT_CHUNK_OPS {
+            c.persist(seen());
+        }
+        c.seal_open();
+        assert_eq!(c.pace(Instant::now()), None);
+        c.sealed.truncate(1);
+        // ...and goes once the interval is over.
+        tokio::time::advance(ms(1)).await;
+        assert_eq!(c.pace(Instant::now()), None);
+        // With no interval, nothing waits.
+        let mut c = Commits::new(1 << 20, 0, Duration::ZERO);
+        c.last_start = Some(Instant::now());
+        c.persist(seen());
+        c.seal_open();
+        assert_eq!(c.pace(Instant::now()), None);
     }
 }

@@ -39,10 +39,12 @@ use crate::passwords::{PasswordChecker, PasswordError};
 use crate::store::Failure;
 use crate::store::{Store, StoreError, StoreGone, StoreThread};
 
+mod acks;
 mod commits;
 mod pages;
 mod web;
 
+use acks::QuietAcks;
 use commits::{commit_ended, Commits};
 pub use web::{WebHandoff, WebRequest, WsConnection, WEB_HANDOFF_QUEUE};
 
@@ -150,6 +152,8 @@ struct Driver {
     web: Option<mpsc::Receiver<WebRequest>>,
     /// A broadcast's line, formatted once for all its receivers.
     last_delivery: LastDelivery,
+    /// `OK`s queued without waking their writers (`acks.rs`).
+    quiet_acks: QuietAcks,
 }
 
 /// An output that goes to a connection: what may wait behind a barrier.
@@ -164,6 +168,8 @@ enum RoundOutput {
         /// lines that wait, and wait only for the reservation of their id,
         /// see `commits.rs`).
         delivery: Option<MessageId>,
+        /// An `OK` for a message: it may wait for company (`acks.rs`).
+        ack: bool,
     },
     /// [`Output::Close`].
     Close { session: SessionId },
@@ -311,13 +317,18 @@ impl Prepared {
                 acceptor: tokio_rustls::TlsAcceptor::from(config),
                 handshake_timeout: settings.core.login_timeout,
             }),
-            commits: Commits::new(settings.max_unwritten_bytes, reserved),
+            commits: Commits::new(
+                settings.max_unwritten_bytes,
+                reserved,
+                settings.commit_interval,
+            ),
             internal: VecDeque::new(),
             forget: Vec::new(),
             dead: Vec::new(),
             loads: Vec::new(),
             web,
             last_delivery: LastDelivery::default(),
+            quiet_acks: QuietAcks::new(settings.ok_delay),
         };
         let result = driver
             .serve(&listener, &mut rx, &mut reload.rx, shutdown)
@@ -345,6 +356,8 @@ impl Driver {
         loop {
             let deadline = self.server.poll_timeout().map(|t| self.clock.instant_of(t));
             let retry = self.commits.retry_at();
+            let paced = self.commits.paced_until();
+            let wake_acks = self.quiet_acks.due();
             let reading = !self.commits.backlogged();
             tokio::select! {
                 biased;
@@ -356,6 +369,12 @@ impl Driver {
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
                 () = sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {
                     self.start_commit()?;
+                }
+                () = sleep_until(paced.unwrap_or_else(Instant::now)), if paced.is_some() => {
+                    self.start_commit_now()?;
+                }
+                () = sleep_until(wake_acks.unwrap_or_else(Instant::now)), if wake_acks.is_some() => {
+                    self.wake_acks();
                 }
                 Some(input) = rx.recv(), if reading => {
                     batch.push(input);
@@ -452,11 +471,13 @@ impl Driver {
                         ServerLine::Deliver(m) => Some(m.id),
                         _ => None,
                     };
+                    let ack = acks::may_wait(&line);
                     let bytes = self.format(&line);
                     self.emit(RoundOutput::Send {
                         session,
                         bytes,
                         delivery,
+                        ack,
                     });
                 }
                 Output::NotifyWritten { session } => {
@@ -508,8 +529,13 @@ impl Driver {
                 session,
                 bytes,
                 delivery,
+                ack,
             } => {
-                if self.send(session, bytes, delivery.is_some()).is_err() {
+                let quiet = ack && self.quiet_acks.enabled();
+                if self
+                    .send(session, bytes, delivery.is_some(), quiet)
+                    .is_err()
+                {
                     self.dead.push(session);
                 }
             }
@@ -535,8 +561,15 @@ impl Driver {
         }
     }
 
-    /// Queues one line for a session; `Err` if its peer stopped reading.
-    fn send(&mut self, session: SessionId, bytes: Bytes, delivery: bool) -> Result<(), Dead> {
+    /// Queues one line for a session, `quiet` without waking its writer
+    /// (`acks.rs`); `Err` if its peer stopped reading.
+    fn send(
+        &mut self,
+        session: SessionId,
+        bytes: Bytes,
+        delivery: bool,
+        quiet: bool,
+    ) -> Result<(), Dead> {
         let Some(conn) = self.conns.get_mut(&session) else {
             return Ok(());
         };
@@ -545,7 +578,21 @@ impl Driver {
         } else {
             tracing::trace!(%session, "-> {}", shown(&bytes));
         }
-        conn.out.push(bytes, &self.limit, &self.clock)
+        if quiet {
+            self.quiet_acks.queued(session);
+            conn.out.push_quiet(bytes, &self.limit, &self.clock)
+        } else {
+            conn.out.push(bytes, &self.limit, &self.clock)
+        }
+    }
+
+    /// Wakes the writers of `OK`s that waited `ok_delay` for company.
+    fn wake_acks(&mut self) {
+        for session in self.quiet_acks.take() {
+            if let Some(conn) = self.conns.get(&session) {
+                conn.out.wake();
+            }
+        }
     }
 
     /// A new connection: refused if over the limits, else a session.
