@@ -78,6 +78,11 @@ pub struct Outbound {
     shared: Arc<OutboundShared>,
     /// When the queue last went over the bound, if it is over it.
     over_since_ms: Option<u64>,
+    /// The last quiet line went out alone, at [`wake`](Outbound::wake):
+    /// nothing else comes to this client soon after its `OK`s (a client
+    /// that only sends), so they go at once until a line of another kind
+    /// comes.
+    quiet_alone: bool,
 }
 
 /// The peer stopped reading: its queue is over the bound and the socket
@@ -112,6 +117,7 @@ impl Outbound {
         limit: &OutboundLimit,
         clock: &Clock,
     ) -> Result<(), Dead> {
+        self.quiet_alone = false;
         self.push_line(line.into(), limit, clock, true)
     }
 
@@ -119,23 +125,29 @@ impl Outbound {
     /// asleep: the line goes out with the next line pushed, or at
     /// [`wake`](Self::wake). An `OK` for a message is queued so: a client
     /// in a conversation then reads it in the same segment as the reply it
-    /// waits for, and the server makes one write instead of two.
+    /// waits for, and the server makes one write instead of two. Once a
+    /// quiet line went out alone, the next ones wake the writer like
+    /// [`push`](Self::push) until a line is pushed: waiting would only
+    /// delay them.
     pub fn push_quiet(
         &mut self,
         line: impl Into<Bytes>,
         limit: &OutboundLimit,
         clock: &Clock,
     ) -> Result<(), Dead> {
-        self.push_line(line.into(), limit, clock, false)
+        let wake = self.quiet_alone;
+        self.push_line(line.into(), limit, clock, wake)
     }
 
-    /// Wakes the writer if anything queued has not woken it.
-    pub fn wake(&self) {
+    /// Wakes the writer if anything queued has not woken it (then what is
+    /// queued is quiet lines alone).
+    pub fn wake(&mut self) {
         let mut q = self.shared.queue();
         let wake = !q.entries.is_empty() && !q.woken;
         q.woken |= wake;
         drop(q);
         if wake {
+            self.quiet_alone = true;
             self.shared.wake.notify_one();
         }
     }
@@ -262,6 +274,7 @@ pub fn outbound(clock: &Clock) -> (Outbound, OutboundRx) {
         Outbound {
             shared: Arc::clone(&shared),
             over_since_ms: None,
+            quiet_alone: false,
         },
         OutboundRx { shared },
     )
@@ -390,10 +403,24 @@ mod tests {
             tokio::task::yield_now().await;
         }
         nothing_for(&mut got);
+        // It went alone: the next quiet line goes at once, as to a client
+        // that only sends...
+        tx.push_quiet("OK 5\n", &limit, &clock).unwrap();
+        assert_eq!(got.recv().await.unwrap(), ["OK 5\n"]);
+        // ...until another line comes: then they wait again.
+        tx.push("MSG 6\n", &limit, &clock).unwrap();
+        assert_eq!(got.recv().await.unwrap(), ["MSG 6\n"]);
+        tx.push_quiet("OK 7\n", &limit, &clock).unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        nothing_for(&mut got);
+        tx.push("MSG 8\n", &limit, &clock).unwrap();
+        assert_eq!(got.recv().await.unwrap(), ["OK 7\n", "MSG 8\n"]);
         // The driver letting go flushes a quiet line.
-        tx.push_quiet("OK 4\n", &limit, &clock).unwrap();
+        tx.push_quiet("OK 9\n", &limit, &clock).unwrap();
         drop(tx);
-        assert_eq!(got.recv().await.unwrap(), ["OK 4\n"]);
+        assert_eq!(got.recv().await.unwrap(), ["OK 9\n"]);
         writer.await.unwrap();
         // A quiet line counts against the bound like any other.
         let (mut tx, _rx) = outbound(&clock);

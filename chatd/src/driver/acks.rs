@@ -10,6 +10,11 @@
 //! `ok_delay` after the first such `OK` is woken then. The order of lines
 //! never changes, only when the writer runs.
 //!
+//! A client that only sends (a script with a window of messages in flight)
+//! gets nothing but `OK`s, so each would wait the whole delay: once a quiet
+//! `OK` went out alone, its connection's next `OK`s go at once until a line
+//! of another kind comes to it (`Outbound`).
+//!
 //! [`Outbound::push_quiet`]: crate::outbound::Outbound::push_quiet
 
 use std::time::Duration;

@@ -589,7 +589,7 @@ impl Driver {
     /// Wakes the writers of `OK`s that waited `ok_delay` for company.
     fn wake_acks(&mut self) {
         for session in self.quiet_acks.take() {
-            if let Some(conn) = self.conns.get(&session) {
+            if let Some(conn) = self.conns.get_mut(&session) {
                 conn.out.wake();
             }
         }
