@@ -160,10 +160,13 @@ impl Recent {
             message.text,
         ])?;
         self.max_id = id;
-        self.entries
-            .entry(user.to_string())
-            .or_default()
-            .push_back(id);
+        // A user with entries is the common case: no name copied for it.
+        match self.entries.get_mut(user) {
+            Some(q) => q.push_back(id),
+            None => {
+                self.entries.insert(user.to_string(), VecDeque::from([id]));
+            }
+        }
         self.len += 1;
         Ok(())
     }
