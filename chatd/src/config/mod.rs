@@ -115,7 +115,8 @@ pub struct Settings {
     /// A commit starts at most this long after the one before started
     /// (zero: as soon as it ended), so that one transaction and one `fsync`
     /// serve every change of that time. Only `OK`s wait for commits:
-    /// deliveries do not. A login's box and a full batch do not wait.
+    /// deliveries do not. A login's box does not wait, nor do many changes
+    /// (see `driver/commits.rs`).
     pub commit_interval: Duration,
     /// Connections open at once, in total.
     pub max_connections: usize,

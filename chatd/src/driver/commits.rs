@@ -25,8 +25,8 @@
 //! after the one before started, so that under load one transaction and
 //! one `fsync` serve the changes of many rounds. Only `OK`s wait for
 //! commits, and they are in no hurry (see `acks.rs`); a page of a box that
-//! a login waits for starts its commit at once, and so does a chunk's
-//! worth of changes.
+//! a login waits for starts its commit at once, and so do [`PACE_OPS`]
+//! changes.
 //!
 //! A store that cannot write now (a full disk, see [`Failure`]) does not
 //! stop the server: the batch that failed goes back to the head of the
@@ -66,6 +66,14 @@ const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// larger round goes alone). Bounds what one commit, or one failed try,
 /// costs.
 const COMMIT_CHUNK_OPS: usize = 4096;
+
+/// Changes sealed that start a commit without waiting for
+/// `commit_interval`: a commit's fixed cost (the transaction, the `fsync`,
+/// two thread hand-offs) is then a small part of it, and waiting would only
+/// make the `OK`s later. Senders that keep many messages in flight, each
+/// waiting for its `OK`, fill batches this big; a conversation's small
+/// rounds do not.
+const PACE_OPS: usize = 256;
 
 /// Past this many bytes of sealed changes waiting behind the commit that
 /// runs, the driver stops reading inputs until it ends: a disk slower than
@@ -250,15 +258,15 @@ impl Commits {
     }
 
     /// When the sealed batches may go, if not now: `commit_interval` after
-    /// the last commit started, unless they fill a chunk. The store that
-    /// cannot write has its own pace (`retry_at`).
+    /// the last commit started, unless [`PACE_OPS`] changes wait. The store
+    /// that cannot write has its own pace (`retry_at`).
     fn pace(&self, now: Instant) -> Option<Instant> {
         if self.outage.is_some() {
             return None;
         }
         let at = self.last_start? + self.interval;
         let ops: usize = self.sealed.iter().map(|s| s.ops.len()).sum();
-        (now < at && ops < COMMIT_CHUNK_OPS).then_some(at)
+        (now < at && ops < PACE_OPS).then_some(at)
     }
 
     /// Whether a commit is running.
@@ -816,7 +824,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_commit_waits_for_the_interval_unless_a_chunk_is_full() {
+    async fn a_commit_waits_for_the_interval_unless_many_changes_wait() {
         let ms = Duration::from_millis;
         let mut c = Commits::new(1 << 20, 0, ms(2));
         c.persist(seen());
@@ -831,10 +839,13 @@ mod tests {
         c.seal_open();
         tokio::time::advance(ms(1)).await;
         assert_eq!(c.pace(Instant::now()), Some(start + ms(2)));
-        // ...unless a chunk's worth waits...
-        for _ in 0..COMMIT_CHUNK_OPS {
+        // ...unless many changes wait...
+        for _ in 0..PACE_OPS - 2 {
             c.persist(seen());
         }
+        c.seal_open();
+        assert_eq!(c.pace(Instant::now()), Some(start + ms(2)));
+        c.persist(seen());
         c.seal_open();
         assert_eq!(c.pace(Instant::now()), None);
         c.sealed.truncate(1);
