@@ -121,9 +121,12 @@ impl Recent {
             .is_some_and(|q| q.binary_search(&id).is_ok())
     }
 
-    /// The newest entry `user` holds in the log.
-    pub(super) fn last(&self, user: &str) -> Option<i64> {
-        self.entries.get(user).and_then(|q| q.back().copied())
+    /// Each user with entries in the log: how many, and the newest. The
+    /// boxes' summaries (`held_summary`) count the other entries.
+    pub(super) fn boxes(&self) -> impl Iterator<Item = (&str, usize, i64)> {
+        self.entries
+            .iter()
+            .filter_map(|(user, q)| Some((user.as_str(), q.len(), *q.back()?)))
     }
 
     /// `user`'s entries in the log with `after < id <= upto`, at most `max`.

@@ -18,9 +18,10 @@ use super::SqliteStore;
 /// version 3 lacked `held_summary` and the index of `held` by user;
 /// version 4 keyed `held` by (id, user) with a second index by (user, id),
 /// and found a message's last holder by looking; version 5 lacked the
-/// groups, version 6 the log of private messages (`recent`).
+/// groups, version 6 the log of private messages (`recent`), and version 7
+/// counted the log's entries in `held_summary` too.
 /// [`SqliteStore::open`] migrates them to this one.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 /// The schema (version [`SCHEMA_VERSION`]).
 ///
@@ -57,9 +58,13 @@ pub(super) const SCHEMA_VERSION: i64 = 7;
 /// cut a range at a time (see `recent.rs`). `messages.holders` does not
 /// count them: they have no `messages` row.
 ///
-/// `held_summary` is each non-empty box's count and last id, kept by
-/// `apply` in the same transaction as `held`, so that startup reads one row
-/// per user, not one per held message (`load` must not grow with them).
+/// `held_summary` is each box's count and last id of the entries in `held`
+/// and the groups (those that have any), kept by `apply` in the same
+/// transaction, so that startup reads one row per user, not one per held
+/// message (`load` must not grow with them). It does not count the log's
+/// entries: startup reads the log anyway, and `load` adds them. Counting
+/// them cost a summary update for every user in every commit, about as
+/// many statements as the log's own rows under load.
 ///
 /// `held_variant` keeps a box entry whose message differs from the
 /// `messages` row of the same id. The core never does that (ids are never
@@ -163,6 +168,25 @@ UPDATE messages SET holders = c.n
 DELETE FROM messages WHERE holders = 0;
 ";
 
+/// Moves a version 7 database to version 8: its `held_summary` counted the
+/// log's entries (those above their user's cursor), which version 8 counts
+/// at load instead. A box's last id may stay one of the log's: `load` takes
+/// the larger of the two, and a release that removes entries reads it back
+/// from the entries left.
+pub(super) const MIGRATE_V7: &str = "
+CREATE TEMP TABLE log_entries (user TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO log_entries (user, n)
+    SELECT r.user, COUNT(*) FROM recent AS r
+    LEFT JOIN recent_cursor AS c ON c.user = r.user
+    WHERE r.id > COALESCE(c.upto, 0)
+    GROUP BY r.user;
+DELETE FROM held_summary
+    WHERE count <= (SELECT n FROM log_entries AS l WHERE l.user = held_summary.user);
+UPDATE held_summary SET count = count - l.n
+    FROM log_entries AS l WHERE l.user = held_summary.user;
+DROP TABLE log_entries;
+";
+
 /// Moves a version 2, 3 or 4 database to version 5 (then [`FILL_DERIVED`]):
 /// `held` and `held_variant` are rebuilt keyed by (user, id), the index of
 /// version 4 goes, `messages` gains its count of holders, and versions 2
@@ -264,6 +288,11 @@ pub(super) fn migrate(tx: &Transaction<'_>, path: &Path, version: i64) -> Result
             } else {
                 tx.execute_batch(SCHEMA).map_err(migrate)?;
             }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(migrate)?;
+        }
+        7 => {
+            tx.execute_batch(MIGRATE_V7).map_err(migrate)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;
         }

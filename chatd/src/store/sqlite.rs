@@ -259,6 +259,17 @@ impl SqliteStore {
                 },
             );
         }
+        for (user, count, last) in self.recent.boxes() {
+            let last = from_sql(last);
+            restored
+                .held
+                .entry(user.to_owned())
+                .and_modify(|b| {
+                    b.count += count;
+                    b.last = b.last.max(last);
+                })
+                .or_insert(BoxSummary { count, last });
+        }
         Ok(restored)
     }
 
@@ -574,9 +585,7 @@ impl<'a> Batch<'a> {
             let by_row: Option<i64> = tx
                 .prepare_cached("SELECT MAX(id) FROM held WHERE user = ?1")?
                 .query_row(params![user], |r| r.get(0))?;
-            let last = by_row
-                .max(self.view.last(tx, user)?)
-                .max(self.recent.last(user));
+            let last = by_row.max(self.view.last(tx, user)?);
             let sql = if delta > 0 {
                 "INSERT INTO held_summary (user, count, last) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user) DO UPDATE
@@ -664,8 +673,8 @@ pub(super) fn apply_op<'a>(
         StoreOp::Hold { user, message } => {
             let id = to_sql(message.id);
             if batch.recent.takes(user, id) {
+                // The log counts its own entries (not `held_summary`).
                 batch.recent.hold(tx, user, message)?;
-                batch.entry_added(user, id);
                 return Ok(());
             }
             if batch.recent.holds(user, id) {
@@ -722,7 +731,8 @@ pub(super) fn apply_op<'a>(
                 *holders.entry(id).or_default() -= 1;
                 removed += 1;
             })?;
-            removed += batch.recent.release(tx, user, upto)?;
+            // The log's entries are not in `held_summary`.
+            batch.recent.release(tx, user, upto)?;
             if removed == 0 {
                 return Ok(());
             }
@@ -827,8 +837,11 @@ fn apply_all(
         apply_op(&tx, &ops[i], &mut batch)?;
         i += 1;
     }
-    for (user, message) in batch.recent.take_oldest(&tx)? {
-        move_to_held(&tx, &user, &message, &mut batch)?;
+    // Entries moved out of the log, kept as long as the batch that counts
+    // them in their boxes' summaries.
+    let taken = batch.recent.take_oldest(&tx)?;
+    for (user, message) in &taken {
+        move_to_held(&tx, user, message, &mut batch)?;
     }
     batch.recent.cut(&tx)?;
     let done = batch.finish(&tx)?;
@@ -890,13 +903,13 @@ fn hold_group<'a>(
     Ok(true)
 }
 
-/// Holds an entry taken out of the log by a `held` row instead, with the
-/// bookkeeping of a hold but not of a new entry (the box keeps its count).
-fn move_to_held(
+/// Holds an entry taken out of the log by a `held` row instead: a new
+/// entry of its box's summary, which does not count the log's.
+fn move_to_held<'a>(
     tx: &rusqlite::Transaction<'_>,
-    user: &str,
+    user: &'a str,
     message: &Message,
-    batch: &mut Batch<'_>,
+    batch: &mut Batch<'a>,
 ) -> rusqlite::Result<()> {
     let id = to_sql(message.id);
     let (same, fresh) = store_message(tx, message)?;
@@ -905,6 +918,9 @@ fn move_to_held(
         (true, false) => *batch.holders.entry(id).or_default() -= 1,
         (false, true) => *batch.holders.entry(id).or_default() += 1,
         _ => {}
+    }
+    if added {
+        batch.entry_added(user, id);
     }
     if added && !same {
         insert_variant(tx, user, message)?;

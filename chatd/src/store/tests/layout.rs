@@ -336,3 +336,68 @@ fn a_newer_layout_is_refused() {
     let e = SqliteStore::open(dir.path()).unwrap_err();
     assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
 }
+
+/// What version 7 kept in `held_summary`: the log's entries (those above
+/// their user's cursor) counted with the rows.
+const AS_V7: &str = "
+INSERT INTO held_summary (user, count, last)
+    SELECT r.user, COUNT(*), MAX(r.id) FROM recent AS r
+    LEFT JOIN recent_cursor AS c ON c.user = r.user
+    WHERE r.id > COALESCE(c.upto, 0)
+    GROUP BY r.user
+    ON CONFLICT (user) DO UPDATE
+    SET count = count + excluded.count, last = MAX(last, excluded.last);
+PRAGMA user_version = 7;
+";
+
+/// A version 7 database, whose summaries counted the log's entries, opens
+/// with each box counted once and goes on.
+#[test]
+fn a_v7_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ops = sample_ops();
+    // One user with entries only in the log, one with both.
+    ops.push(StoreOp::Hold {
+        user: "dave".into(),
+        message: msg(20, "alice", MessageKind::Private, "only in the log"),
+    });
+    {
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        store.apply(&ops).unwrap();
+        let boxes: Vec<(String, i64)> = store
+            .conn
+            .prepare("SELECT user, count FROM held_summary ORDER BY user")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // bob's 3 and dave's 20 are in the log, not in the summaries.
+        assert_eq!(boxes, [("bob".to_string(), 1)]);
+        store.conn.execute_batch(AS_V7).unwrap();
+    }
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    assert_eq!(store.load().unwrap(), expected(&ops).restored());
+    assert_eq!(contents(&mut store), expected(&ops));
+    let more = [
+        StoreOp::Release {
+            user: "bob".into(),
+            upto: 1,
+        },
+        StoreOp::Hold {
+            user: "bob".into(),
+            message: msg(40, "alice", MessageKind::Private, "after the upgrade"),
+        },
+        StoreOp::Release {
+            user: "dave".into(),
+            upto: 20,
+        },
+    ];
+    store.apply(&more).unwrap();
+    drop(store);
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    let all: Vec<StoreOp> = ops.iter().chain(&more).cloned().collect();
+    assert_eq!(store.load().unwrap(), expected(&all).restored());
+    assert_eq!(contents(&mut store), expected(&all));
+}
