@@ -26,7 +26,7 @@
 //! one `fsync` serve the changes of many rounds. Only `OK`s wait for
 //! commits, and they are in no hurry (see `acks.rs`); a page of a box that
 //! a login waits for starts its commit at once, and so do [`PACE_OPS`]
-//! changes.
+//! changes and a reservation of ids.
 //!
 //! A store that cannot write now (a full disk, see [`Failure`]) does not
 //! stop the server: the batch that failed goes back to the head of the
@@ -258,10 +258,11 @@ impl Commits {
     }
 
     /// When the sealed batches may go, if not now: `commit_interval` after
-    /// the last commit started, unless [`PACE_OPS`] changes wait. The store
-    /// that cannot write has its own pace (`retry_at`).
+    /// the last commit started, unless [`PACE_OPS`] changes wait or a
+    /// reservation of ids does (deliveries of its ids will wait for it).
+    /// The store that cannot write has its own pace (`retry_at`).
     fn pace(&self, now: Instant) -> Option<Instant> {
-        if self.outage.is_some() {
+        if self.outage.is_some() || !self.reservations.pending.is_empty() {
             return None;
         }
         let at = self.last_start? + self.interval;
@@ -849,6 +850,12 @@ mod tests {
         c.seal_open();
         assert_eq!(c.pace(Instant::now()), None);
         c.sealed.truncate(1);
+        // ...or a reservation of ids...
+        c.persist(StoreOp::ReserveIds { next: 1024 });
+        c.seal_open();
+        assert_eq!(c.pace(Instant::now()), None);
+        c.reservations.durable(c.open_ticket);
+        assert_eq!(c.pace(Instant::now()), Some(start + ms(2)));
         // ...and goes once the interval is over.
         tokio::time::advance(ms(1)).await;
         assert_eq!(c.pace(Instant::now()), None);
