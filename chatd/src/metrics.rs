@@ -165,6 +165,18 @@ fn delivered() -> &'static metrics::Counter {
 }
 
 /// See [`delivered`].
+fn accepted() -> &'static metrics::Counter {
+    static HANDLE: OnceLock<metrics::Counter> = OnceLock::new();
+    HANDLE.get_or_init(|| counter!(ACCEPTED))
+}
+
+/// See [`delivered`].
+fn held() -> &'static metrics::Counter {
+    static HANDLE: OnceLock<metrics::Counter> = OnceLock::new();
+    HANDLE.get_or_init(|| counter!(HELD))
+}
+
+/// See [`delivered`].
 fn outbound_bytes() -> &'static metrics::Gauge {
     static HANDLE: OnceLock<metrics::Gauge> = OnceLock::new();
     HANDLE.get_or_init(|| gauge!(OUTBOUND_BYTES))
@@ -176,14 +188,14 @@ fn outbound_bytes() -> &'static metrics::Gauge {
 pub fn line(line: &ServerLine) {
     match line {
         ServerLine::Deliver(_) => delivered().increment(1),
-        ServerLine::Delivered { .. } => counter!(ACCEPTED).increment(1),
+        ServerLine::Delivered { .. } => accepted().increment(1),
         ServerLine::Queued { .. } => {
-            counter!(ACCEPTED).increment(1);
-            counter!(HELD).increment(1);
+            accepted().increment(1);
+            held().increment(1);
         }
         ServerLine::Broadcasted { queued, .. } => {
-            counter!(ACCEPTED).increment(1);
-            counter!(HELD).increment(*queued as u64);
+            accepted().increment(1);
+            held().increment(*queued as u64);
         }
         ServerLine::Err(ErrorReply::RateLimited { .. }) => counter!(FLOOD_REFUSALS).increment(1),
         _ => {}

@@ -744,10 +744,18 @@ impl LastDelivery {
     }
 }
 
-/// A server line as sent: its text and `\n`.
+/// A server line as sent: its text and `\n`. Written into a buffer
+/// sized for it at once: growing one as the line is formatted was a
+/// reallocation or two for every delivery.
 fn with_newline(line: &ServerLine) -> Bytes {
-    let mut text = line.to_string();
-    text.push('\n');
+    use std::fmt::Write as _;
+    let room = match line {
+        // `MSG`, id, timestamp, sender, text, separators and `\n`.
+        ServerLine::Deliver(m) => m.text.len() + m.from.len() + 48,
+        _ => 64,
+    };
+    let mut text = String::with_capacity(room);
+    let _ = writeln!(text, "{line}");
     Bytes::from(text)
 }
 
