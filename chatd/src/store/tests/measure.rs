@@ -209,3 +209,53 @@ fn measure_fanout() {
         per(cpu)
     );
 }
+
+/// Times the store on S1's shape of traffic: commits of 250 private
+/// messages (rising ids) for 100 users, each user confirming what it got
+/// every 20 commits. Run by hand:
+/// `cargo test --release -p chatd measure_private -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_private_traffic() {
+    use std::time::Instant;
+
+    const COMMITS: u64 = 2000;
+    const PER_COMMIT: u64 = 250;
+    const USERS: u64 = 100;
+    let users: Vec<String> = (0..USERS).map(|i| format!("p{i:05}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    let mut id = 0;
+    let t = Instant::now();
+    for c in 0..COMMITS {
+        let mut ops = Vec::new();
+        for _ in 0..PER_COMMIT {
+            id += 1;
+            let to = &users[(id % USERS) as usize];
+            let text = format!(
+                "{} {id} xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                1_700_000_000u64 + id
+            );
+            ops.push(StoreOp::Hold {
+                user: to.clone(),
+                message: msg(id, "p99999", MessageKind::Private, &text),
+            });
+        }
+        if c % 20 == 19 {
+            for user in &users {
+                ops.push(StoreOp::Release {
+                    user: user.clone(),
+                    upto: id,
+                });
+            }
+        }
+        store.apply(&ops).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{} messages in {secs:.2} s: {:.2} us a message, {:.0} us a commit",
+        COMMITS * PER_COMMIT,
+        secs * 1e6 / (COMMITS * PER_COMMIT) as f64,
+        secs * 1e6 / COMMITS as f64
+    );
+}
