@@ -378,18 +378,18 @@ mod tests {
                 let _ = got_tx.send(lines(Some(q)));
             }
         });
-        let nothing_for = |got: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<String>>| {
-            // The writer is a task of this runtime: once it had its turns,
-            // whatever woke it has been taken.
+        // The writer is a task of this runtime: once it had its turns,
+        // whatever woke it has been taken.
+        async fn still_asleep(got: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<String>>) {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
             assert!(got.try_recv().is_err(), "the writer was woken");
-        };
-        tokio::task::yield_now().await;
+        }
+        still_asleep(&mut got).await;
         // A quiet line alone does not wake the writer...
         tx.push_quiet("OK 1\n", &limit, &clock).unwrap();
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        nothing_for(&mut got);
+        still_asleep(&mut got).await;
         // ...the next line does, and both go out together, in order.
         tx.push("MSG 2\n", &limit, &clock).unwrap();
         assert_eq!(got.recv().await.unwrap(), ["OK 1\n", "MSG 2\n"]);
@@ -399,10 +399,7 @@ mod tests {
         assert_eq!(got.recv().await.unwrap(), ["OK 3\n"]);
         // ...which does nothing with nothing queued.
         tx.wake();
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        nothing_for(&mut got);
+        still_asleep(&mut got).await;
         // It went alone: the next quiet line goes at once, as to a client
         // that only sends...
         tx.push_quiet("OK 5\n", &limit, &clock).unwrap();
@@ -411,10 +408,7 @@ mod tests {
         tx.push("MSG 6\n", &limit, &clock).unwrap();
         assert_eq!(got.recv().await.unwrap(), ["MSG 6\n"]);
         tx.push_quiet("OK 7\n", &limit, &clock).unwrap();
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        nothing_for(&mut got);
+        still_asleep(&mut got).await;
         tx.push("MSG 8\n", &limit, &clock).unwrap();
         assert_eq!(got.recv().await.unwrap(), ["OK 7\n", "MSG 8\n"]);
         // The driver letting go flushes a quiet line.
