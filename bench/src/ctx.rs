@@ -77,7 +77,7 @@ impl Opts {
 
 /// Keys chatd may not know yet; when it refuses one, it is dropped (and the
 /// report says so) rather than failing the run.
-const OPTIONAL_KEYS: [&str; 7] = [
+const OPTIONAL_KEYS: [&str; 8] = [
     "flood_burst",
     "flood_per_second",
     "flood_backlog",
@@ -85,6 +85,7 @@ const OPTIONAL_KEYS: [&str; 7] = [
     "max_connections",
     "max_connections_per_ip",
     "password_check_concurrency",
+    "http_port",
 ];
 
 /// The run's shared state.
@@ -114,10 +115,14 @@ pub struct Ctx {
 pub struct ChatdConfig(pub BTreeMap<String, String>);
 
 impl ChatdConfig {
-    /// Limits out of the way of a load test: connections, flood control.
+    /// Limits out of the way of a load test: connections, flood control;
+    /// and the web listener on a free port, as the CHAT/1 port is, so that
+    /// a chatd left over from an earlier run (or another program on 4180)
+    /// does not stop this one from starting.
     pub fn load_test() -> Self {
         let mut c = ChatdConfig::default();
-        c.set("max_connections", "40000")
+        c.set("http_port", "0")
+            .set("max_connections", "40000")
             .set("max_connections_per_ip", "40000")
             .set("flood_burst", "1000000")
             .set("flood_per_second", "1000000")
