@@ -284,14 +284,19 @@ pub fn outbound(clock: &Clock) -> (Outbound, OutboundRx) {
 mod tests {
     use super::*;
 
+    /// A bound of `max_bytes`, a second's grace, a hard cap ten times it.
+    fn limit(max_bytes: usize) -> OutboundLimit {
+        OutboundLimit {
+            max_bytes,
+            stall_grace: Duration::from_secs(1),
+            hard_factor: 10,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn outbound_bound_tolerates_bursts_but_not_stalls() {
         let clock = Clock::start();
-        let limit = OutboundLimit {
-            max_bytes: 100,
-            stall_grace: Duration::from_secs(1),
-            hard_factor: 10,
-        };
+        let limit = limit(100);
         let (mut tx, rx) = outbound(&clock);
         // A burst over the bound is fine at first...
         for _ in 0..5 {
@@ -315,11 +320,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_gets_lines_and_marks_in_order_then_the_end() {
         let clock = Clock::start();
-        let limit = OutboundLimit {
-            max_bytes: 1000,
-            stall_grace: Duration::from_secs(1),
-            hard_factor: 10,
-        };
+        let limit = limit(1000);
         let (mut tx, mut rx) = outbound(&clock);
         assert!(rx.try_take().is_none());
         tx.push("a\n", &limit, &clock).unwrap();
@@ -356,11 +357,7 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_line_waits_for_the_next_line_or_a_wake() {
         let clock = Clock::start();
-        let limit = OutboundLimit {
-            max_bytes: 1000,
-            stall_grace: Duration::from_secs(1),
-            hard_factor: 10,
-        };
+        let limit = limit(1000);
         fn lines(q: Option<VecDeque<Queued>>) -> Vec<String> {
             q.unwrap_or_default()
                 .into_iter()
@@ -424,11 +421,7 @@ mod tests {
     #[test]
     fn lines_for_a_writer_that_is_gone_are_not_kept() {
         let clock = Clock::start();
-        let limit = OutboundLimit {
-            max_bytes: 1000,
-            stall_grace: Duration::from_secs(1),
-            hard_factor: 10,
-        };
+        let limit = limit(1000);
         let (mut tx, rx) = outbound(&clock);
         let shared = Arc::clone(&rx.shared);
         drop(rx);
