@@ -150,18 +150,13 @@ impl Recent {
         message: &Message,
     ) -> rusqlite::Result<()> {
         let id = super::sqlite::to_sql(message.id);
-        tx.prepare_cached(
-            "INSERT INTO recent (id, user, ts, sender, kind, text)
+        super::sqlite::insert_copy(
+            tx,
+            "INSERT INTO recent (user, id, ts, sender, kind, text)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            id,
             user,
-            super::sqlite::to_sql(message.at.unix_millis()),
-            message.from,
-            super::sqlite::kind_str(message.kind),
-            message.text,
-        ])?;
+            message,
+        )?;
         self.max_id = id;
         // A user with entries is the common case: no name copied for it.
         match self.entries.get_mut(user) {

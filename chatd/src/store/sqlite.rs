@@ -936,11 +936,25 @@ fn insert_variant(
     user: &str,
     message: &Message,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached(
+    insert_copy(
+        tx,
         "INSERT INTO held_variant (user, id, ts, sender, kind, text)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
+        user,
+        message,
+    )
+}
+
+/// Runs `sql`, an insert of one user's whole copy of a message (a
+/// `held_variant` or `recent` row), with the user and the message's id,
+/// time, sender, kind and text as `?1` to `?6`.
+pub(super) fn insert_copy(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    user: &str,
+    message: &Message,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(sql)?.execute(params![
         user,
         to_sql(message.id),
         to_sql(message.at.unix_millis()),
