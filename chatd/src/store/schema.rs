@@ -19,9 +19,10 @@ use super::SqliteStore;
 /// version 4 keyed `held` by (id, user) with a second index by (user, id),
 /// and found a message's last holder by looking; version 5 lacked the
 /// groups, version 6 the log of private messages (`recent`), and version 7
-/// counted the log's entries in `held_summary` too.
+/// counted the log's entries in `held_summary` too, and version 8 had no
+/// journal (`journal_mark`).
 /// [`SqliteStore::open`] migrates them to this one.
-pub(super) const SCHEMA_VERSION: i64 = 8;
+pub(super) const SCHEMA_VERSION: i64 = 9;
 
 /// The schema (version [`SCHEMA_VERSION`]).
 ///
@@ -65,6 +66,10 @@ pub(super) const SCHEMA_VERSION: i64 = 8;
 /// entries: startup reads the log anyway, and `load` adds them. Counting
 /// them cost a summary update for every user in every commit, about as
 /// many statements as the log's own rows under load.
+///
+/// `journal_mark` is the last record of the journal (`chatd.journal`, see
+/// `journal.rs`) whose ops this database holds, written in the same
+/// transaction as they are: startup replays the records after it.
 ///
 /// `held_variant` keeps a box entry whose message differs from the
 /// `messages` row of the same id. The core never does that (ids are never
@@ -148,6 +153,10 @@ CREATE TABLE IF NOT EXISTS recent_cursor (
     user TEXT    PRIMARY KEY,
     upto INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal_mark (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS a_group_goes_with_its_message AFTER DELETE ON messages
 BEGIN
     DELETE FROM held_group WHERE id = old.id;
@@ -291,8 +300,12 @@ pub(super) fn migrate(tx: &Transaction<'_>, path: &Path, version: i64) -> Result
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;
         }
-        7 => {
-            tx.execute_batch(MIGRATE_V7).map_err(migrate)?;
+        7 | 8 => {
+            if version == 7 {
+                tx.execute_batch(MIGRATE_V7).map_err(migrate)?;
+            }
+            // `journal_mark`, new in version 9.
+            tx.execute_batch(SCHEMA).map_err(migrate)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;
         }
@@ -301,7 +314,7 @@ pub(super) fn migrate(tx: &Transaction<'_>, path: &Path, version: i64) -> Result
                 tx.execute_batch(&format!("{MIGRATE_V2_TO_V5} {FILL_DERIVED}"))
                     .map_err(migrate)?;
             }
-            // The tables versions 6 and 7 added.
+            // The tables versions 6, 7 and 9 added.
             tx.execute_batch(SCHEMA).map_err(migrate)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(migrate)?;

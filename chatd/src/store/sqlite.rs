@@ -191,6 +191,50 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The last journal record this database holds (0 if none): see
+    /// `journal.rs`.
+    pub(super) fn journal_mark(&self) -> Result<u64, StoreError> {
+        let mark: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM journal_mark WHERE one = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(mark.map_or(0, from_sql))
+    }
+
+    /// Applies `ops` in one transaction, which also records `mark` as the
+    /// last journal record the database holds, if given.
+    pub(super) fn apply_with(
+        &mut self,
+        ops: &[StoreOp],
+        mark: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.reread_recent()?;
+        let result = apply_all(
+            &mut self.conn,
+            ops,
+            mark,
+            self.variants,
+            &self.groups,
+            &mut self.recent,
+        );
+        if result.is_err() {
+            if !self.conn.is_autocommit() {
+                // Dropping the transaction rolls it back; should that have
+                // failed too, make sure the next `apply` starts afresh
+                // rather than inside what is left of this one.
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.recent_stale = true;
+        }
+        let (variants, pending) = result.map_err(|e| self.err(e))?;
+        self.variants = variants;
+        self.groups.commit(pending);
+        Ok(())
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -792,35 +836,16 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(());
         }
-        self.reread_recent()?;
-        let result = apply_all(
-            &mut self.conn,
-            ops,
-            self.variants,
-            &self.groups,
-            &mut self.recent,
-        );
-        if result.is_err() {
-            if !self.conn.is_autocommit() {
-                // Dropping the transaction rolls it back; should that have
-                // failed too, make sure the next `apply` starts afresh
-                // rather than inside what is left of this one.
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
-            self.recent_stale = true;
-        }
-        let (variants, pending) = result.map_err(|e| self.err(e))?;
-        self.variants = variants;
-        self.groups.commit(pending);
-        Ok(())
+        self.apply_with(ops, None)
     }
 }
 
-/// `ops` in one transaction. Returns whether `held_variant` may have rows
+/// `ops` in one transaction, with the journal's `mark` if given. Returns whether `held_variant` may have rows
 /// afterwards, and the groups' new bits and cursors.
 fn apply_all(
     conn: &mut Connection,
     ops: &[StoreOp],
+    mark: Option<u64>,
     variants: bool,
     groups: &Groups,
     recent: &mut Recent,
@@ -845,6 +870,10 @@ fn apply_all(
     }
     batch.recent.cut(&tx)?;
     let done = batch.finish(&tx)?;
+    if let Some(mark) = mark {
+        tx.prepare_cached("INSERT OR REPLACE INTO journal_mark (one, seq) VALUES (1, ?1)")?
+            .execute(params![to_sql(mark)])?;
+    }
     tx.commit()?;
     Ok(done)
 }

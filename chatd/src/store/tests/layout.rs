@@ -104,6 +104,7 @@ fn a_v1_database_is_migrated() {
             "held_summary",
             "held_variant",
             "id_reservation",
+            "journal_mark",
             "last_seen",
             "login_failures",
             "messages",
