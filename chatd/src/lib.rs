@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 
 pub use config::{Cli, Command, ConfigError, Settings};
 pub use driver::{prepare, Prepared, RunError};
-pub use store::{MemoryStore, SqliteStore, Store, StoreError};
+pub use store::{JournalLimits, JournaledStore, MemoryStore, SqliteStore, Store, StoreError};
 
 /// Reads and checks the users file (PROTOCOL.md §10): line errors name the
 /// line, unusable argon2id hashes name the user. Logs how many accounts
@@ -87,7 +87,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let accounts = load_accounts(&settings.users_file)?;
     let data_dir = settings.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
+    let journal = settings.journal;
+    let store = tokio::task::spawn_blocking(move || JournaledStore::open(&data_dir, journal))
         .await
         .context("opening the store")??;
     tracing::info!("store {}", store.path().display());

@@ -42,6 +42,25 @@ pub enum StoreError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// A journal record could not be written: nothing of it was
+    /// acknowledged, and the next record goes in the same place.
+    #[error("cannot write the journal {path}")]
+    JournalWrite {
+        /// The journal file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The journal could not be opened, read, allocated or flushed.
+    #[error("cannot {what} the journal {path}")]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// The database holds something this version cannot read.
     #[error("store {path}: {detail}")]
     Corrupt {
@@ -84,9 +103,12 @@ impl StoreError {
     /// - `SQLITE_CANTOPEN`: a file the commit needs (the write-ahead log)
     ///   could not be opened or created, e.g. no inode left.
     ///
+    /// - A journal record that could not be written (`JournalWrite`), for
+    ///   the same reason as `SQLITE_IOERR_WRITE`.
+    ///
     /// Fatal (everything else), notably:
     /// - `SQLITE_IOERR_FSYNC` and `SQLITE_IOERR_DIR_FSYNC`: after a failed
-    ///   fsync the kernel may have dropped the dirty pages and marked them
+    ///   fsync (or the journal's `fdatasync`) the kernel may have dropped the dirty pages and marked them
     ///   clean, so a later fsync that succeeds proves nothing about the
     ///   earlier writes: what is on disk is unknown.
     /// - Read errors, `SQLITE_CORRUPT`, `SQLITE_NOTADB`: the file cannot be
@@ -96,6 +118,13 @@ impl StoreError {
     ///   cannot be opened or read is not one to serve from.
     pub fn failure(&self) -> Failure {
         use rusqlite::ffi;
+        if let StoreError::JournalWrite { source, .. } = self {
+            return if source.kind() == std::io::ErrorKind::StorageFull {
+                Failure::CannotWriteNow("the server's disk is full")
+            } else {
+                Failure::CannotWriteNow("the server cannot write to its disk")
+            };
+        }
         let StoreError::Sqlite {
             source: rusqlite::Error::SqliteFailure(e, _),
             ..

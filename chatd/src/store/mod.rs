@@ -2,10 +2,12 @@
 //! at startup ([`Restored`]) and reads a page at a time (held messages).
 //!
 //! The engine is behind the [`Store`] trait so another can be plugged in
-//! later; [`SqliteStore`] is the one `chatd` uses, [`MemoryStore`] is for
-//! tests and embedding.
+//! later; [`JournaledStore`] (SQLite behind a journal) is the one `chatd`
+//! uses, [`SqliteStore`] the database alone, [`MemoryStore`] is for tests
+//! and embedding.
 //!
-//! Layout: the trait and the in-memory store here; the SQLite engine in
+//! Layout: the trait and the in-memory store here; the journal in
+//! `journal.rs` and its record of ops in `codec.rs`; the SQLite engine in
 //! `sqlite.rs`, broadcasts held as one row in `groups.rs`, private messages
 //! as a log in `recent.rs`, its tables and
 //! migrations in `schema.rs`, the sorting of
@@ -13,11 +15,14 @@
 //! talks to the store through in `thread.rs`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chatcore::{Message, MessageId, Restored, StoreModel, StoreOp};
 
+mod codec;
 mod error;
 mod groups;
+mod journal;
 mod recent;
 mod schema;
 mod sqlite;
@@ -27,6 +32,7 @@ mod thread;
 mod tests;
 
 pub use error::{Failure, StoreError};
+pub use journal::{JournalLimits, JournaledStore};
 pub use sqlite::SqliteStore;
 pub(crate) use thread::{Committed, StoreGone, StoreThread};
 
@@ -74,6 +80,17 @@ pub trait Store: Send {
     /// with [`Failure::CannotWriteNow`], none of them was applied and the
     /// store takes the same `ops` again later.
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
+
+    /// When the store wants [`Store::catch_up`] called, if it put work
+    /// off (the journal's move into the database): the store thread calls
+    /// it between requests, so that no commit waits for that work.
+    fn due(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Does the work put off. A failure that is not fatal leaves it for
+    /// later; a fatal one is returned by the next request.
+    fn catch_up(&mut self) {}
 }
 
 /// A store that keeps state in memory only: for tests and for embedding the

@@ -1,10 +1,12 @@
 //! The store on a thread of its own, which is how the driver reaches it:
 //! SQLite calls block, so they must not run on the driver's task, and one
 //! thread keeps one connection and its prepared statements for the whole
-//! run.
+//! run. Between requests it does the work the store put off
+//! ([`Store::due`]).
 
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chatcore::{HeldRequest, Message, StoreOp};
 use tokio::sync::oneshot;
@@ -46,7 +48,24 @@ impl StoreThread {
         std::thread::Builder::new()
             .name("chatd-store".into())
             .spawn(move || {
-                while let Ok(request) = rx.recv() {
+                loop {
+                    let request = match store.due() {
+                        None => match rx.recv() {
+                            Ok(request) => request,
+                            Err(_) => break,
+                        },
+                        Some(at) => {
+                            let wait = at.saturating_duration_since(Instant::now());
+                            match rx.recv_timeout(wait) {
+                                Ok(request) => request,
+                                Err(RecvTimeoutError::Timeout) => {
+                                    store.catch_up();
+                                    continue;
+                                }
+                                Err(RecvTimeoutError::Disconnected) => break,
+                            }
+                        }
+                    };
                     match request {
                         Request::Commit((ops, answer)) => {
                             let result = store.apply(&ops);
@@ -55,6 +74,10 @@ impl StoreThread {
                         Request::LoadHeld(r, answer) => {
                             let _ = answer.send(store.held_page(&r.user, r.after, r.upto, r.max));
                         }
+                    }
+                    // Under steady load the wait above never times out.
+                    if store.due().is_some_and(|at| at <= Instant::now()) {
+                        store.catch_up();
                     }
                 }
                 drop(store);

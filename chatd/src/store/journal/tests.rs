@@ -1,0 +1,262 @@
+//! The journal: records replayed after a crash, a torn record left out,
+//! older rounds left out, commits too big for it, and holds and releases
+//! that cancel out before the database sees them.
+
+use chatcore::{MessageKind, Time};
+
+use super::*;
+
+fn small() -> JournalLimits {
+    JournalLimits {
+        size: 4096,
+        memory: 1 << 20,
+    }
+}
+
+fn message(id: MessageId, text: &str) -> Arc<Message> {
+    Arc::new(Message {
+        id,
+        at: Time::from_unix_millis(1_000 + id),
+        from: "ann".into(),
+        kind: MessageKind::Private,
+        text: text.into(),
+    })
+}
+
+fn hold(user: &str, id: MessageId) -> StoreOp {
+    StoreOp::Hold {
+        user: user.into(),
+        message: message(id, "hi"),
+    }
+}
+
+fn release(user: &str, upto: MessageId) -> StoreOp {
+    StoreOp::Release {
+        user: user.into(),
+        upto,
+    }
+}
+
+fn ids(store: &mut JournaledStore, user: &str) -> Vec<MessageId> {
+    store
+        .held_page(user, 0, 1 << 40, 1000)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+/// How many rows the database's tables of messages hold.
+fn rows(store: &JournaledStore) -> i64 {
+    store
+        .database()
+        .conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM recent) + (SELECT COUNT(*) FROM held)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_crash_loses_no_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    store.apply(&[hold("bob", 1)]).unwrap();
+    store.apply(&[hold("bob", 2), hold("cat", 2)]).unwrap();
+    store.apply(&[release("bob", 1)]).unwrap();
+    assert_eq!(rows(&store), 0, "the database has not caught up yet");
+    store.crash();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    assert_eq!(ids(&mut store, "bob"), [2]);
+    assert_eq!(ids(&mut store, "cat"), [2]);
+    assert_eq!(store.load().unwrap().held.len(), 2);
+}
+
+#[test]
+fn a_torn_last_record_is_left_out_and_the_ones_before_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    store.apply(&[hold("bob", 1)]).unwrap();
+    let end_of_first = store.offset;
+    store.apply(&[hold("bob", 2)]).unwrap();
+    let end = store.offset;
+    store.crash();
+    // The second record's last byte never reached the disk.
+    let file = OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(JournaledStore::FILE_NAME))
+        .unwrap();
+    file.write_all_at(&[0xff], end - 1).unwrap();
+    assert!(end > end_of_first);
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    assert_eq!(ids(&mut store, "bob"), [1]);
+    // The next record goes on from there and is kept.
+    store.apply(&[hold("bob", 3)]).unwrap();
+    store.crash();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    assert_eq!(ids(&mut store, "bob"), [1, 3]);
+}
+
+#[test]
+fn records_of_an_older_round_are_not_applied_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    // A long first round, then the database catches up (a read does
+    // that), then a short record at the start of the file.
+    for id in 1..=5 {
+        store.apply(&[hold("bob", id)]).unwrap();
+    }
+    assert_eq!(ids(&mut store, "bob"), [1, 2, 3, 4, 5]);
+    store.apply(&[release("bob", 5)]).unwrap();
+    store.crash();
+    // Records 2 to 5 still follow in the file: holds that were released.
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    assert_eq!(ids(&mut store, "bob"), Vec::<MessageId>::new());
+}
+
+#[test]
+fn a_commit_bigger_than_the_journal_goes_to_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    store.apply(&[hold("bob", 1)]).unwrap();
+    let big = StoreOp::Hold {
+        user: "bob".into(),
+        message: message(2, &"x".repeat(8000)),
+    };
+    store.apply(&[big]).unwrap();
+    store.apply(&[hold("bob", 3)]).unwrap();
+    store.crash();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    assert_eq!(ids(&mut store, "bob"), [1, 2, 3]);
+}
+
+#[test]
+fn a_full_journal_makes_the_database_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    for id in 1..=200 {
+        store.apply(&[hold("bob", id)]).unwrap();
+    }
+    assert!(
+        rows(&store) > 0,
+        "the database caught up when the journal filled"
+    );
+    store.crash();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    assert_eq!(ids(&mut store, "bob"), (1..=200).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_hold_released_before_the_database_catches_up_never_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    store.apply(&[hold("bob", 1), hold("cat", 1)]).unwrap();
+    store.apply(&[hold("bob", 2)]).unwrap();
+    store.apply(&[release("bob", 1)]).unwrap();
+    store.apply(&[release("bob", 2)]).unwrap();
+    // Bob's holds and his first release are taken away.
+    let skipped: Vec<u64> = (0..5).filter(|&n| store.pending.skipped(n)).collect();
+    assert_eq!(skipped, [0, 2, 3]);
+    store.catch_up();
+    assert_eq!(rows(&store), 1, "only cat's copy");
+    assert_eq!(ids(&mut store, "bob"), Vec::<MessageId>::new());
+    assert_eq!(ids(&mut store, "cat"), [1]);
+}
+
+#[test]
+fn the_database_catches_up_between_requests_when_half_full_or_quiet_and_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    assert_eq!(store.due(), None);
+    store.apply(&[hold("bob", 1)]).unwrap();
+    let quiet = store.due().unwrap();
+    assert!(quiet > Instant::now(), "not yet half full: due when quiet");
+    let mut id = 1;
+    while store.offset <= 2048 {
+        id += 1;
+        store.apply(&[hold("bob", id)]).unwrap();
+    }
+    assert!(
+        store.due().is_some_and(|at| at <= Instant::now()),
+        "half full: now"
+    );
+    store.catch_up();
+    assert_eq!(store.due(), None);
+    assert_eq!(rows(&store), id as i64);
+    store.apply(&[hold("bob", id + 1)]).unwrap();
+    drop(store);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.journal_mark().unwrap(), id + 1);
+}
+
+#[test]
+fn what_memory_keeps_of_the_journal_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = JournalLimits {
+        size: 1 << 20,
+        memory: 4096,
+    };
+    let mut store = JournaledStore::open(dir.path(), limits).unwrap();
+    for id in 1..=400 {
+        store.apply(&[hold("bob", id)]).unwrap();
+        assert!(store.pending.bytes <= 4096 + 100, "{}", store.pending.bytes);
+    }
+    assert!(rows(&store) > 0, "the database caught up");
+    drop(store);
+    // Holds released as they come take next to nothing, however many.
+    let mut store = JournaledStore::open(dir.path(), limits).unwrap();
+    for id in 401..=5000 {
+        store.apply(&[hold("cat", id)]).unwrap();
+        store.apply(&[release("cat", id)]).unwrap();
+    }
+    assert!(store.pending.bytes < 2048, "{}", store.pending.bytes);
+    assert_eq!(rows(&store), 400, "the database did not need to catch up");
+}
+
+/// The file grows as records need room, up to `journal_size`, and a lower
+/// `journal_size` at the next start shortens it.
+#[test]
+fn the_file_grows_a_step_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(JournaledStore::FILE_NAME);
+    let limits = JournalLimits {
+        size: 3 * GROW,
+        memory: 64 << 20,
+    };
+    let mut store = JournaledStore::open(dir.path(), limits).unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
+    store.apply(&[hold("bob", 1)]).unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), GROW);
+    let big = StoreOp::Hold {
+        user: "bob".into(),
+        message: message(2, &"x".repeat(GROW as usize)),
+    };
+    store.apply(&[big]).unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 2 * GROW);
+    store.crash();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    assert_eq!(ids(&mut store, "bob"), [1, 2]);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
+}
+
+#[test]
+fn a_garbled_record_with_a_good_checksum_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(JournaledStore::open(dir.path(), small()).unwrap());
+    let mut record = vec![0u8; HEADER];
+    record.push(99);
+    record[0..8].copy_from_slice(&1u64.to_le_bytes());
+    record[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = checksum(&record[..12], &record[HEADER..]);
+    record[12..16].copy_from_slice(&crc.to_le_bytes());
+    let file = OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(JournaledStore::FILE_NAME))
+        .unwrap();
+    file.write_all_at(&record, 0).unwrap();
+    let e = JournaledStore::open(dir.path(), small()).unwrap_err();
+    assert!(e.to_string().contains("chatd.journal"), "{e}");
+    assert_eq!(e.failure(), Failure::Fatal);
+}
