@@ -149,6 +149,10 @@ pub struct FileConfig {
     pub ok_delay: Option<Number>,
     /// See [`Settings::commit_interval`].
     pub commit_interval: Option<Number>,
+    /// See [`Settings::journal`].
+    pub journal_size: Option<Number>,
+    /// See [`Settings::journal`].
+    pub journal_memory: Option<Number>,
     /// See [`Settings::log_format`].
     pub log_format: Option<LogFormat>,
     /// See [`WebSettings::enabled`](super::WebSettings::enabled).

@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::store::JournalLimits;
 use thiserror::Error;
 
 mod check;
@@ -118,6 +119,11 @@ pub struct Settings {
     /// deliveries do not. A login's box does not wait, nor do many changes
     /// (see `driver/commits.rs`).
     pub commit_interval: Duration,
+    /// The journal in front of the database (`chatd.journal`): its size
+    /// at most in bytes (`journal_size`), and how many bytes of the
+    /// changes it holds may wait in memory for the database
+    /// (`journal_memory`). See `store/journal.rs`.
+    pub journal: JournalLimits,
     /// Connections open at once, in total.
     pub max_connections: usize,
     /// Connections open at once from one IP address.
@@ -179,6 +185,7 @@ impl Default for Settings {
             password_check_concurrency: 2,
             ok_delay: Duration::from_millis(1),
             commit_interval: Duration::from_millis(2),
+            journal: JournalLimits::default(),
             max_connections: 10_000,
             max_connections_per_ip: 64,
             tls: None,
@@ -325,6 +332,11 @@ impl Settings {
             s.password_check_concurrency,
             r::PASSWORD_CHECK_CONCURRENCY.count_of(file.password_check_concurrency)?
         );
+        set!(s.journal.size, r::JOURNAL_SIZE.count_of(file.journal_size)?);
+        set!(
+            s.journal.memory,
+            r::JOURNAL_MEMORY.count_of(file.journal_memory)?
+        );
         // By default a page of held messages fits in the outbound bound even
         // if every line is as long as a line can be, so a client that reads
         // is never mistaken for one that does not.
@@ -406,6 +418,8 @@ impl Settings {
             ),
             (r::MAX_OUTBOUND_BYTES, self.max_outbound_bytes as u64),
             (r::MAX_UNWRITTEN_BYTES, self.max_unwritten_bytes as u64),
+            (r::JOURNAL_SIZE, self.journal.size),
+            (r::JOURNAL_MEMORY, self.journal.memory as u64),
             (
                 r::PASSWORD_CHECK_CONCURRENCY,
                 self.password_check_concurrency as u64,

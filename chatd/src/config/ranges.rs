@@ -186,6 +186,12 @@ pub const OK_DELAY: Range = Range::secs("ok_delay", 0.0, 0.1);
 /// Every `OK` for a message waits for a commit: a second is as late as one
 /// may come. Zero starts each commit as soon as the one before ends.
 pub const COMMIT_INTERVAL: Range = Range::secs("commit_interval", 0.0, 1.0);
+/// The journal file: at least a mebibyte (the step it grows by), at most
+/// a gibibyte (what a start after a crash may have to replay).
+pub const JOURNAL_SIZE: Range = Range::count("journal_size", 1 << 20, 1 << 30);
+/// Changes waiting in memory for the database: at least a mebibyte, so
+/// that a hold and its release usually meet there, at most a gibibyte.
+pub const JOURNAL_MEMORY: Range = Range::count("journal_memory", 1 << 20, 1 << 30);
 /// Each checker thread keeps an argon2 buffer (19 MiB with the default
 /// parameters) and argon2 is CPU-bound: more threads than cores only
 /// cost memory.
@@ -216,6 +222,8 @@ pub const RANGES: &[Range] = &[
     MAX_CONNECTIONS_PER_IP,
     MAX_OUTBOUND_BYTES,
     MAX_UNWRITTEN_BYTES,
+    JOURNAL_SIZE,
+    JOURNAL_MEMORY,
     PASSWORD_CHECK_CONCURRENCY,
     OK_DELAY,
     COMMIT_INTERVAL,

@@ -61,6 +61,8 @@ max_connections = 100
 max_connections_per_ip = 3
 max_outbound_bytes = 65536
 max_unwritten_bytes = 2097152
+journal_size = 3145728
+journal_memory = 4194304
 password_check_concurrency = 4
 flood_burst = 20
 flood_per_second = 7
@@ -95,6 +97,8 @@ log_format = "json"
     assert_eq!(s.max_connections_per_ip, 3);
     assert_eq!(s.max_outbound_bytes, 65536);
     assert_eq!(s.max_unwritten_bytes, 2 << 20);
+    assert_eq!(s.journal.size, 3 << 20);
+    assert_eq!(s.journal.memory, 4 << 20);
     assert_eq!(s.password_check_concurrency, 4);
     assert_eq!(
         c.flood,
