@@ -12,6 +12,30 @@ use tempfile::TempDir;
 use super::*;
 use crate::store::{JournalLimits, JournaledStore, MemoryStore};
 
+/// [`CheckedStore`]'s reads and commits, passed to the store in
+/// `self.store`.
+macro_rules! through_store {
+    () => {
+        fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+            Store::apply(&mut self.store, ops)
+        }
+
+        fn load(&mut self) -> Result<Restored, StoreError> {
+            self.store.load()
+        }
+
+        fn held_page(
+            &mut self,
+            user: &str,
+            after: MessageId,
+            upto: MessageId,
+            max: usize,
+        ) -> Result<Vec<Arc<Message>>, StoreError> {
+            self.store.held_page(user, after, upto, max)
+        }
+    };
+}
+
 /// A SQLite store in a directory of its own, which a reopen closes and
 /// opens again, as a restarted chatd does.
 struct OnDisk {
@@ -53,23 +77,7 @@ impl OnDisk {
 impl CheckedStore for OnDisk {
     type Error = StoreError;
 
-    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        Store::apply(&mut self.store, ops)
-    }
-
-    fn load(&mut self) -> Result<Restored, StoreError> {
-        self.store.load()
-    }
-
-    fn held_page(
-        &mut self,
-        user: &str,
-        after: MessageId,
-        upto: MessageId,
-        max: usize,
-    ) -> Result<Vec<Arc<Message>>, StoreError> {
-        self.store.held_page(user, after, upto, max)
-    }
+    through_store!();
 
     fn reopen(self) -> Result<Self, StoreError> {
         let OnDisk { dir, store, log } = self;
@@ -88,41 +96,10 @@ struct Journaled {
     dir: TempDir,
     store: JournaledStore,
     limits: JournalLimits,
-}
-
-/// SQLite behind a journal, on a disk that fills up: once reopened (a
-/// crash, as for [`Journaled`]), the database refuses every write, so the
-/// journal's records wait, and reads and the next start see them on top of
-/// the database.
-struct JournaledFull(Journaled);
-
-impl CheckedStore for JournaledFull {
-    type Error = StoreError;
-
-    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        Store::apply(&mut self.0.store, ops)
-    }
-
-    fn load(&mut self) -> Result<Restored, StoreError> {
-        self.0.store.load()
-    }
-
-    fn held_page(
-        &mut self,
-        user: &str,
-        after: MessageId,
-        upto: MessageId,
-        max: usize,
-    ) -> Result<Vec<Arc<Message>>, StoreError> {
-        self.0.held_page(user, after, upto, max)
-    }
-
-    fn reopen(self) -> Result<Self, StoreError> {
-        let JournaledFull(Journaled { dir, store, limits }) = self;
-        store.crash();
-        let store = JournaledStore::open_full(dir.path(), limits)?;
-        Ok(JournaledFull(Journaled { dir, store, limits }))
-    }
+    /// Once reopened, the database refuses every write, as on a disk that
+    /// filled up: the journal's records wait, and reads and the next start
+    /// see them on top of the database.
+    full: bool,
 }
 
 impl Journaled {
@@ -135,36 +112,47 @@ impl Journaled {
             memory: 1 << 20,
         };
         let store = JournaledStore::open(dir.path(), limits).unwrap();
-        Journaled { dir, store, limits }
+        Journaled {
+            dir,
+            store,
+            limits,
+            full: false,
+        }
+    }
+
+    /// The same, on a disk that fills up (see [`Journaled::full`]).
+    fn filling(size: u64) -> Self {
+        Journaled {
+            full: true,
+            ..Journaled::new(size)
+        }
     }
 }
 
 impl CheckedStore for Journaled {
     type Error = StoreError;
 
-    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        Store::apply(&mut self.store, ops)
-    }
-
-    fn load(&mut self) -> Result<Restored, StoreError> {
-        self.store.load()
-    }
-
-    fn held_page(
-        &mut self,
-        user: &str,
-        after: MessageId,
-        upto: MessageId,
-        max: usize,
-    ) -> Result<Vec<Arc<Message>>, StoreError> {
-        self.store.held_page(user, after, upto, max)
-    }
+    through_store!();
 
     fn reopen(self) -> Result<Self, StoreError> {
-        let Journaled { dir, store, limits } = self;
+        let Journaled {
+            dir,
+            store,
+            limits,
+            full,
+        } = self;
         store.crash();
-        let store = JournaledStore::open(dir.path(), limits)?;
-        Ok(Journaled { dir, store, limits })
+        let store = if full {
+            JournaledStore::open_full(dir.path(), limits)?
+        } else {
+            JournaledStore::open(dir.path(), limits)?
+        };
+        Ok(Journaled {
+            dir,
+            store,
+            limits,
+            full,
+        })
     }
 }
 
@@ -216,7 +204,7 @@ fn the_journaled_store_passes_the_store_check() {
 /// reads and a start see them on top of the database.
 #[test]
 fn the_journaled_store_on_a_full_disk_passes_the_store_check() {
-    store_check::run(64, || JournaledFull(Journaled::new(1 << 20)));
+    store_check::run(64, || Journaled::filling(1 << 20));
 }
 
 #[test]
