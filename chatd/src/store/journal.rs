@@ -233,7 +233,7 @@ impl JournaledStore {
             database_full: full,
         };
         store.replay(mark)?;
-        if store.allocated > limits.size {
+        if store.allocated > limits.size && store.pending.last.is_none() {
             // `journal_size` was lowered; what the file holds is applied.
             store.file.set_len(0).map_err(io("shorten"))?;
             store.allocated = 0;
@@ -265,8 +265,10 @@ impl JournaledStore {
                     )));
                 }
                 from.get_or_insert(at);
-                chunk.extend(ops);
                 self.next_seq = seq + 1;
+                if failed.is_none() {
+                    chunk.extend(ops);
+                }
                 if failed.is_none() && chunk.len() >= CHUNK_OPS {
                     match self.apply_to_database(&chunk, Some(seq)) {
                         Ok(()) => from = None,
