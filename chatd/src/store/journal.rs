@@ -100,6 +100,14 @@ const QUIET: Duration = Duration::from_millis(200);
 /// catches up (whole records): bounds the memory a catch-up takes.
 const CHUNK_OPS: usize = 1024;
 
+/// How long one step of catching up between requests lasts, about: a
+/// commit waits at most this long behind it (and a delivery whose id block
+/// waits for a commit, too).
+const STEP: Duration = Duration::from_millis(2);
+
+/// How much of the journal one read takes while the database catches up.
+const READ_AHEAD: usize = 1 << 20;
+
 /// How big the journal may grow, and how much memory may keep track of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JournalLimits {
@@ -399,20 +407,33 @@ impl JournaledStore {
         e
     }
 
-    /// Moves every record into the database, a chunk of records per
-    /// transaction, leaving out the ops taken away; then the journal starts
-    /// again at its beginning. A chunk that fails leaves those before it
-    /// in the database, and the next try goes on from there.
+    /// Moves every record into the database; then the journal starts
+    /// again at its beginning.
     fn catch_up_now(&mut self) -> Result<(), StoreError> {
+        while !self.catch_up_step(None)? {}
+        Ok(())
+    }
+
+    /// Moves the next records into the database, up to a chunk of ops
+    /// (one transaction) or, if given, for about `budget`, leaving out the
+    /// ops taken away; returns whether the database holds every record.
+    /// Records whose ops all cancelled need no transaction: a crash
+    /// before the next one only makes the next start read them again.
+    fn catch_up_step(&mut self, budget: Option<Duration>) -> Result<bool, StoreError> {
         let Some(last) = self.pending.last else {
-            return Ok(());
+            return Ok(true);
         };
         let started = Instant::now();
         let (mut at, mut n) = self.pending.done;
         let mut chunk = Vec::new();
-        let mut applied = 0;
-        while at < self.offset {
-            let Some((seq, ops, end)) = self.record_at(at, None).map_err(|e| self.fail(e))? else {
+        let mut chunk_last = None;
+        let mut read = ReadAhead::default();
+        // At least one record a step, so that every step gets on.
+        while at < self.offset
+            && chunk.len() < CHUNK_OPS
+            && !(chunk_last.is_some() && budget.is_some_and(|b| started.elapsed() >= b))
+        {
+            let Some((seq, ops, end)) = read.record(self, at).map_err(|e| self.fail(e))? else {
                 let e = self.corrupt(format!(
                     "the record at byte {at}, written by this run, is unreadable"
                 ));
@@ -425,25 +446,25 @@ impl JournaledStore {
                 n += 1;
             }
             at = end;
-            if chunk.len() >= CHUNK_OPS && at < self.offset {
-                self.apply_to_database(&chunk, Some(seq))
-                    .map_err(|e| self.fail(e))?;
-                applied += chunk.len();
-                chunk.clear();
-                self.pending.done = (at, n);
-            }
+            chunk_last = Some(seq);
         }
-        self.apply_to_database(&chunk, Some(last))
+        let done = at >= self.offset;
+        if !done && chunk.is_empty() {
+            self.pending.done = (at, n);
+            return Ok(false);
+        }
+        let mark = if done { Some(last) } else { chunk_last };
+        self.apply_to_database(&chunk, mark)
             .map_err(|e| self.fail(e))?;
-        tracing::debug!(
-            "the database caught up with the journal: {} changes in {:?}",
-            applied + chunk.len(),
-            started.elapsed()
-        );
+        if !done {
+            self.pending.done = (at, n);
+            return Ok(false);
+        }
+        tracing::debug!("the database caught up with the journal, up to record {last}");
         self.pending = Pending::default();
         self.offset = 0;
         self.retry_at = None;
-        Ok(())
+        Ok(true)
     }
 
     /// Applies `ops` to the database, with `mark` as the last record it
@@ -705,7 +726,9 @@ impl Store for JournaledStore {
     }
 
     fn catch_up(&mut self) {
-        if let Err(e) = self.catch_up_now() {
+        // A step at a time, so that commits asked for meanwhile go between
+        // the steps (the store thread asks again while it is due).
+        if let Err(e) = self.catch_up_step(Some(STEP)) {
             match e.failure() {
                 Failure::CannotWriteNow(why) => {
                     // The records stay in the journal; try again later.
@@ -728,6 +751,57 @@ impl Drop for JournaledStore {
                 );
             }
         }
+    }
+}
+
+/// Records read from the journal a [`READ_AHEAD`] at a time, not a `read`
+/// per header and per body.
+#[derive(Default)]
+struct ReadAhead {
+    /// Where `bytes` start in the file.
+    from: u64,
+    bytes: Vec<u8>,
+}
+
+impl ReadAhead {
+    /// The whole record at `at` with a good checksum, if there is one.
+    fn record(
+        &mut self,
+        store: &JournaledStore,
+        at: u64,
+    ) -> Result<Option<(u64, Vec<StoreOp>, u64)>, StoreError> {
+        let whole = |bytes: &[u8], offset: usize| -> Option<usize> {
+            let header = bytes.get(offset..offset + HEADER)?;
+            let len = u32::from_le_bytes(header[8..12].try_into().ok()?) as usize;
+            bytes.get(offset + HEADER..offset + HEADER + len)?;
+            Some(HEADER + len)
+        };
+        let inside = at >= self.from && at < self.from + self.bytes.len() as u64;
+        if !inside || whole(&self.bytes, (at - self.from) as usize).is_none() {
+            let want = READ_AHEAD.min((store.offset.saturating_sub(at)) as usize);
+            self.bytes.resize(want, 0);
+            self.from = at;
+            if !store.read(&mut self.bytes, at)? {
+                return Ok(None);
+            }
+            if whole(&self.bytes, 0).is_none() {
+                // A record longer than a read ahead.
+                return store.record_at(at, None);
+            }
+        }
+        let offset = (at - self.from) as usize;
+        let Some(size) = whole(&self.bytes, offset) else {
+            return Ok(None);
+        };
+        let record = &self.bytes[offset..offset + size];
+        let seq = u64::from_le_bytes(record[0..8].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(record[12..16].try_into().unwrap_or_default());
+        if seq == 0 || checksum(&record[..12], &record[HEADER..]) != crc {
+            return Ok(None);
+        }
+        let ops = codec::decode(&record[HEADER..])
+            .map_err(|e| store.corrupt(format!("record {seq}: {e}")))?;
+        Ok(Some((seq, ops, at + size as u64)))
     }
 }
 

@@ -2,6 +2,8 @@
 //! older rounds left out, commits too big for it, and holds and releases
 //! that cancel out before the database sees them.
 
+use std::time::Duration;
+
 use chatcore::{MessageKind, Time};
 
 use super::*;
@@ -159,7 +161,7 @@ fn a_hold_released_before_the_database_catches_up_never_reaches_it() {
     // Bob's holds and his first release are taken away.
     let skipped: Vec<u64> = (0..5).filter(|&n| store.pending.skipped(n)).collect();
     assert_eq!(skipped, [0, 2, 3]);
-    store.catch_up();
+    store.catch_up_now().unwrap();
     assert_eq!(rows(&store), 1, "only cat's copy");
     assert_eq!(ids(&mut store, "bob"), Vec::<MessageId>::new());
     assert_eq!(ids(&mut store, "cat"), [1]);
@@ -182,7 +184,9 @@ fn the_database_catches_up_between_requests_when_half_full_or_quiet_and_on_close
         store.due().is_some_and(|at| at <= Instant::now()),
         "half full: now"
     );
-    store.catch_up();
+    while store.due().is_some_and(|at| at <= Instant::now()) {
+        store.catch_up();
+    }
     assert_eq!(store.due(), None);
     assert_eq!(rows(&store), id as i64);
     store.apply(&[hold("bob", id + 1)]).unwrap();
@@ -259,4 +263,32 @@ fn a_garbled_record_with_a_good_checksum_stops_the_start() {
     let e = JournaledStore::open(dir.path(), small()).unwrap_err();
     assert!(e.to_string().contains("chatd.journal"), "{e}");
     assert_eq!(e.failure(), Failure::Fatal);
+}
+
+/// Between requests the database catches up a step at a time; a crash
+/// between two steps loses nothing and applies nothing twice.
+#[test]
+fn a_crash_between_two_steps_of_catching_up_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = JournalLimits {
+        size: 1 << 20,
+        memory: 1 << 20,
+    };
+    let mut store = JournaledStore::open(dir.path(), limits).unwrap();
+    for id in 1..=30 {
+        store.apply(&[hold("bob", id), hold("cat", id)]).unwrap();
+        if id % 3 == 0 {
+            store.apply(&[release("cat", id - 1)]).unwrap();
+        }
+    }
+    // Each step with no time to spare takes one record.
+    for _ in 0..7 {
+        assert!(!store.catch_up_step(Some(Duration::ZERO)).unwrap());
+    }
+    let rows_between = rows(&store);
+    assert!(rows_between > 0 && rows_between < 40, "{rows_between}");
+    store.crash();
+    let mut store = JournaledStore::open(dir.path(), limits).unwrap();
+    assert_eq!(ids(&mut store, "bob"), (1..=30).collect::<Vec<_>>());
+    assert_eq!(ids(&mut store, "cat"), [30]);
 }
