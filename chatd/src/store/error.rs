@@ -102,15 +102,15 @@ impl StoreError {
     ///   and logs the cause every minute.)
     /// - `SQLITE_CANTOPEN`: a file the commit needs (the write-ahead log)
     ///   could not be opened or created, e.g. no inode left.
-    ///
     /// - A journal record that could not be written (`JournalWrite`), for
     ///   the same reason as `SQLITE_IOERR_WRITE`.
     ///
     /// Fatal (everything else), notably:
-    /// - `SQLITE_IOERR_FSYNC` and `SQLITE_IOERR_DIR_FSYNC`: after a failed
-    ///   fsync (or the journal's `fdatasync`) the kernel may have dropped the dirty pages and marked them
-    ///   clean, so a later fsync that succeeds proves nothing about the
-    ///   earlier writes: what is on disk is unknown.
+    /// - `SQLITE_IOERR_FSYNC`, `SQLITE_IOERR_DIR_FSYNC` and a failed
+    ///   `fdatasync` of the journal: after a failed fsync the kernel may
+    ///   have dropped the dirty pages and marked them clean, so a later
+    ///   fsync that succeeds proves nothing about the earlier writes: what
+    ///   is on disk is unknown.
     /// - Read errors, `SQLITE_CORRUPT`, `SQLITE_NOTADB`: the file cannot be
     ///   trusted.
     /// - Out of memory, misuse, and any code not listed here.

@@ -88,7 +88,9 @@ pub trait Store: Send {
         None
     }
 
-    /// Does the work put off. A failure that is not fatal leaves it for
+    /// Does a step of the work put off, short enough that a commit asked
+    /// for meanwhile does not wait long (the store thread calls it again
+    /// while it is due). A failure that is not fatal leaves the work for
     /// later; a fatal one is returned by the next request.
     fn catch_up(&mut self) {}
 }
