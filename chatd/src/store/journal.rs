@@ -330,25 +330,29 @@ impl JournaledStore {
         at: u64,
         expected: Option<u64>,
     ) -> Result<Option<(u64, Vec<StoreOp>, u64)>, StoreError> {
-        let mut header = [0u8; HEADER];
-        if at + HEADER as u64 > self.allocated || !self.read(&mut header, at)? {
+        let mut record = vec![0u8; HEADER];
+        if at + HEADER as u64 > self.allocated || !self.read(&mut record, at)? {
             return Ok(None);
         }
-        let seq = u64::from_le_bytes(header[0..8].try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
-        let end = at + HEADER as u64 + u64::from(len);
-        if seq == 0 || expected.is_some_and(|e| e != seq) || end > self.allocated {
+        let size = record_size(&record);
+        if at + size as u64 > self.allocated {
             return Ok(None);
         }
-        let mut payload = vec![0u8; len as usize];
-        if !self.read(&mut payload, at + HEADER as u64)? || checksum(&header[..12], &payload) != crc
-        {
+        record.resize(size, 0);
+        if !self.read(&mut record[HEADER..], at + HEADER as u64)? {
             return Ok(None);
         }
-        let ops =
-            codec::decode(&payload).map_err(|e| self.corrupt(format!("record {seq}: {e}")))?;
-        Ok(Some((seq, ops, end)))
+        match whole_record(&record) {
+            Some(seq) if expected.is_none_or(|e| e == seq) => {
+                Ok(Some((seq, self.ops_of(seq, &record)?, at + size as u64)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The ops of a whole record numbered `seq`.
+    fn ops_of(&self, seq: u64, record: &[u8]) -> Result<Vec<StoreOp>, StoreError> {
+        codec::decode(&record[HEADER..]).map_err(|e| self.corrupt(format!("record {seq}: {e}")))
     }
 
     /// Reads `buf` from `at`; false if the file ends first.
@@ -770,11 +774,11 @@ impl ReadAhead {
         store: &JournaledStore,
         at: u64,
     ) -> Result<Option<(u64, Vec<StoreOp>, u64)>, StoreError> {
+        // The size of the record at `offset`, if `bytes` hold all of it.
         let whole = |bytes: &[u8], offset: usize| -> Option<usize> {
-            let header = bytes.get(offset..offset + HEADER)?;
-            let len = u32::from_le_bytes(header[8..12].try_into().ok()?) as usize;
-            bytes.get(offset + HEADER..offset + HEADER + len)?;
-            Some(HEADER + len)
+            let size = record_size(bytes.get(offset..offset + HEADER)?);
+            bytes.get(offset..offset + size)?;
+            Some(size)
         };
         let inside = at >= self.from && at < self.from + self.bytes.len() as u64;
         if !inside || whole(&self.bytes, (at - self.from) as usize).is_none() {
@@ -794,14 +798,10 @@ impl ReadAhead {
             return Ok(None);
         };
         let record = &self.bytes[offset..offset + size];
-        let seq = u64::from_le_bytes(record[0..8].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(record[12..16].try_into().unwrap_or_default());
-        if seq == 0 || checksum(&record[..12], &record[HEADER..]) != crc {
+        let Some(seq) = whole_record(record) else {
             return Ok(None);
-        }
-        let ops = codec::decode(&record[HEADER..])
-            .map_err(|e| store.corrupt(format!("record {seq}: {e}")))?;
-        Ok(Some((seq, ops, at + size as u64)))
+        };
+        Ok(Some((seq, store.ops_of(seq, record)?, at + size as u64)))
     }
 }
 
@@ -899,6 +899,20 @@ impl Pending {
             .get((n / 64) as usize)
             .is_some_and(|w| w & (1 << (n % 64)) != 0)
     }
+}
+
+/// The size in all of the record whose header is `header`.
+fn record_size(header: &[u8]) -> usize {
+    let len = header[8..12].try_into().map_or(0, u32::from_le_bytes);
+    HEADER + len as usize
+}
+
+/// The number of the record that is `record`, if its checksum is good (a
+/// header of zeros, as in a part of the file never written, is none).
+fn whole_record(record: &[u8]) -> Option<u64> {
+    let seq = u64::from_le_bytes(record[0..8].try_into().ok()?);
+    let crc = u32::from_le_bytes(record[12..16].try_into().ok()?);
+    (seq != 0 && checksum(&record[..12], &record[HEADER..]) == crc).then_some(seq)
 }
 
 fn checksum(header: &[u8], ops: &[u8]) -> u32 {
