@@ -69,7 +69,7 @@
 //! same way. A failed `fdatasync` of the journal is fatal, as SQLite's
 //! is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -252,16 +252,13 @@ impl JournaledStore {
     /// Applies the records after `mark`, which a stop left in the journal.
     /// The records from the start of the file follow each other by number;
     /// those up to `mark` are in the database already, and the first that
-    /// is missing, torn or out of turn ends them. On a disk without room
-    /// for the database to take them, they stay in the journal, waiting,
-    /// and reads see them (see [`JournaledStore::overlay`]).
+    /// is missing, torn or out of turn ends them. The others are taken as
+    /// if this run had written them, and the database catches up with
+    /// them; on a disk without room for that, they stay in the journal,
+    /// waiting, and reads see them (see [`JournaledStore::overlay`]).
     fn replay(&mut self, mark: u64) -> Result<(), StoreError> {
-        // Where the first record not in the database starts.
-        let mut from = None;
         let mut at = 0;
         let mut before = None;
-        let mut chunk = Vec::new();
-        let mut failed = None;
         while let Some((seq, ops, end)) = self.record_at(at, before.map(|b: u64| b + 1))? {
             before = Some(seq);
             if seq > mark {
@@ -272,55 +269,33 @@ impl JournaledStore {
                          (with chatd stopped, a journal whose database is gone can be deleted)"
                     )));
                 }
-                from.get_or_insert(at);
+                if self.pending.last.is_none() {
+                    self.pending.done = (at, 0);
+                }
+                self.pending.add(&ops, seq);
                 self.next_seq = seq + 1;
-                if failed.is_none() {
-                    chunk.extend(ops);
-                }
-                if failed.is_none() && chunk.len() >= CHUNK_OPS {
-                    match self.apply_to_database(&chunk, Some(seq)) {
-                        Ok(()) => from = None,
-                        Err(e) => failed = Some(e),
-                    }
-                    chunk.clear();
-                }
             }
             at = end;
         }
-        let Some(from) = from else {
+        let Some(last) = self.pending.last else {
             return Ok(());
         };
-        let last = self.next_seq - 1;
-        if failed.is_none() {
-            match self.apply_to_database(&chunk, Some(last)) {
-                Ok(()) => {
-                    tracing::info!("applied the journal records a stop left, up to {last}");
-                    return Ok(());
-                }
-                Err(e) => failed = Some(e),
-            }
-        }
-        let Some(e) = failed else {
-            return Ok(());
-        };
-        let Failure::CannotWriteNow(why) = e.failure() else {
-            return Err(e);
-        };
-        // The records wait in the journal, as they would have had chatd
-        // kept running.
-        tracing::warn!("the journal's records wait for the database: {why}");
         self.offset = at;
-        self.pending.done = (from, 0);
-        let mut at = from;
-        while at < self.offset {
-            let Some((seq, ops, end)) = self.record_at(at, None)? else {
-                break;
-            };
-            self.pending.add(&ops, seq);
-            at = end;
+        match self.catch_up_now() {
+            Ok(()) => {
+                tracing::info!("applied the journal records a stop left, up to {last}");
+                Ok(())
+            }
+            Err(e) => match e.failure() {
+                Failure::CannotWriteNow(why) => {
+                    // As if chatd had kept running.
+                    tracing::warn!("the journal's records wait for the database: {why}");
+                    self.retry_at = Some(Instant::now() + RETRY);
+                    Ok(())
+                }
+                Failure::Fatal => Err(e),
+            },
         }
-        self.retry_at = Some(Instant::now() + RETRY);
-        Ok(())
     }
 
     /// The record at `at`, if there is a whole one with a good checksum
@@ -437,19 +412,9 @@ impl JournaledStore {
             && chunk.len() < CHUNK_OPS
             && !(chunk_last.is_some() && budget.is_some_and(|b| started.elapsed() >= b))
         {
-            let Some((seq, ops, end)) = read.record(self, at).map_err(|e| self.fail(e))? else {
-                let e = self.corrupt(format!(
-                    "the record at byte {at}, written by this run, is unreadable"
-                ));
-                return Err(self.fail(e));
-            };
-            for op in ops {
-                if !self.pending.skipped(n) {
-                    chunk.push(op);
-                }
-                n += 1;
-            }
-            at = end;
+            let seq = self
+                .kept_ops(&mut read, &mut at, &mut n, &mut chunk)
+                .map_err(|e| self.fail(e))?;
             chunk_last = Some(seq);
         }
         let done = at >= self.offset;
@@ -491,22 +456,37 @@ impl JournaledStore {
     /// leaving out those taken away.
     fn pending_ops(&self) -> Result<Vec<StoreOp>, StoreError> {
         let (mut at, mut n) = self.pending.done;
+        let mut read = ReadAhead::default();
         let mut left = Vec::new();
         while at < self.offset {
-            let Some((_, ops, end)) = self.record_at(at, None)? else {
-                return Err(self.corrupt(format!(
-                    "the record at byte {at}, written by this run, is unreadable"
-                )));
-            };
-            for op in ops {
-                if !self.pending.skipped(n) {
-                    left.push(op);
-                }
-                n += 1;
-            }
-            at = end;
+            self.kept_ops(&mut read, &mut at, &mut n, &mut left)?;
         }
         Ok(left)
+    }
+
+    /// Reads the record at `at`, whose first op is number `n`, and adds
+    /// its ops not taken away to `into`; moves `at` and `n` past it and
+    /// returns its number.
+    fn kept_ops(
+        &self,
+        read: &mut ReadAhead,
+        at: &mut u64,
+        n: &mut u64,
+        into: &mut Vec<StoreOp>,
+    ) -> Result<u64, StoreError> {
+        let Some((seq, ops, end)) = read.record(self, *at)? else {
+            return Err(self.corrupt(format!(
+                "the record at byte {at}, written by this run, is unreadable"
+            )));
+        };
+        for op in ops {
+            if !self.pending.skipped(*n) {
+                into.push(op);
+            }
+            *n += 1;
+        }
+        *at = end;
+        Ok(seq)
     }
 
     /// What a read sees while the database cannot take the journal (a
@@ -514,10 +494,14 @@ impl JournaledStore {
     /// top, by [`StoreModel`], for the boxes they touch. A release removes
     /// a prefix of a box, so a box's entries at or below its largest
     /// release in the journal need not be read.
+    ///
+    /// `model` holds the database's state but its boxes (for a page,
+    /// nothing); the boxes the ops touch (or the one read) are added to it.
     fn overlay(
         &mut self,
+        mut model: StoreModel,
         boxes: Option<(&str, MessageId, MessageId, usize)>,
-    ) -> Result<(StoreModel, Vec<String>), StoreError> {
+    ) -> Result<(StoreModel, HashSet<String>), StoreError> {
         let ops = self.pending_ops()?;
         // Per user whose box the ops touch: their largest release, if any.
         let mut released: HashMap<&str, Option<MessageId>> = HashMap::new();
@@ -537,7 +521,6 @@ impl JournaledStore {
             // The box read, touched or not.
             released.entry(user).or_default();
         }
-        let mut model = StoreModel::default();
         for (&user, &r) in &released {
             // chatd's ids start at 1, so "after 0" is the whole box.
             let (after, upto, max) = match boxes {
@@ -655,29 +638,22 @@ impl Store for JournaledStore {
         self.check()?;
         match self.catch_up_now() {
             Err(e) if matches!(e.failure(), Failure::CannotWriteNow(_)) => {
-                let mut restored = self.sqlite.load()?;
-                let (model, touched) = self.overlay(None)?;
-                for user in &touched {
-                    restored.held.remove(user);
-                }
-                restored.held.append(&mut model.restored().held);
-                // The rest of the state, from the database's with the
-                // journal's ops on top.
-                let mut rest = StoreModel {
+                let restored = self.sqlite.load()?;
+                let base = StoreModel {
                     next_id: restored.next_id,
                     held: Default::default(),
-                    last_seen: std::mem::take(&mut restored.last_seen),
-                    login_failures: std::mem::take(&mut restored.login_failures),
+                    last_seen: restored.last_seen,
+                    login_failures: restored.login_failures,
                 };
-                for op in self.pending_ops()? {
-                    if !matches!(op, StoreOp::Hold { .. } | StoreOp::Release { .. }) {
-                        rest.apply(&op);
+                let (model, touched) = self.overlay(base, None)?;
+                let mut seen = model.restored();
+                // The boxes the journal does not touch, from the database.
+                for (user, summary) in restored.held {
+                    if !touched.contains(&user) {
+                        seen.held.insert(user, summary);
                     }
                 }
-                restored.next_id = rest.next_id;
-                restored.last_seen = rest.last_seen;
-                restored.login_failures = rest.login_failures;
-                Ok(restored)
+                Ok(seen)
             }
             result => {
                 result?;
@@ -696,7 +672,7 @@ impl Store for JournaledStore {
         self.check()?;
         match self.catch_up_now() {
             Err(e) if matches!(e.failure(), Failure::CannotWriteNow(_)) => Ok(self
-                .overlay(Some((user, after, upto, max)))?
+                .overlay(StoreModel::default(), Some((user, after, upto, max)))?
                 .0
                 .held_page(user, after, upto, max)),
             result => {
