@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use chatcore::testing::{accounts, START};
-use chatcore::wire::{Ask, ByeReason, ServerLine};
+use chatcore::wire::{Ask, ByeReason, ErrorReply, ServerLine};
 use chatcore::{Config, Input, Output, Server, SessionId};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -524,6 +524,12 @@ impl Tally {
                     ServerLine::Delivered { .. } | ServerLine::Queued { .. } => {
                         let sent = self.unanswered.entry(user).or_default().pop_front();
                         self.accepted.push(sent.expect("a reply to a message sent"));
+                    }
+                    // Flood control refuses a command at once, ahead of the
+                    // replies of the commands waiting before it (PROTOCOL.md
+                    // §4): the refused one is the one just sent.
+                    ServerLine::Err(ErrorReply::RateLimited { .. }) => {
+                        self.unanswered.entry(user).or_default().pop_back();
                     }
                     ServerLine::Err(_) => {
                         self.unanswered.entry(user).or_default().pop_front();
