@@ -126,18 +126,35 @@ impl std::ops::Sub<Duration> for Time {
 #[derive(Clone, Copy, Debug)]
 pub struct Rfc3339(pub Time);
 
+/// Digits put in place by hand: every `MSG` line carries a timestamp, and
+/// the formatting machinery's padded numbers cost about as much as the
+/// rest of the line together.
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.unix_secs();
         let (y, mo, d) = civil_from_days(secs / 86_400);
         let rem = secs % 86_400;
-        write!(
-            f,
-            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+        if y > 9999 {
+            // Five digits and more: past any clock this runs on.
+            return write!(f, "{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
+        }
+        let mut text = *b"0000-00-00T00:00:00Z";
+        for (at, width, n) in [
+            (0, 4, y),
+            (5, 2, mo),
+            (8, 2, d),
+            (11, 2, h),
+            (14, 2, mi),
+            (17, 2, s),
+        ] {
+            let mut n = n;
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        }
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -183,6 +200,42 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 2024-02-29T00:00:00Z.
+    const START_OF_A_LEAP_DAY: u64 = 1_709_164_800;
+
+    #[test]
+    fn formats_as_padded_numbers_would() {
+        // Every second of a day, a second every 11.6 days or so from 1970
+        // to past 9999, and the first moments of five-digit years.
+        let padded = |t: Time| {
+            let secs = t.unix_secs();
+            let (y, mo, d) = civil_from_days(secs / 86_400);
+            let rem = secs % 86_400;
+            format!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            )
+        };
+        let last = Time::parse_rfc3339("9999-12-31T23:59:59Z")
+            .unwrap()
+            .unix_secs()
+            + 86_400;
+        let day = START_OF_A_LEAP_DAY..START_OF_A_LEAP_DAY + 86_400;
+        for secs in day
+            .chain((0..last).step_by(999_983))
+            .chain(last - 5..last + 5)
+        {
+            let t = Time::from_unix_secs(secs);
+            assert_eq!(t.to_rfc3339(), padded(t));
+        }
+        assert_eq!(
+            Time::from_unix_secs(last).to_rfc3339(),
+            "10000-01-01T23:59:59Z"
+        );
+    }
 
     #[test]
     fn formats_known_moments() {
