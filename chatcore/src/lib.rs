@@ -154,6 +154,6 @@ pub use message::{Message, MessageId, MessageKind};
 pub use persist::{BoxSummary, LoginFailures, Restored, StoreModel, StoreOp};
 pub use server::{
     CheckId, Event, HeldRequest, Input, LoadId, LoginFailure, Output, PasswordCheck, Server,
-    SessionEnd, SessionId,
+    SessionEnd, SessionId, SessionIdHasher, SessionMap,
 };
 pub use time::Time;

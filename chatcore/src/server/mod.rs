@@ -6,12 +6,14 @@ mod delivery;
 mod flood;
 mod login;
 mod session;
+mod session_map;
 mod timers;
 
 pub use api::{
     CheckId, Event, HeldRequest, Input, LoadId, LoginFailure, Output, PasswordCheck, SessionEnd,
     SessionId,
 };
+pub use session_map::{SessionIdHasher, SessionMap};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -21,7 +23,7 @@ use crate::config::Config;
 use crate::message::MessageId;
 use crate::persist::{BoxSummary, LoginFailures, Restored, StoreOp};
 use crate::time::Time;
-use crate::wire::{is_forbidden_control, Ask, ByeReason, ErrorReply, ServerLine};
+use crate::wire::{has_forbidden_control, Ask, ByeReason, ErrorReply, ServerLine};
 
 use session::{Phase, Received, Session};
 use timers::Timers;
@@ -60,7 +62,7 @@ pub struct Server {
     next_session: u64,
     next_check: u64,
     next_load: u64,
-    sessions: HashMap<SessionId, Session>,
+    sessions: SessionMap<Session>,
     /// Logged-in users, in name order (that is the order of `WHO`).
     online: BTreeMap<String, SessionId>,
     /// Each user's box waiting to be delivered, as a summary: the bodies
@@ -101,7 +103,7 @@ impl Server {
             next_session: 1,
             next_check: 1,
             next_load: 1,
-            sessions: HashMap::new(),
+            sessions: SessionMap::default(),
             online: BTreeMap::new(),
             boxes: restored
                 .held
@@ -151,7 +153,7 @@ impl Server {
         match input {
             // The decoder refuses control characters; checking again here
             // keeps a driver without one from passing escapes to others.
-            Input::Line { session, line } if line.chars().any(is_forbidden_control) => {
+            Input::Line { session, line } if has_forbidden_control(&line) => {
                 self.on_line(session, Received::Refused(ErrorReply::BadEncoding))
             }
             Input::Line { session, line } => self.on_line(session, Received::Text(line)),

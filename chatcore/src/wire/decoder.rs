@@ -105,7 +105,7 @@ fn check_text(mut line: Vec<u8>) -> Result<String, DecodeError> {
         line.pop();
     }
     let text = String::from_utf8(line).map_err(|_| DecodeError::BadEncoding)?;
-    if text.chars().any(is_forbidden_control) {
+    if has_forbidden_control(&text) {
         return Err(DecodeError::BadEncoding);
     }
     Ok(text)
@@ -117,9 +117,41 @@ pub(crate) fn is_forbidden_control(c: char) -> bool {
     (c.is_control() && c != '\t') || c == '\u{7f}'
 }
 
+/// Whether `text` holds a character [`is_forbidden_control`] refuses,
+/// found in its bytes rather than by decoding each character: every line
+/// is checked, and decoding was most of the time spent on it. In UTF-8 the
+/// C0 controls and DEL are single bytes, and the C1 controls are `0xC2`
+/// followed by `0x80`–`0x9F`.
+pub(crate) fn has_forbidden_control(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| match b {
+        b'\t' => false,
+        0..=0x1f | 0x7f => true,
+        0xc2 => matches!(bytes.get(i + 1), Some(0x80..=0x9f)),
+        _ => false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_check_agrees_with_the_character_check_on_every_character() {
+        for c in (0..=0x10_ffff).filter_map(char::from_u32) {
+            for text in [
+                format!("{c}"),
+                format!("a{c}é"),
+                format!("\u{a0}{c}\u{a0}x"),
+            ] {
+                assert_eq!(
+                    has_forbidden_control(&text),
+                    text.chars().any(is_forbidden_control),
+                    "{text:?}"
+                );
+            }
+        }
+    }
 
     fn all(d: &mut LineDecoder, mut input: &[u8]) -> Vec<Result<String, DecodeError>> {
         let mut out = Vec::new();

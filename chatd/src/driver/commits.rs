@@ -38,12 +38,12 @@
 //! Past `max_unwritten_bytes` waiting, or at shutdown with the store still
 //! unwritable, the server stops: nothing waiting was acknowledged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 #[cfg(doc)]
 use chatcore::Output;
-use chatcore::{Input, MessageId, SessionId, StoreOp};
+use chatcore::{Input, MessageId, SessionId, SessionMap, StoreOp};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -171,7 +171,7 @@ pub(super) struct Commits {
     /// durable.
     reservations: Reservations,
     /// Lines waiting, per session.
-    queues: HashMap<SessionId, SessionQueue>,
+    queues: SessionMap<SessionQueue>,
     pub(super) outage: Option<Outage>,
 }
 
@@ -203,7 +203,7 @@ impl Commits {
             durable: 0,
             everyone_waits_for: 0,
             reservations,
-            queues: HashMap::new(),
+            queues: SessionMap::default(),
             outage: None,
         }
     }

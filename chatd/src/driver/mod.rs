@@ -11,7 +11,7 @@
 //! what happens when the store cannot write now (a full disk, see
 //! [`Failure`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use bytes::Bytes;
 use chatcore::wire::ServerLine;
 use chatcore::{
     Accounts, Event, Input, LoginFailure, Message, MessageId, Output, PasswordCheck, Server,
-    SessionId,
+    SessionId, SessionMap,
 };
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
@@ -126,7 +126,7 @@ struct Conn {
 struct Driver {
     server: Server,
     clock: Clock,
-    conns: HashMap<SessionId, Conn>,
+    conns: SessionMap<Conn>,
     tasks: JoinSet<()>,
     limiter: std::sync::Arc<ConnLimiter>,
     refusals: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -297,7 +297,7 @@ impl Prepared {
         let mut driver = Driver {
             server,
             clock,
-            conns: HashMap::new(),
+            conns: SessionMap::default(),
             tasks: JoinSet::new(),
             limiter: ConnLimiter::new(settings.max_connections, settings.max_connections_per_ip),
             refusals: Default::default(),
