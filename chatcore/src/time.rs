@@ -126,18 +126,15 @@ impl std::ops::Sub<Duration> for Time {
 #[derive(Clone, Copy, Debug)]
 pub struct Rfc3339(pub Time);
 
-/// Digits put in place by hand: every `MSG` line carries a timestamp, and
-/// the formatting machinery's padded numbers cost about as much as the
-/// rest of the line together.
-impl fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0.unix_secs();
-        let (y, mo, d) = civil_from_days(secs / 86_400);
-        let rem = secs % 86_400;
-        let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+impl Rfc3339 {
+    /// The text, with its digits put in place by hand: every `MSG` line
+    /// carries a timestamp, and the formatting machinery's padded numbers
+    /// cost about as much as the rest of the line together. `None` from
+    /// the year 10000 on, which takes more than four digits.
+    fn digits(self) -> Option<[u8; 20]> {
+        let (y, mo, d, h, mi, s) = self.parts();
         if y > 9999 {
-            // Five digits and more: past any clock this runs on.
-            return write!(f, "{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
+            return None;
         }
         let mut text = *b"0000-00-00T00:00:00Z";
         for (at, width, n) in [
@@ -154,7 +151,39 @@ impl fmt::Display for Rfc3339 {
                 n /= 10;
             }
         }
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        Some(text)
+    }
+
+    /// Year, month, day, hour, minute, second.
+    fn parts(self) -> (u64, u64, u64, u64, u64, u64) {
+        let secs = self.0.unix_secs();
+        let (y, mo, d) = civil_from_days(secs / 86_400);
+        let rem = secs % 86_400;
+        (y, mo, d, rem / 3600, rem % 3600 / 60, rem % 60)
+    }
+
+    /// Appends the text to `out`, as [`Display`](fmt::Display) would.
+    pub(crate) fn push_to(self, out: &mut String) {
+        match self.digits() {
+            Some(text) => out.push_str(std::str::from_utf8(&text).unwrap_or_default()),
+            None => {
+                use fmt::Write as _;
+                let _ = write!(out, "{self}");
+            }
+        }
+    }
+}
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.digits() {
+            Some(text) => f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?),
+            // Five digits and more: past any clock this runs on.
+            None => {
+                let (y, mo, d, h, mi, s) = self.parts();
+                write!(f, "{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+            }
+        }
     }
 }
 
@@ -230,6 +259,9 @@ mod tests {
         {
             let t = Time::from_unix_secs(secs);
             assert_eq!(t.to_rfc3339(), padded(t));
+            let mut pushed = String::new();
+            Rfc3339(t).push_to(&mut pushed);
+            assert_eq!(pushed, padded(t));
         }
         assert_eq!(
             Time::from_unix_secs(last).to_rfc3339(),

@@ -29,6 +29,13 @@ proptest! {
     }
 
     #[test]
+    fn a_line_as_sent_is_its_display_and_a_newline(l in server_line()) {
+        let mut sent = String::from("before ");
+        l.write_line(&mut sent);
+        prop_assert_eq!(sent, format!("before {l}\n"));
+    }
+
+    #[test]
     fn server_line_round_trips(l in server_line()) {
         let text = l.to_string();
         prop_assert!(!text.contains('\n'), "a server line holds a newline: {:?}", text);

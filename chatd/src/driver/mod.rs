@@ -748,14 +748,13 @@ impl LastDelivery {
 /// sized for it at once: growing one as the line is formatted was a
 /// reallocation or two for every delivery.
 fn with_newline(line: &ServerLine) -> Bytes {
-    use std::fmt::Write as _;
     let room = match line {
         // `MSG`, id, timestamp, sender, text, separators and `\n`.
         ServerLine::Deliver(m) => m.text.len() + m.from.len() + 48,
         _ => 64,
     };
     let mut text = String::with_capacity(room);
-    let _ = writeln!(text, "{line}");
+    line.write_line(&mut text);
     Bytes::from(text)
 }
 
