@@ -156,6 +156,11 @@ pub struct JournaledStore {
     broken: bool,
     /// Scratch space for a record.
     buf: Vec<u8>,
+    /// What a catch-up that stopped after its step read beyond where it
+    /// stopped: the next step goes on from it rather than reading it again.
+    /// The bytes stay valid until the database holds every record (the
+    /// file is then written again from its start), when it is dropped.
+    read_ahead: ReadAhead,
     /// Whether closing moves the journal into the database (not when a
     /// test stands for a crash).
     catch_up_on_drop: bool,
@@ -237,6 +242,7 @@ impl JournaledStore {
             failed: None,
             broken: false,
             buf: Vec::new(),
+            read_ahead: ReadAhead::default(),
             catch_up_on_drop: true,
             #[cfg(test)]
             database_full: full,
@@ -407,7 +413,7 @@ impl JournaledStore {
         let (mut at, mut n) = self.pending.done;
         let mut chunk = Vec::new();
         let mut chunk_last = None;
-        let mut read = ReadAhead::default();
+        let mut read = std::mem::take(&mut self.read_ahead);
         // At least one record a step, so that every step gets on.
         while at < self.offset
             && chunk.len() < CHUNK_OPS
@@ -421,6 +427,7 @@ impl JournaledStore {
         let done = at >= self.offset;
         if !done && chunk.is_empty() {
             self.pending.done = (at, n);
+            self.read_ahead = read;
             return Ok(false);
         }
         let mark = if done { Some(last) } else { chunk_last };
@@ -428,6 +435,7 @@ impl JournaledStore {
             .map_err(|e| self.fail(e))?;
         if !done {
             self.pending.done = (at, n);
+            self.read_ahead = read;
             return Ok(false);
         }
         tracing::debug!("the database caught up with the journal, up to record {last}");

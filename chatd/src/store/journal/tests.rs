@@ -292,3 +292,47 @@ fn a_crash_between_two_steps_of_catching_up_loses_nothing() {
     assert_eq!(ids(&mut store, "bob"), (1..=30).collect::<Vec<_>>());
     assert_eq!(ids(&mut store, "cat"), [30]);
 }
+
+/// A step goes on from the bytes the step before read ahead, records
+/// written between the steps included; once the database holds every
+/// record the file is written from its start again, and the next steps
+/// read the new records there, not what was read ahead before.
+#[test]
+fn steps_with_commits_between_them_apply_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = JournalLimits {
+        size: 1 << 20,
+        memory: 1 << 20,
+    };
+    let mut store = JournaledStore::open(dir.path(), limits).unwrap();
+    let mut next = 1;
+    // One record a step, and a commit after each step until `upto` is.
+    let steps = |store: &mut JournaledStore, next: &mut u64, upto: u64| {
+        while !store.catch_up_step(Some(Duration::ZERO)).unwrap() {
+            if *next <= upto {
+                store.apply(&[hold("bob", *next)]).unwrap();
+                *next += 1;
+            }
+        }
+    };
+    for id in 1..=7 {
+        store.apply(&[hold("bob", id)]).unwrap();
+    }
+    next += 7;
+    steps(&mut store, &mut next, 12);
+    // Records of the same size from the start of the file again, read in
+    // one go (from its start) as a read makes the database catch up.
+    for id in 13..=17 {
+        store.apply(&[hold("bob", id)]).unwrap();
+    }
+    store.catch_up_now().unwrap();
+    for id in 18..=22 {
+        store.apply(&[hold("bob", id)]).unwrap();
+    }
+    next = 23;
+    steps(&mut store, &mut next, 25);
+    assert_eq!(next, 26);
+    store.crash();
+    let mut store = JournaledStore::open(dir.path(), limits).unwrap();
+    assert_eq!(ids(&mut store, "bob"), (1..=25).collect::<Vec<_>>());
+}
