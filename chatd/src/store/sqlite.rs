@@ -194,14 +194,18 @@ impl SqliteStore {
     /// The last journal record this database holds (0 if none): see
     /// `journal.rs`.
     pub(super) fn journal_mark(&self) -> Result<u64, StoreError> {
-        let mark: Option<i64> = self
+        self.single_value("SELECT seq FROM journal_mark WHERE one = 1")
+    }
+
+    /// The value `sql` reads from a table of one row, 0 before the row is
+    /// written.
+    fn single_value(&self, sql: &str) -> Result<u64, StoreError> {
+        let value: Option<i64> = self
             .conn
-            .query_row("SELECT seq FROM journal_mark WHERE one = 1", [], |r| {
-                r.get(0)
-            })
+            .query_row(sql, [], |r| r.get(0))
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(mark.map_or(0, from_sql))
+        Ok(value.map_or(0, from_sql))
     }
 
     /// Applies `ops` in one transaction, which also records `mark` as the
@@ -453,15 +457,10 @@ impl SqliteStore {
 
     /// Everything but the boxes.
     pub(super) fn load_other(&self) -> Result<Restored, StoreError> {
-        let mut restored = Restored::default();
-        let next: Option<i64> = self
-            .conn
-            .query_row("SELECT next FROM id_reservation WHERE one = 1", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| self.err(e))?;
-        restored.next_id = next.map_or(0, from_sql);
+        let mut restored = Restored {
+            next_id: self.single_value("SELECT next FROM id_reservation WHERE one = 1")?,
+            ..Restored::default()
+        };
 
         let mut stmt = self
             .conn
