@@ -98,7 +98,7 @@ impl Accounts {
             };
             let password = password.trim();
             check_name(name).map_err(err)?;
-            if password.chars().any(crate::wire::is_forbidden_control) {
+            if crate::wire::has_forbidden_control(password) {
                 return Err(err("the password holds a control character".into()));
             }
             let credential = if password.starts_with("$argon2id$") {
