@@ -127,12 +127,15 @@ fn check_text(mut line: Vec<u8>) -> Result<String, DecodeError> {
 }
 
 /// C0 controls other than TAB, and DEL. C1 controls (U+0080–U+009F) are
-/// refused too: some terminals act on them as escape sequences.
+/// refused too: some terminals act on them as escape sequences. The
+/// definition [`has_forbidden_control`] is checked against (tests and the
+/// `testing` strategies); lines themselves are checked by that one.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn is_forbidden_control(c: char) -> bool {
     (c.is_control() && c != '\t') || c == '\u{7f}'
 }
 
-/// Whether `text` holds a character [`is_forbidden_control`] refuses,
+/// Whether `text` holds a C0 control other than TAB, DEL or a C1 control,
 /// found in its bytes rather than by decoding each character: every line
 /// is checked, and decoding was most of the time spent on it. In UTF-8 the
 /// C0 controls and DEL are single bytes, and the C1 controls are `0xC2`

@@ -7,6 +7,8 @@ mod decoder;
 mod server_line;
 
 pub use command::{Audience, Command, IdleArg, ParseError, UsageOf};
-pub(crate) use decoder::{has_forbidden_control, is_forbidden_control};
+pub(crate) use decoder::has_forbidden_control;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use decoder::is_forbidden_control;
 pub use decoder::{DecodeError, LineDecoder};
 pub use server_line::{Ask, BadServerLine, ByeReason, ErrorReply, HeldBecause, ServerLine, Status};
