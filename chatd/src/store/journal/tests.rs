@@ -336,3 +336,31 @@ fn steps_with_commits_between_them_apply_every_record() {
     let mut store = JournaledStore::open(dir.path(), limits).unwrap();
     assert_eq!(ids(&mut store, "bob"), (1..=25).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_page_the_journal_does_not_touch_is_read_without_catching_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = JournaledStore::open(dir.path(), small()).unwrap();
+    store
+        .apply(&(1..=6).map(|id| hold("bob", id)).collect::<Vec<_>>())
+        .unwrap();
+    store.catch_up_now().unwrap();
+    // Bob confirmed the first page and Cat got a message: the next page of
+    // Bob's box is the database's.
+    store.apply(&[release("bob", 3), hold("cat", 7)]).unwrap();
+    let page = |store: &mut JournaledStore, after, upto| -> Vec<MessageId> {
+        let page = store.held_page("bob", after, upto, 10).unwrap();
+        page.iter().map(|m| m.id).collect()
+    };
+    assert_eq!(page(&mut store, 3, 6), [4, 5, 6]);
+    assert!(store.pending.last.is_some(), "the journal was left alone");
+    // A hold past the block read is left alone too.
+    store.apply(&[hold("bob", 8)]).unwrap();
+    assert_eq!(page(&mut store, 4, 6), [5, 6]);
+    assert!(store.pending.last.is_some());
+    // A page below a release, or reaching a hold, needs the journal.
+    assert_eq!(page(&mut store, 2, 6), [4, 5, 6]);
+    assert!(store.pending.last.is_none(), "caught up");
+    store.apply(&[hold("bob", 9)]).unwrap();
+    assert_eq!(page(&mut store, 6, 9), [8, 9]);
+}
