@@ -362,6 +362,17 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
                     None => break,
                 }
             }
+            if w.is_write_vectored() {
+                if let Some(n) = write_few(&mut w, &mut taken).await? {
+                    out.wrote(n, &p.clock);
+                    // As below: TLS may keep records buffered.
+                    w.flush().await?;
+                    if taken.is_empty() && out.is_empty() {
+                        taken = std::collections::VecDeque::new();
+                    }
+                    continue;
+                }
+            }
             let mut marked = false;
             while !marked && buf.len() < BATCH_BYTES {
                 match taken.pop_front() {
@@ -401,6 +412,56 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
         }
         w.shutdown().await
     }
+}
+
+/// The most lines [`write_few`] writes in one call: its slices are part
+/// of every connection's task, idle or not.
+const FEW_LINES: usize = 4;
+
+/// Writes the lines at the front of `taken` straight from their bytes,
+/// when they are no more than [`FEW_LINES`] up to the next mark or the
+/// end: no buffer to allocate and copy them into, which a conversation
+/// paid for every message. Drops what was written from `taken` and
+/// returns how many bytes that was; `None` when there are more lines or
+/// a mark comes first (the caller batches them into its buffer).
+async fn write_few<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    taken: &mut std::collections::VecDeque<Queued>,
+) -> io::Result<Option<usize>> {
+    let lines = taken
+        .iter()
+        .take_while(|q| matches!(q, Queued::Line(_)))
+        .count();
+    if lines == 0 || lines > FEW_LINES || lines < taken.len() {
+        return Ok(None);
+    }
+    let n = {
+        let mut slices = [io::IoSlice::new(&[]); FEW_LINES];
+        for (slice, queued) in slices.iter_mut().zip(taken.iter()) {
+            if let Queued::Line(line) = queued {
+                *slice = io::IoSlice::new(line);
+            }
+        }
+        w.write_vectored(&slices[..lines]).await?
+    };
+    if n == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    let mut left = n;
+    while left > 0 {
+        match taken.front_mut() {
+            Some(Queued::Line(line)) if line.len() <= left => {
+                left -= line.len();
+                taken.pop_front();
+            }
+            Some(Queued::Line(line)) => {
+                bytes::Buf::advance(line, left);
+                left = 0;
+            }
+            _ => break,
+        }
+    }
+    Ok(Some(n))
 }
 
 #[cfg(test)]
