@@ -1,10 +1,13 @@
 //! A check that a store keeps the [store contract](crate::persist#the-store-contract):
 //! random batches of [`StoreOp`]s are committed to the store and to
 //! [`StoreModel`], and after every commit and every reopen the store must
-//! give back what the model does: [`StoreModel::restored`] from its load,
-//! and [`StoreModel::held_page`] for every page of every box, walked a page
-//! at a time as the core reads it, and for random windows
-//! (`after < id <= upto`, at most `max`).
+//! give back what the model does: [`StoreModel::held_page`] for every page
+//! of every box, walked a page at a time as the core reads it, and for
+//! random windows (`after < id <= upto`, at most `max`), then
+//! [`StoreModel::restored`] from its load. The pages are read before the
+//! load, as a running server reads them long after its one load: a store
+//! that puts work off until a load (a journal not yet moved into its
+//! database) must read right before it too.
 //!
 //! The ops are drawn to reach the corners a store gets wrong: range
 //! releases that cover several entries and ids that were never held, one
