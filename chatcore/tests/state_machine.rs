@@ -195,9 +195,13 @@ fn proptest_config() -> ProptestConfig {
 
 /// Runs a property's cases, then checks that together they reached each
 /// event at least `minimums` times (given for 160 cases, scaled to
-/// `CHAT_SM_CASES`). The minimums are about 40% of the lowest total seen
-/// over several runs of 160 cases, and at most a third of a typical total
-/// for rare events, so that chance alone does not fail them.
+/// `CHAT_SM_CASES`). Each minimum is at most half, and where it was closer
+/// a third, of the lowest total seen over about 220 runs of 160 cases:
+/// the totals have long low tails (`deferred` came to 3 once against a
+/// typical 17, failing a minimum of 4), and chance alone must not fail a
+/// run. `OK-broadcast-full` stays at 1 with totals as low as 1: it is
+/// reached about six times a run, so a run without it remains possible,
+/// if rare.
 fn run_property<T>(size: Range<usize>, minimums: &[(&str, usize)])
 where
     T: StateMachineTest<SystemUnderTest = Sut>,
@@ -246,22 +250,22 @@ fn server_follows_the_protocol() {
         &[
             ("cases", 160),
             ("deliver", 100),
-            ("OK-queued-offline", 30),
+            ("OK-queued-offline", 18),
             ("OFFLINE-at-login", 25),
             ("WHO", 20),
             ("LAST", 20),
             ("ERR-bad-credentials", 100),
-            ("ERR-blocked", 8),
+            ("ERR-blocked", 4),
             ("ERR-bad-encoding", 80),
             ("BYE-login-timeout", 50),
             ("heartbeat-death", 9),
-            ("ERR-rate-limited", 50),
+            ("ERR-rate-limited", 28),
             ("cmd-delayed", 10),
             ("answer-later", 80),
-            ("answer-reordered", 10),
+            ("answer-reordered", 6),
             ("line-ahead-of-check", 60),
             ("invalid-name", 18),
-            ("input-ended", 40),
+            ("input-ended", 26),
             ("input-ended-close", 12),
         ],
     );
@@ -282,7 +286,7 @@ fn logins_follow_the_protocol() {
             ("answer-later", 150),
             ("answer-reordered", 50),
             ("parallel-logins", 40),
-            ("line-ahead-of-check", 40),
+            ("line-ahead-of-check", 26),
             ("ahead-refused", 11),
             ("invalid-name", 8),
         ],
@@ -326,10 +330,10 @@ fn pages_and_flood_control_follow_the_protocol() {
             ("OFFLINE-at-online", 3),
             ("NotifyWritten", 60),
             ("written-later", 20),
-            ("cmd-delayed", 50),
+            ("cmd-delayed", 32),
             ("ERR-rate-limited", 13),
             ("ERR-queue-full", 1),
-            ("deferred", 4),
+            ("deferred", 1),
             ("reply-after-block", 2),
         ],
     );
