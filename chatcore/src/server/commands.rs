@@ -204,14 +204,15 @@ impl Server {
         if self.refuse_if_unavailable(id) {
             return;
         }
-        let deliverable = self.online.get(&to).is_some_and(|s| !self.is_busy(*s));
+        let session = self.online.get(&to).copied();
+        let deliverable = session.is_some_and(|s| !self.is_busy(s));
         if !deliverable && !self.box_has_room(&to) {
             self.send(id, ServerLine::Err(ErrorReply::QueueFull { user: to }));
             return;
         }
         let before = self.persisted;
         let message = self.new_message(from, MessageKind::Private, text);
-        let reply = match self.route(&to, &message, true) {
+        let reply = match self.route_to(&to, session, &message, true) {
             Routed::Delivered => ServerLine::Delivered { user: to },
             Routed::Held(because) => ServerLine::Queued { user: to, because },
             Routed::Full | Routed::Skipped => ServerLine::Err(ErrorReply::QueueFull { user: to }),

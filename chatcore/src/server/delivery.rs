@@ -33,6 +33,20 @@ impl Server {
         hold_offline: bool,
     ) -> Routed {
         let session = self.online.get(user).copied();
+        self.route_to(user, session, message, hold_offline)
+    }
+
+    /// [`route`](Self::route), for a caller that has just looked up
+    /// `user`'s session in `online`: a private message then finds its
+    /// recipient by name once, not twice (the lookup compares names along
+    /// the tree, a tenth of a message's work in the core).
+    pub(super) fn route_to(
+        &mut self,
+        user: &str,
+        session: Option<SessionId>,
+        message: &Arc<Message>,
+        hold_offline: bool,
+    ) -> Routed {
         let busy = session
             .and_then(|id| self.sessions.get(&id))
             .and_then(|s| s.active())
