@@ -15,6 +15,15 @@ fn small() -> JournalLimits {
     }
 }
 
+/// Room for every record a test writes, so only the steps it takes move
+/// records into the database.
+fn roomy() -> JournalLimits {
+    JournalLimits {
+        size: 1 << 20,
+        memory: 1 << 20,
+    }
+}
+
 fn message(id: MessageId, text: &str) -> Arc<Message> {
     Arc::new(Message {
         id,
@@ -270,10 +279,7 @@ fn a_garbled_record_with_a_good_checksum_stops_the_start() {
 #[test]
 fn a_crash_between_two_steps_of_catching_up_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let limits = JournalLimits {
-        size: 1 << 20,
-        memory: 1 << 20,
-    };
+    let limits = roomy();
     let mut store = JournaledStore::open(dir.path(), limits).unwrap();
     for id in 1..=30 {
         store.apply(&[hold("bob", id), hold("cat", id)]).unwrap();
@@ -300,10 +306,7 @@ fn a_crash_between_two_steps_of_catching_up_loses_nothing() {
 #[test]
 fn steps_with_commits_between_them_apply_every_record() {
     let dir = tempfile::tempdir().unwrap();
-    let limits = JournalLimits {
-        size: 1 << 20,
-        memory: 1 << 20,
-    };
+    let limits = roomy();
     let mut store = JournaledStore::open(dir.path(), limits).unwrap();
     let mut next = 1;
     // One record a step, and a commit after each step until `upto` is.
