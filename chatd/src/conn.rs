@@ -418,21 +418,17 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
 /// of every connection's task, idle or not.
 const FEW_LINES: usize = 4;
 
-/// Writes the lines at the front of `taken` straight from their bytes,
-/// when they are no more than [`FEW_LINES`] up to the next mark or the
-/// end: no buffer to allocate and copy them into, which a conversation
-/// paid for every message. Drops what was written from `taken` and
-/// returns how many bytes that was; `None` when there are more lines or
-/// a mark comes first (the caller batches them into its buffer).
+/// Writes `taken` straight from its lines' bytes when it is at most
+/// [`FEW_LINES`] lines and no mark: no buffer to allocate and copy them
+/// into, which a conversation paid for every message. Drops what was
+/// written from `taken` and returns how many bytes that was; `None`
+/// otherwise (the caller batches the entries into its buffer).
 async fn write_few<W: AsyncWrite + Unpin>(
     w: &mut W,
     taken: &mut std::collections::VecDeque<Queued>,
 ) -> io::Result<Option<usize>> {
-    let lines = taken
-        .iter()
-        .take_while(|q| matches!(q, Queued::Line(_)))
-        .count();
-    if lines == 0 || lines > FEW_LINES || lines < taken.len() {
+    let lines = taken.len();
+    if lines == 0 || lines > FEW_LINES || taken.iter().any(|q| matches!(q, Queued::Mark)) {
         return Ok(None);
     }
     let n = {
