@@ -2,12 +2,12 @@
 //! writer that drains the connection's outbound queue, both in one task.
 //!
 //! Most connections are idle most of the time, so an idle one keeps as
-//! little as it can: one task whose future holds no buffer (reads go into a
-//! buffer on the stack of the poll that finds bytes, and into the heap only
-//! while they are decoded; the write buffer exists only while lines are
-//! being written), borrowed socket halves instead of shared ones, and the
-//! TLS machinery boxed apart so that plain connections do not carry its
-//! size. chat-bench S3 measures the result.
+//! little as it can: one task whose future holds no buffer (a read's
+//! buffer exists only from the read until its lines are decoded and sent;
+//! the write buffer only while lines are being written), a socket shared
+//! with the driver by one reference count rather than split into halves
+//! that each hold one, and the TLS machinery boxed apart so that plain
+//! connections do not carry its size. chat-bench S3 measures the result.
 //!
 //! For the same reason the functions whose futures make up a connection's
 //! task return `async move` blocks instead of being `async fn`s: an
@@ -25,18 +25,24 @@
 //! everyone). That queue is bounded in bytes by
 //! [`Outbound::push`](crate::outbound::Outbound::push): a peer
 //! that stops reading is declared dead instead of buffering without end.
+//!
+//! A plain TCP socket is shared ([`Transport::Plain`]): the driver writes
+//! to it too, when the writer holds nothing (see
+//! [`outbound`](crate::outbound::outbound)). Both ends then use the
+//! socket's readiness and `try_` calls, which take `&TcpStream`.
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{ready, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use chatcore::wire::LineDecoder;
 use chatcore::{Input, SessionId};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -59,8 +65,15 @@ pub struct ConnParams {
     pub inputs: mpsc::Sender<Input>,
     /// The clock, for progress stamps.
     pub clock: Clock,
-    /// TLS, if the port speaks it.
-    pub tls: Option<TlsParams>,
+}
+
+/// A connection's socket, as its task gets it.
+#[derive(Debug)]
+pub enum Transport {
+    /// Plain TCP, shared with the driver, which writes to it too.
+    Plain(Arc<TcpStream>),
+    /// A TLS port: the task does the handshake, then owns the stream.
+    Tls(TcpStream, TlsParams),
 }
 
 /// How connections on a TLS port are set up.
@@ -93,9 +106,10 @@ const FLUSH_AFTER_EOF: Duration = Duration::from_secs(5);
 /// Writes that are batched into one `write` at most.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// Bytes taken from the socket in one read at most. The buffer lives on
-/// the stack of the poll that reads, so its size costs an idle connection
-/// nothing.
+/// Bytes taken from the socket in one read at most. The buffer exists
+/// only from a read until its lines are sent to the core, so its size
+/// costs an idle connection nothing; a reader that waits for room in the
+/// input channel (a flood) keeps it meanwhile.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Why the reader stopped.
@@ -115,7 +129,7 @@ enum ReadEnd {
 /// connection closed, as for any peer that goes away.
 #[allow(clippy::manual_async_fn)] // smaller than an `async fn`: see the module doc
 pub fn run_connection(
-    mut stream: TcpStream,
+    transport: Transport,
     params: ConnParams,
     out: OutboundRx,
     permit: ConnPermit,
@@ -123,16 +137,13 @@ pub fn run_connection(
     async move {
         // Named, so the block owns the permit until the connection ends.
         let _permit = &permit;
-        match &params.tls {
-            // Plain TCP borrows the socket's halves, which need neither a
-            // lock nor an allocation.
-            None => {
-                let (r, w) = stream.split();
-                serve_lines(r, w, &params, out).await;
+        match transport {
+            Transport::Plain(socket) => {
+                serve_lines(Plain(&socket), Plain(&socket), &params, out).await;
             }
             // Boxed: the handshake and the TLS stream are kilobytes, which
             // every plain connection's task would carry too if inline.
-            Some(tls) => Box::pin(serve_tls(stream, tls.clone(), &params, out)).await,
+            Transport::Tls(stream, tls) => Box::pin(serve_tls(stream, tls, &params, out)).await,
         }
     }
 }
@@ -142,7 +153,7 @@ async fn serve_tls(stream: TcpStream, tls: TlsParams, params: &ConnParams, out: 
     match handshake(stream, &tls, params).await {
         Some(stream) => {
             let (r, w) = tokio::io::split(stream);
-            serve_lines(r, w, params, out).await;
+            serve_lines(Stream(r), w, params, out).await;
         }
         None => {
             let _ = params
@@ -203,7 +214,7 @@ fn serve_lines<'a, R, W>(
     out: OutboundRx,
 ) -> impl Future<Output = ()> + 'a
 where
-    R: AsyncRead + Unpin + 'a,
+    R: ReadChunks + 'a,
     W: AsyncWrite + Unpin + 'a,
 {
     async move {
@@ -251,7 +262,7 @@ where
                 // The core closed the connection and everything is written:
                 // read until the peer closes, briefly.
                 let _ = Box::pin(tokio::time::timeout(LINGER, async {
-                    while matches!(read_with(&mut r, |bytes| bytes.len()).await, Ok(n) if n > 0) {}
+                    while matches!(read_chunk(&mut r).await, Ok(bytes) if !bytes.is_empty()) {}
                 }))
                 .await;
             }
@@ -286,7 +297,7 @@ fn to_core(inputs: &mpsc::Sender<Input>, input: Input) -> impl Future<Output = b
 
 /// Decodes lines and sends them to the core until EOF or an error.
 #[allow(clippy::manual_async_fn)] // smaller than an `async fn`: see the module doc
-fn read_loop<'a, R: AsyncRead + Unpin>(
+fn read_loop<'a, R: ReadChunks>(
     r: &'a mut R,
     p: &'a ConnParams,
 ) -> impl Future<Output = ReadEnd> + 'a {
@@ -294,9 +305,8 @@ fn read_loop<'a, R: AsyncRead + Unpin>(
         let mut decoder = LineDecoder::new(p.max_line_bytes);
         loop {
             // The bytes read are on the heap only until their lines are sent:
-            // sending may wait (the input channel is full), and the poll's
-            // stack buffer does not outlive the poll.
-            let data = match read_with(r, <[u8]>::to_vec).await {
+            // sending may wait (the input channel is full).
+            let data = match read_chunk(r).await {
                 Ok(data) if data.is_empty() => return ReadEnd::Eof,
                 Ok(data) => data,
                 Err(e) => {
@@ -324,21 +334,113 @@ fn read_loop<'a, R: AsyncRead + Unpin>(
     }
 }
 
-/// Waits for bytes, reads up to [`READ_CHUNK`] of them into a buffer on
-/// the stack of the poll that finds them, and hands them to `use_bytes`;
-/// empty at EOF. Waiting keeps no buffer, so an idle connection pays for
-/// none.
-async fn read_with<R, T>(r: &mut R, mut use_bytes: impl FnMut(&[u8]) -> T) -> io::Result<T>
-where
-    R: AsyncRead + Unpin,
-{
-    poll_fn(|cx| {
+/// Where a connection's bytes come from: a read of up to [`READ_CHUNK`]
+/// bytes at a time, into a buffer that exists only while they are read and
+/// decoded, so that waiting for bytes keeps none and an idle connection
+/// pays for none.
+pub(crate) trait ReadChunks: Unpin {
+    /// The next bytes read, once there are some; empty at EOF.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>>;
+}
+
+/// Waits for the next bytes of `r`.
+async fn read_chunk<R: ReadChunks>(r: &mut R) -> io::Result<Vec<u8>> {
+    poll_fn(|cx| r.poll_chunk(cx)).await
+}
+
+/// A stream read through [`AsyncRead`] (a TLS stream's read half).
+struct Stream<R>(R);
+
+impl<R: AsyncRead + Unpin> ReadChunks for Stream<R> {
+    /// Reads into a buffer on the stack of the poll that finds bytes,
+    /// then copies what it read to the heap.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
-        ready!(Pin::new(&mut *r).poll_read(cx, &mut buf))?;
-        Poll::Ready(Ok(use_bytes(buf.filled())))
-    })
-    .await
+        ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(buf.filled().to_vec()))
+    }
+}
+
+/// A plain TCP socket the driver shares (it writes to it too: see the
+/// module doc), read and written through its readiness.
+struct Plain<'a>(&'a TcpStream);
+
+impl ReadChunks for Plain<'_> {
+    /// Reads straight into a buffer on the heap.
+    ///
+    /// A read that does not fill the buffer took everything the socket
+    /// had, so it clears the socket's readiness, as tokio's own reads do
+    /// on Linux (tokio-rs/tokio#5866): otherwise the next read would be a
+    /// system call that finds nothing, one per line a client sends.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
+        let socket = self.0;
+        loop {
+            ready!(socket.poll_read_ready(cx))?;
+            let mut data = Vec::with_capacity(READ_CHUNK);
+            let read = socket.try_io(Interest::READABLE, || {
+                let n = socket.try_read_buf(&mut data)?;
+                if n > 0 && n < READ_CHUNK {
+                    // Short: readiness is cleared, and the bytes are kept.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match read {
+                Ok(()) => return Poll::Ready(Ok(data)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !data.is_empty() {
+                        return Poll::Ready(Ok(data));
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Plain<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts the sending half down (the peer reads EOF); the socket
+    /// stays open for reading until both the task and the driver let go.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(self.0).shutdown(std::net::Shutdown::Write))
+    }
 }
 
 /// Writes queued lines, batching whatever is queued into one write, until
@@ -443,20 +545,7 @@ async fn write_few<W: AsyncWrite + Unpin>(
     if n == 0 {
         return Err(io::ErrorKind::WriteZero.into());
     }
-    let mut left = n;
-    while left > 0 {
-        match taken.front_mut() {
-            Some(Queued::Line(line)) if line.len() <= left => {
-                left -= line.len();
-                taken.pop_front();
-            }
-            Some(Queued::Line(line)) => {
-                bytes::Buf::advance(line, left);
-                left = 0;
-            }
-            _ => break,
-        }
-    }
+    crate::outbound::written(taken, n);
     Ok(Some(n))
 }
 
@@ -490,11 +579,11 @@ mod tests {
             max_line_bytes: 4096,
             inputs,
             clock,
-            tls: None,
         };
-        let (_out, out_rx) = outbound(&clock);
+        let stream = Arc::new(stream);
+        let (_out, out_rx) = outbound(&clock, Some(Arc::clone(&stream)));
         let permit = ConnLimiter::new(1, 1).try_acquire(peer.ip()).unwrap();
-        let task = run_connection(stream, params, out_rx, permit);
+        let task = run_connection(Transport::Plain(stream), params, out_rx, permit);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection future: {size} bytes");
         assert!(size <= 1024, "a connection's future is {size} bytes");

@@ -31,7 +31,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::conn::{run_connection, ConnParams, TlsParams};
+use crate::conn::{run_connection, ConnParams, TlsParams, Transport};
 use crate::limiter::ConnLimiter;
 use crate::outbound::{outbound, Dead, Outbound, OutboundLimit};
 use crate::passwords::{PasswordChecker, PasswordError};
@@ -609,19 +609,25 @@ impl Driver {
         }
         let session = self.server.open_session(self.clock.now(), ip);
         tracing::debug!(%session, %peer, "connected");
-        let (out, out_rx) = outbound(&self.clock);
+        let (transport, socket) = match &self.tls {
+            Some(tls) => (Transport::Tls(stream, tls.clone()), None),
+            None => {
+                let socket = Arc::new(stream);
+                (Transport::Plain(Arc::clone(&socket)), Some(socket))
+            }
+        };
+        let (out, out_rx) = outbound(&self.clock, socket);
         let params = ConnParams {
             session,
             peer,
             max_line_bytes: self.max_line_bytes,
             inputs: self.inputs.clone(),
             clock: self.clock,
-            tls: self.tls.clone(),
         };
         let open = crate::metrics::OpenConnection::new(self.transport());
         let abort = self.tasks.spawn(async move {
             let _open = open;
-            run_connection(stream, params, out_rx, permit).await;
+            run_connection(transport, params, out_rx, permit).await;
         });
         self.adopt(session, out, abort);
     }

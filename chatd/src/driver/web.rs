@@ -121,7 +121,7 @@ impl Driver {
         };
         let session = self.server.open_session(self.clock.now(), ip);
         tracing::debug!(%session, %peer, %ip, "connected over WebSocket");
-        let (out, out_rx) = outbound(&self.clock);
+        let (out, out_rx) = outbound(&self.clock, None);
         let params = WsParams {
             session,
             peer,
