@@ -19,8 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chatcore::wire::ServerLine;
 use chatcore::{
-    Accounts, Event, Input, LoginFailure, Message, MessageId, Output, PasswordCheck, Server,
-    SessionId, SessionMap,
+    Accounts, Event, Input, LoginFailure, MessageId, Output, PasswordCheck, Server, SessionId,
+    SessionMap,
 };
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
@@ -41,11 +41,13 @@ use crate::store::{Store, StoreError, StoreGone, StoreThread};
 
 mod acks;
 mod commits;
+mod lines;
 mod pages;
 mod web;
 
 use acks::QuietAcks;
 use commits::{commit_ended, Commits};
+use lines::Lines;
 pub use web::{WebHandoff, WebRequest, WsConnection, WEB_HANDOFF_QUEUE};
 
 /// Inputs fed in one round at most, so that timers and commits keep up
@@ -150,8 +152,8 @@ struct Driver {
     loads: Vec<(u64, chatcore::HeldRequest)>,
     /// WebSocket connections and health pings from the web listener.
     web: Option<mpsc::Receiver<WebRequest>>,
-    /// A broadcast's line, formatted once for all its receivers.
-    last_delivery: LastDelivery,
+    /// Formats lines; a broadcast's once for all its receivers.
+    lines: Lines,
     /// `OK`s queued without waking their writers (`acks.rs`).
     quiet_acks: QuietAcks,
 }
@@ -327,7 +329,7 @@ impl Prepared {
             dead: Vec::new(),
             loads: Vec::new(),
             web,
-            last_delivery: LastDelivery::default(),
+            lines: Lines::default(),
             quiet_acks: QuietAcks::new(settings.ok_delay),
         };
         let result = driver
@@ -472,7 +474,7 @@ impl Driver {
                         _ => None,
                     };
                     let ack = acks::may_wait(&line);
-                    let bytes = self.format(&line);
+                    let bytes = self.lines.bytes(&line);
                     self.emit(RoundOutput::Send {
                         session,
                         bytes,
@@ -549,15 +551,6 @@ impl Driver {
                     conn.out.mark();
                 }
             }
-        }
-    }
-
-    /// A line's bytes, `\n` included; a broadcast's, once for all its
-    /// receivers.
-    fn format(&mut self, line: &ServerLine) -> Bytes {
-        match line {
-            ServerLine::Deliver(message) => self.last_delivery.line(message),
-            _ => with_newline(line),
         }
     }
 
@@ -727,43 +720,6 @@ impl Driver {
     }
 }
 
-/// The last delivery formatted, and its line. A broadcast's sends come one
-/// after another in a round, so remembering one message is enough for the
-/// line to be formatted once and its bytes shared by every receiver;
-/// formatting it per receiver (the timestamp above all) was a tenth of the
-/// server's instructions under fan-out.
-#[derive(Default)]
-struct LastDelivery(Option<(Arc<Message>, Bytes)>);
-
-impl LastDelivery {
-    /// `message`'s line, `\n` included: formatted if it is not the last
-    /// one, else the same bytes again.
-    fn line(&mut self, message: &Arc<Message>) -> Bytes {
-        if let Some((last, bytes)) = &self.0 {
-            if Arc::ptr_eq(last, message) {
-                return bytes.clone();
-            }
-        }
-        let bytes = with_newline(&ServerLine::Deliver(Arc::clone(message)));
-        self.0 = Some((Arc::clone(message), bytes.clone()));
-        bytes
-    }
-}
-
-/// A server line as sent: its text and `\n`. Written into a buffer
-/// sized for it at once: growing one as the line is formatted was a
-/// reallocation or two for every delivery.
-fn with_newline(line: &ServerLine) -> Bytes {
-    let room = match line {
-        // `MSG`, id, timestamp, sender, text, separators and `\n`.
-        ServerLine::Deliver(m) => m.text.len() + m.from.len() + 48,
-        _ => 64,
-    };
-    let mut text = String::with_capacity(room);
-    line.write_line(&mut text);
-    Bytes::from(text)
-}
-
 /// A line as logs show it: without its `\n`.
 fn shown(line: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line))
@@ -819,42 +775,5 @@ fn log_event(event: &Event) {
             tracing::info!(%session, %peer, bye, "connection closed before login");
         }
         other => tracing::info!(event = ?other, "event"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chatcore::{MessageKind, Time};
-
-    fn message(id: u64, text: &str) -> Arc<Message> {
-        Arc::new(Message {
-            id,
-            at: Time::from_unix_millis(1_700_000_000_000),
-            from: "alice".into(),
-            kind: MessageKind::Broadcast,
-            text: text.into(),
-        })
-    }
-
-    #[test]
-    fn a_broadcast_is_formatted_once_for_all_its_receivers() {
-        let mut last = LastDelivery::default();
-        let hi = message(7, "hi all");
-        let first = last.line(&hi);
-        assert_eq!(
-            first,
-            format!("{}\n", ServerLine::Deliver(Arc::clone(&hi))).as_bytes()
-        );
-        // Every further receiver gets the same bytes, not a copy.
-        for _ in 0..3 {
-            let again = last.line(&hi);
-            assert_eq!(again.as_ptr(), first.as_ptr());
-        }
-        // Another message, even with the same text, is its own line.
-        let other = message(8, "hi all");
-        let second = last.line(&other);
-        assert_ne!(second.as_ptr(), first.as_ptr());
-        assert!(second.starts_with(b"BCAST 8 "), "{second:?}");
     }
 }
