@@ -4,9 +4,10 @@
 //! peer that stops reading into a dropped connection instead of memory
 //! growing without end.
 //!
-//! On plain TCP the driver writes a line to the socket itself when
-//! nothing is ahead of it (see [`outbound`]): the queue and the writer
-//! are then for what the socket does not take at once.
+//! On plain TCP the driver writes what a round queued to the socket
+//! itself at the round's end, when nothing is ahead of it (see
+//! [`outbound`]): the writer is then for what the socket does not take at
+//! once.
 
 use std::collections::VecDeque;
 use std::io;
@@ -98,52 +99,47 @@ impl OutboundShared {
         }
     }
 
-    /// Writes `line`, after the lines queued before it, to `socket` now if
-    /// the writer holds nothing and no mark waits; queues what the socket
-    /// does not take (all of it if it cannot be written now) and wakes the
-    /// writer for it.
+    /// Writes what is queued to `socket` now, in one system call, if the
+    /// writer holds nothing and no mark waits; leaves what the socket does
+    /// not take (all of it if it cannot be written now) for the writer,
+    /// and wakes it.
     ///
     /// The queue stays locked over the write, so that the writer cannot
     /// take lines meanwhile and write them out of order. On the
     /// current-thread runtime chatd runs on, the writer never waits for
     /// that lock: it runs on the same thread.
-    fn write_or_queue(&self, socket: &TcpStream, line: Bytes, clock: &Clock) {
+    fn write_to(&self, socket: &TcpStream, clock: &Clock) {
         let mut q = self.queue();
         // A writer that is gone ended on an error; the connection task
-        // reports that as `Input::Closed` itself.
-        if q.writer_gone {
+        // reports that as `Input::Closed` itself. Entries already taken
+        // are the writer's.
+        if q.writer_gone || q.entries.is_empty() {
             return;
         }
         let now = !q.holding
-            && q.entries.len() < DIRECT_LINES
+            && q.entries.len() <= DIRECT_LINES
             && q.entries.iter().all(|e| matches!(e, Queued::Line(_)));
         if !now {
-            q.entries.push_back(Queued::Line(line));
             return self.wake_writer(q);
         }
         let mut slices = [io::IoSlice::new(&[]); DIRECT_LINES];
         let mut total = 0;
-        let lines = q.entries.iter().filter_map(|e| match e {
-            Queued::Line(l) => Some(l),
-            Queued::Mark => None,
-        });
-        let mut k = 0;
-        for (slice, l) in slices.iter_mut().zip(lines.chain([&line])) {
-            *slice = io::IoSlice::new(l);
-            total += l.len();
-            k += 1;
+        for (slice, entry) in slices.iter_mut().zip(&q.entries) {
+            if let Queued::Line(line) = entry {
+                *slice = io::IoSlice::new(line);
+                total += line.len();
+            }
         }
         // An error other than `WouldBlock` is the writer's to meet and
         // report, as it would have met it.
-        let n = socket.try_write_vectored(&slices[..k]).unwrap_or(0);
+        let n = socket
+            .try_write_vectored(&slices[..q.entries.len()])
+            .unwrap_or(0);
         if n == total {
             // Without a deque, as an idle connection keeps its queue.
-            if !q.entries.is_empty() {
-                q.entries = VecDeque::new();
-            }
+            q.entries = VecDeque::new();
             drop(q);
         } else {
-            q.entries.push_back(Queued::Line(line));
             written(&mut q.entries, n);
             self.wake_writer(q);
         }
@@ -155,7 +151,7 @@ impl OutboundShared {
 
 /// The most lines the driver writes to a socket at once: their slices are
 /// on its stack. More queued lines than that are the writer's to batch.
-const DIRECT_LINES: usize = 8;
+const DIRECT_LINES: usize = 32;
 
 /// Drops the first `n` bytes' worth of lines from `entries`, which were
 /// written: whole lines, then the start of a line written in part.
@@ -188,9 +184,12 @@ pub struct Outbound {
     /// that only sends), so they go at once until a line of another kind
     /// comes.
     quiet_alone: bool,
-    /// The connection's socket, on plain TCP: lines that wake the writer
-    /// are written to it at once when nothing is ahead of them.
+    /// The connection's socket, on plain TCP: lines that would wake the
+    /// writer wait for [`flush`](Outbound::flush) instead, which writes
+    /// them to it.
     socket: Option<Arc<TcpStream>>,
+    /// Lines wait for [`flush`](Outbound::flush).
+    unflushed: bool,
 }
 
 /// The peer stopped reading: its queue is over the bound and the socket
@@ -282,11 +281,29 @@ impl Outbound {
         } else {
             self.over_since_ms = None;
         }
-        match &self.socket {
-            Some(socket) if wake => self.shared.write_or_queue(socket, line, clock),
-            _ => self.enqueue(Queued::Line(line), wake),
-        }
+        let flush = wake && self.socket.is_some();
+        self.enqueue(Queued::Line(line), wake && !flush);
+        self.unflushed |= flush;
         Ok(())
+    }
+
+    /// Whether lines wait for [`flush`](Self::flush).
+    pub fn unflushed(&self) -> bool {
+        self.unflushed
+    }
+
+    /// Writes the lines that wait for it to the socket, or leaves them to
+    /// the writer (see [`outbound`]). The driver calls it at the end of
+    /// each round for every connection it queued lines for: a round's
+    /// lines to one client then leave in one system call, a broadcast's
+    /// after the others of its round.
+    pub fn flush(&mut self, clock: &Clock) {
+        if !std::mem::take(&mut self.unflushed) {
+            return;
+        }
+        if let Some(socket) = &self.socket {
+            self.shared.write_to(socket, clock);
+        }
     }
 
     /// Asks the writer to report [`Input::Written`](chatcore::Input::Written) once every line queued
@@ -377,12 +394,13 @@ impl Drop for OutboundRx {
 }
 
 /// A new outbound queue; with the connection's `socket` (plain TCP), the
-/// driver writes lines to it itself while the writer holds nothing.
+/// driver writes lines to it itself at [`Outbound::flush`], while the
+/// writer holds nothing.
 ///
-/// A conversation's reply then leaves within the round that made it, and
-/// costs neither a wake-up of the connection's task nor the queue: under
-/// 50 conversations (chat-bench S1, callgrind) that took chatd from 13,500
-/// to 12,400 instructions a message.
+/// A conversation's reply then leaves at the end of the round that made
+/// it and costs no wake-up of the connection's task; a broadcast's lines
+/// to each receiver leave in one system call per round, as the writers
+/// wrote them.
 pub fn outbound(clock: &Clock, socket: Option<Arc<TcpStream>>) -> (Outbound, OutboundRx) {
     let shared = Arc::new(OutboundShared::default());
     shared
@@ -394,6 +412,7 @@ pub fn outbound(clock: &Clock, socket: Option<Arc<TcpStream>>) -> (Outbound, Out
             over_since_ms: None,
             quiet_alone: false,
             socket,
+            unflushed: false,
         },
         OutboundRx { shared },
     )
@@ -581,25 +600,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_line_with_nothing_ahead_goes_straight_to_the_socket() {
+    async fn a_rounds_lines_go_straight_to_the_socket_at_its_end() {
         let clock = Clock::start();
         let limit = limit(1000);
         let (socket, mut client) = pair().await;
         let (mut tx, mut rx) = outbound(&clock, Some(socket));
         // No writer runs here: what the client reads, the driver wrote.
         tx.push("MSG 1\n", &limit, &clock).unwrap();
-        assert_eq!(read_exactly(&mut client, 6).await, b"MSG 1\n");
+        tx.push("MSG 2\n", &limit, &clock).unwrap();
+        assert!(tx.unflushed());
+        // Nothing is written before the round ends...
+        let mut none = [0; 1];
+        assert_eq!(
+            client.try_read(&mut none).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        // ...then everything is.
+        tx.flush(&clock);
+        assert!(!tx.unflushed());
+        assert_eq!(read_exactly(&mut client, 12).await, b"MSG 1\nMSG 2\n");
         // A quiet line waits, and goes with the next line, first.
-        tx.push_quiet("OK 2\n", &limit, &clock).unwrap();
-        tx.push("MSG 3\n", &limit, &clock).unwrap();
-        assert_eq!(read_exactly(&mut client, 11).await, b"OK 2\nMSG 3\n");
+        tx.push_quiet("OK 3\n", &limit, &clock).unwrap();
+        assert!(!tx.unflushed());
+        tx.push("MSG 4\n", &limit, &clock).unwrap();
+        tx.flush(&clock);
+        assert_eq!(read_exactly(&mut client, 11).await, b"OK 3\nMSG 4\n");
         assert!(rx.try_take().is_none());
         // Written bytes no longer count against the bound.
         assert_eq!(rx.shared.queued.load(Ordering::Acquire), 0);
         // A mark is the writer's to answer: lines after it queue behind it.
         tx.mark();
-        tx.push("MSG 4\n", &limit, &clock).unwrap();
-        assert_eq!(queued_lines(rx.try_take()), [&b"mark"[..], b"MSG 4\n"]);
+        tx.push("MSG 5\n", &limit, &clock).unwrap();
+        tx.flush(&clock);
+        assert_eq!(queued_lines(rx.try_take()), [&b"mark"[..], b"MSG 5\n"]);
     }
 
     #[tokio::test]
@@ -613,6 +646,7 @@ mod tests {
         assert_eq!(queued_lines(rx.try_take()), [b"OK 1\n"]);
         // ...so the next one may not overtake it.
         tx.push("MSG 2\n", &limit, &clock).unwrap();
+        tx.flush(&clock);
         assert_eq!(queued_lines(rx.try_take()), [b"MSG 2\n"]);
         // Once the writer asks for more, everything it took is written
         // (here: by nobody, the client reads nothing yet) and lines go
@@ -620,6 +654,7 @@ mod tests {
         let writer = tokio::spawn(async move { rx.take().await.map(|q| q.len()) });
         tokio::task::yield_now().await;
         tx.push("MSG 3\n", &limit, &clock).unwrap();
+        tx.flush(&clock);
         assert_eq!(read_exactly(&mut client, 6).await, b"MSG 3\n");
         drop(tx);
         assert_eq!(writer.await.unwrap(), None);
@@ -635,11 +670,25 @@ mod tests {
         let (socket, mut client) = pair().await;
         let (mut tx, mut rx) = outbound(&clock, Some(socket));
         tx.push(line.clone(), &limit, &clock).unwrap();
+        tx.flush(&clock);
         let rest = queued_lines(rx.try_take()).concat();
         let written = line.len() - rest.len();
         assert!(0 < written && written < line.len(), "{written}");
         // The queue holds the end of the line, and only it counts.
         assert_eq!(rx.shared.queued.load(Ordering::Acquire), rest.len());
         assert_eq!(read_exactly(&mut client, written).await, line[..written]);
+    }
+
+    #[tokio::test]
+    async fn more_lines_than_one_write_takes_are_the_writers() {
+        let clock = Clock::start();
+        let limit = limit(1000);
+        let (socket, _client) = pair().await;
+        let (mut tx, mut rx) = outbound(&clock, Some(socket));
+        for _ in 0..=DIRECT_LINES {
+            tx.push("x\n", &limit, &clock).unwrap();
+        }
+        tx.flush(&clock);
+        assert_eq!(rx.try_take().map(|q| q.len()), Some(DIRECT_LINES + 1));
     }
 }

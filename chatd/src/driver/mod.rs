@@ -156,6 +156,9 @@ struct Driver {
     lines: Lines,
     /// `OK`s queued without waking their writers (`acks.rs`).
     quiet_acks: QuietAcks,
+    /// Connections with lines that wait for the round's end
+    /// ([`Outbound::flush`]).
+    unflushed: Vec<SessionId>,
 }
 
 /// An output that goes to a connection: what may wait behind a barrier.
@@ -331,6 +334,7 @@ impl Prepared {
             web,
             lines: Lines::default(),
             quiet_acks: QuietAcks::new(settings.ok_delay),
+            unflushed: Vec::new(),
         };
         let result = driver
             .serve(&listener, &mut rx, &mut reload.rx, shutdown)
@@ -421,6 +425,7 @@ impl Driver {
             self.server.handle_timeout(now);
             self.drain();
             self.finish_round()?;
+            self.flush_lines();
         }
     }
 
@@ -571,11 +576,26 @@ impl Driver {
         } else {
             tracing::trace!(%session, "-> {}", shown(&bytes));
         }
-        if quiet {
+        let flushed = !conn.out.unflushed();
+        let pushed = if quiet {
             self.quiet_acks.queued(session);
             conn.out.push_quiet(bytes, &self.limit, &self.clock)
         } else {
             conn.out.push(bytes, &self.limit, &self.clock)
+        };
+        if flushed && conn.out.unflushed() {
+            self.unflushed.push(session);
+        }
+        pushed
+    }
+
+    /// Ends a round's writing: the lines it queued go to their sockets
+    /// (plain TCP) or wake their writers.
+    fn flush_lines(&mut self) {
+        for session in self.unflushed.drain(..) {
+            if let Some(conn) = self.conns.get_mut(&session) {
+                conn.out.flush(&self.clock);
+            }
         }
     }
 
