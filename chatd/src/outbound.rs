@@ -13,11 +13,11 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use crate::clock::Clock;
 
@@ -51,6 +51,11 @@ struct Queue {
     /// The writer took entries and may not have written them all: a line
     /// written past it would overtake them.
     holding: bool,
+    /// A wake-up for the writer, kept until it looks: one given while it
+    /// is not waiting is kept for its next wait, so none is lost.
+    notified: bool,
+    /// The writer's task, while it waits.
+    waker: Option<Waker>,
 }
 
 /// What the writer and the core share about one outbound queue.
@@ -60,11 +65,11 @@ struct OutboundShared {
     queued: AtomicUsize,
     /// [`Clock::elapsed_ms`] when the socket last accepted bytes.
     progress_ms: AtomicU64,
+    /// The queue, and the writer's wake-ups: under the lock that pushing
+    /// and taking entries take anyway, where a `Notify` beside it cost a
+    /// lock of its own each time the connection's task looked (which it
+    /// does whenever the task wakes, for a read too).
     queue: Mutex<Queue>,
-    /// Wakes the writer when entries arrive or the driver lets go. A
-    /// wake-up given while the writer is not waiting is kept for its next
-    /// wait, so none is lost.
-    wake: Notify,
 }
 
 /// Bytes still queued when the connection goes leave the metrics' total.
@@ -91,11 +96,9 @@ impl OutboundShared {
 
     /// Wakes the writer for what is queued, unless it was woken already.
     fn wake_writer(&self, mut q: MutexGuard<'_, Queue>) {
-        let wake = !q.woken;
-        q.woken = true;
-        drop(q);
-        if wake {
-            self.wake.notify_one();
+        if !q.woken {
+            q.woken = true;
+            notify(q);
         }
     }
 
@@ -249,13 +252,10 @@ impl Outbound {
     /// Wakes the writer if anything queued has not woken it (then what is
     /// queued is quiet lines alone).
     pub fn wake(&mut self) {
-        let mut q = self.shared.queue();
-        let wake = !q.entries.is_empty() && !q.woken;
-        q.woken |= wake;
-        drop(q);
-        if wake {
+        let q = self.shared.queue();
+        if !q.entries.is_empty() && !q.woken {
             self.quiet_alone = true;
-            self.shared.wake.notify_one();
+            self.shared.wake_writer(q);
         }
     }
 
@@ -326,10 +326,21 @@ impl Outbound {
     }
 }
 
+/// Gives the writer a wake-up, and wakes its task if it waits.
+fn notify(mut q: MutexGuard<'_, Queue>) {
+    q.notified = true;
+    let waker = q.waker.take();
+    drop(q);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 impl Drop for Outbound {
     fn drop(&mut self) {
-        self.shared.queue().driver_gone = true;
-        self.shared.wake.notify_one();
+        let mut q = self.shared.queue();
+        q.driver_gone = true;
+        notify(q);
     }
 }
 
@@ -348,29 +359,31 @@ impl OutboundRx {
     /// The writer calls it once everything it took is written: until then
     /// the driver queues lines behind them instead of writing them itself.
     pub(crate) async fn take(&mut self) -> Option<VecDeque<Queued>> {
-        self.shared.queue().holding = false;
-        loop {
-            if let Some(taken) = self.try_take() {
-                return Some(taken);
+        let mut first = true;
+        std::future::poll_fn(|cx| {
+            let mut q = self.shared.queue();
+            // A wake-up given before this looks now is answered by it.
+            let notified = std::mem::take(&mut q.notified);
+            if std::mem::take(&mut first) {
+                q.holding = false;
+            } else if !notified {
+                return wait(q, cx);
             }
-            if self.shared.queue().driver_gone {
-                // Entries queued before the driver let go were taken above:
-                // it queues nothing after dropping its end.
-                return self.try_take();
+            if let Some(taken) = take_entries(&mut q) {
+                return Poll::Ready(Some(taken));
             }
-            self.shared.wake.notified().await;
-        }
+            if q.driver_gone {
+                // It queues nothing after dropping its end.
+                return Poll::Ready(None);
+            }
+            wait(q, cx)
+        })
+        .await
     }
 
     /// Every entry queued now, if there is any.
     pub(crate) fn try_take(&mut self) -> Option<VecDeque<Queued>> {
-        let mut q = self.shared.queue();
-        q.woken = false;
-        if q.entries.is_empty() {
-            return None;
-        }
-        q.holding = true;
-        Some(std::mem::take(&mut q.entries))
+        take_entries(&mut self.shared.queue())
     }
 
     /// Whether nothing is queued now.
@@ -385,11 +398,32 @@ impl OutboundRx {
     }
 }
 
+/// Every entry of `q`, if there is any: the writer holds them now.
+fn take_entries(q: &mut Queue) -> Option<VecDeque<Queued>> {
+    q.woken = false;
+    if q.entries.is_empty() {
+        return None;
+    }
+    q.holding = true;
+    Some(std::mem::take(&mut q.entries))
+}
+
+/// Leaves the writer's task to be woken by [`notify`].
+fn wait(mut q: MutexGuard<'_, Queue>, cx: &mut Context<'_>) -> Poll<Option<VecDeque<Queued>>> {
+    match &mut q.waker {
+        Some(waker) => waker.clone_from(cx.waker()),
+        None => q.waker = Some(cx.waker().clone()),
+    }
+    Poll::Pending
+}
+
 impl Drop for OutboundRx {
     fn drop(&mut self) {
         let mut q = self.shared.queue();
         q.writer_gone = true;
         q.entries = VecDeque::new();
+        // Its task is done: the driver's end need not keep it.
+        q.waker = None;
     }
 }
 
