@@ -602,13 +602,15 @@ mod tests {
         assert!(shared.queue().entries.is_empty());
     }
 
-    /// A connected pair of sockets: the server's end shared as the driver
-    /// shares it, and the client's.
-    async fn pair() -> (Arc<TcpStream>, TcpStream) {
+    /// An outbound queue on a connected socket, as the driver keeps a
+    /// plain TCP connection's, and the client's end of the socket.
+    async fn on_socket(clock: &Clock) -> (Outbound, OutboundRx, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        (Arc::new(accepted.unwrap().0), client.unwrap())
+        let socket = Arc::new(accepted.unwrap().0);
+        let (tx, rx) = outbound(clock, Some(socket));
+        (tx, rx, client.unwrap())
     }
 
     /// Reads from `client` until it has `n` bytes; fails if they do not
@@ -637,8 +639,7 @@ mod tests {
     async fn a_rounds_lines_go_straight_to_the_socket_at_its_end() {
         let clock = Clock::start();
         let limit = limit(1000);
-        let (socket, mut client) = pair().await;
-        let (mut tx, mut rx) = outbound(&clock, Some(socket));
+        let (mut tx, mut rx, mut client) = on_socket(&clock).await;
         // No writer runs here: what the client reads, the driver wrote.
         tx.push("MSG 1\n", &limit, &clock).unwrap();
         tx.push("MSG 2\n", &limit, &clock).unwrap();
@@ -673,8 +674,7 @@ mod tests {
     async fn lines_queue_behind_what_the_writer_holds() {
         let clock = Clock::start();
         let limit = limit(1000);
-        let (socket, mut client) = pair().await;
-        let (mut tx, mut rx) = outbound(&clock, Some(socket));
+        let (mut tx, mut rx, mut client) = on_socket(&clock).await;
         tx.push_quiet("OK 1\n", &limit, &clock).unwrap();
         // The writer took the line and has not written it yet...
         assert_eq!(queued_lines(rx.try_take()), [b"OK 1\n"]);
@@ -701,8 +701,7 @@ mod tests {
         // nothing.
         let line = vec![b'x'; 32 << 20];
         let limit = limit(line.len());
-        let (socket, mut client) = pair().await;
-        let (mut tx, mut rx) = outbound(&clock, Some(socket));
+        let (mut tx, mut rx, mut client) = on_socket(&clock).await;
         tx.push(line.clone(), &limit, &clock).unwrap();
         tx.flush(&clock);
         let rest = queued_lines(rx.try_take()).concat();
@@ -717,8 +716,7 @@ mod tests {
     async fn more_lines_than_one_write_takes_are_the_writers() {
         let clock = Clock::start();
         let limit = limit(1000);
-        let (socket, _client) = pair().await;
-        let (mut tx, mut rx) = outbound(&clock, Some(socket));
+        let (mut tx, mut rx, _client) = on_socket(&clock).await;
         for _ in 0..=DIRECT_LINES {
             tx.push("x\n", &limit, &clock).unwrap();
         }

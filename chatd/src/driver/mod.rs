@@ -3,9 +3,11 @@
 //!
 //! Each wake-up is a *round*: take every input that is ready (up to
 //! `MAX_BATCH`), feed them, run due timers, and act on every output at
-//! once: lines go to their connections' queues as the core produces them,
-//! and the round's changes to the store are sealed into one batch at its
-//! end and committed in the background, never waited for. Only lines
+//! once: lines go to their connections' queues as the core produces them
+//! and, on plain TCP, from there to the sockets at the round's end
+//! ([`Outbound::flush`]); the round's changes to the store are sealed
+//! into one batch at its end and committed in the background, never
+//! waited for. Only lines
 //! behind an [`chatcore::Output::Barrier`] (an `OK` that promises a message
 //! is durable) wait for their commit: see `commits.rs`, which also says
 //! what happens when the store cannot write now (a full disk, see
