@@ -218,8 +218,9 @@ pub struct OutboundLimit {
 }
 
 impl Outbound {
-    /// Queues one line (with its `\n`) and wakes the writer. Never waits.
-    /// Takes anything that becomes [`Bytes`] without a copy: a `String`
+    /// Queues one line (with its `\n`) and wakes the writer, or, with a
+    /// socket, leaves it for [`flush`](Self::flush). Never waits. Takes
+    /// anything that becomes [`Bytes`] without a copy: a `String`
     /// formatted for one receiver, or a clone of bytes shared by many.
     pub fn push(
         &mut self,
