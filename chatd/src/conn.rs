@@ -535,17 +535,10 @@ async fn write_few<W: AsyncWrite + Unpin>(
     w: &mut W,
     taken: &mut std::collections::VecDeque<Queued>,
 ) -> io::Result<Option<usize>> {
-    let lines = taken.len();
-    if lines == 0 || lines > FEW_LINES || taken.iter().any(|q| matches!(q, Queued::Mark)) {
-        return Ok(None);
-    }
     let n = {
-        let mut slices = [io::IoSlice::new(&[]); FEW_LINES];
-        for (slice, queued) in slices.iter_mut().zip(taken.iter()) {
-            if let Queued::Line(line) = queued {
-                *slice = io::IoSlice::new(line);
-            }
-        }
+        let Some((slices, lines, _)) = crate::outbound::line_slices::<FEW_LINES>(taken) else {
+            return Ok(None);
+        };
         w.write_vectored(&slices[..lines]).await?
     };
     if n == 0 {

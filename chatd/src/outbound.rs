@@ -119,25 +119,17 @@ impl OutboundShared {
         if q.writer_gone || q.entries.is_empty() {
             return;
         }
-        let now = !q.holding
-            && q.entries.len() <= DIRECT_LINES
-            && q.entries.iter().all(|e| matches!(e, Queued::Line(_)));
-        if !now {
+        let slices = if q.holding {
+            None
+        } else {
+            line_slices::<DIRECT_LINES>(&q.entries)
+        };
+        let Some((slices, lines, total)) = slices else {
             return self.wake_writer(q);
-        }
-        let mut slices = [io::IoSlice::new(&[]); DIRECT_LINES];
-        let mut total = 0;
-        for (slice, entry) in slices.iter_mut().zip(&q.entries) {
-            if let Queued::Line(line) = entry {
-                *slice = io::IoSlice::new(line);
-                total += line.len();
-            }
-        }
+        };
         // An error other than `WouldBlock` is the writer's to meet and
         // report, as it would have met it.
-        let n = socket
-            .try_write_vectored(&slices[..q.entries.len()])
-            .unwrap_or(0);
+        let n = socket.try_write_vectored(&slices[..lines]).unwrap_or(0);
         if n == total {
             // Without a deque, as an idle connection keeps its queue.
             q.entries = VecDeque::new();
@@ -155,6 +147,28 @@ impl OutboundShared {
 /// The most lines the driver writes to a socket at once: their slices are
 /// on its stack. More queued lines than that are the writer's to batch.
 const DIRECT_LINES: usize = 32;
+
+/// The lines of `entries` as slices for one vectored write, with how many
+/// there are and their bytes; `None` if there is none, more than `N`, or a
+/// mark among them (a mark is answered once the lines before it are
+/// written, which is the writer's to see).
+pub(crate) fn line_slices<const N: usize>(
+    entries: &VecDeque<Queued>,
+) -> Option<([io::IoSlice<'_>; N], usize, usize)> {
+    if entries.is_empty() || entries.len() > N {
+        return None;
+    }
+    let mut slices = [io::IoSlice::new(&[]); N];
+    let mut total = 0;
+    for (slice, entry) in slices.iter_mut().zip(entries) {
+        let Queued::Line(line) = entry else {
+            return None;
+        };
+        *slice = io::IoSlice::new(line);
+        total += line.len();
+    }
+    Some((slices, entries.len(), total))
+}
 
 /// Drops the first `n` bytes' worth of lines from `entries`, which were
 /// written: whole lines, then the start of a line written in part.
@@ -457,6 +471,17 @@ pub fn outbound(clock: &Clock, socket: Option<Arc<TcpStream>>) -> (Outbound, Out
 mod tests {
     use super::*;
 
+    /// What the writer took, as text: a line each, `mark` for a mark.
+    fn lines(q: Option<VecDeque<Queued>>) -> Vec<String> {
+        q.unwrap_or_default()
+            .into_iter()
+            .map(|q| match q {
+                Queued::Line(l) => String::from_utf8_lossy(l.as_ref()).into_owned(),
+                Queued::Mark => "mark".into(),
+            })
+            .collect()
+    }
+
     /// A bound of `max_bytes`, a second's grace, a hard cap ten times it.
     fn limit(max_bytes: usize) -> OutboundLimit {
         OutboundLimit {
@@ -499,17 +524,7 @@ mod tests {
         tx.push("a\n", &limit, &clock).unwrap();
         tx.mark();
         tx.push("b\n", &limit, &clock).unwrap();
-        let got: Vec<String> = rx
-            .take()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|q| match q {
-                Queued::Line(l) => String::from_utf8_lossy(l.as_ref()).into_owned(),
-                Queued::Mark => "mark".into(),
-            })
-            .collect();
-        assert_eq!(got, ["a\n", "mark", "b\n"]);
+        assert_eq!(lines(rx.take().await), ["a\n", "mark", "b\n"]);
         // Taking leaves the queue without an allocation: an idle
         // connection keeps none.
         assert_eq!(rx.shared.queue().entries.capacity(), 0);
@@ -531,15 +546,6 @@ mod tests {
     async fn a_quiet_line_waits_for_the_next_line_or_a_wake() {
         let clock = Clock::start();
         let limit = limit(1000);
-        fn lines(q: Option<VecDeque<Queued>>) -> Vec<String> {
-            q.unwrap_or_default()
-                .into_iter()
-                .map(|q| match q {
-                    Queued::Line(l) => String::from_utf8_lossy(l.as_ref()).into_owned(),
-                    Queued::Mark => "mark".into(),
-                })
-                .collect()
-        }
         // A writer waiting, as a connection's writer waits.
         let (mut tx, mut rx) = outbound(&clock, None);
         let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
@@ -626,16 +632,6 @@ mod tests {
         got
     }
 
-    fn queued_lines(q: Option<VecDeque<Queued>>) -> Vec<Vec<u8>> {
-        q.unwrap_or_default()
-            .into_iter()
-            .map(|q| match q {
-                Queued::Line(l) => l.to_vec(),
-                Queued::Mark => b"mark".to_vec(),
-            })
-            .collect()
-    }
-
     #[tokio::test]
     async fn a_rounds_lines_go_straight_to_the_socket_at_its_end() {
         let clock = Clock::start();
@@ -668,7 +664,7 @@ mod tests {
         tx.mark();
         tx.push("MSG 5\n", &limit, &clock).unwrap();
         tx.flush(&clock);
-        assert_eq!(queued_lines(rx.try_take()), [&b"mark"[..], b"MSG 5\n"]);
+        assert_eq!(lines(rx.try_take()), ["mark", "MSG 5\n"]);
     }
 
     #[tokio::test]
@@ -678,11 +674,11 @@ mod tests {
         let (mut tx, mut rx, mut client) = on_socket(&clock).await;
         tx.push_quiet("OK 1\n", &limit, &clock).unwrap();
         // The writer took the line and has not written it yet...
-        assert_eq!(queued_lines(rx.try_take()), [b"OK 1\n"]);
+        assert_eq!(lines(rx.try_take()), ["OK 1\n"]);
         // ...so the next one may not overtake it.
         tx.push("MSG 2\n", &limit, &clock).unwrap();
         tx.flush(&clock);
-        assert_eq!(queued_lines(rx.try_take()), [b"MSG 2\n"]);
+        assert_eq!(lines(rx.try_take()), ["MSG 2\n"]);
         // Once the writer asks for more, everything it took is written
         // (here: by nobody, the client reads nothing yet) and lines go
         // straight out again, without waking it.
@@ -705,7 +701,7 @@ mod tests {
         let (mut tx, mut rx, mut client) = on_socket(&clock).await;
         tx.push(line.clone(), &limit, &clock).unwrap();
         tx.flush(&clock);
-        let rest = queued_lines(rx.try_take()).concat();
+        let rest = lines(rx.try_take()).concat();
         let written = line.len() - rest.len();
         assert!(0 < written && written < line.len(), "{written}");
         // The queue holds the end of the line, and only it counts.
