@@ -122,34 +122,43 @@ impl std::ops::Sub<Duration> for Time {
     }
 }
 
+/// "00" to "99", each number's two digits at twice its place.
+const PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
 /// Displays a [`Time`] as RFC 3339 UTC to the second without allocating.
 #[derive(Clone, Copy, Debug)]
 pub struct Rfc3339(pub Time);
 
 impl Rfc3339 {
-    /// The text, with its digits put in place by hand: every `MSG` line
-    /// carries a timestamp, and the formatting machinery's padded numbers
-    /// cost about as much as the rest of the line together. `None` from
-    /// the year 10000 on, which takes more than four digits.
+    /// The text, with its digits put in place by hand, two at a time from
+    /// a table: every `MSG` line carries a timestamp, and the formatting
+    /// machinery's padded numbers cost about as much as the rest of the
+    /// line together (a digit at a time, still a fortieth of a message's
+    /// instructions). `None` from the year 10000 on, which takes more than
+    /// four digits.
     fn digits(self) -> Option<[u8; 20]> {
         let (y, mo, d, h, mi, s) = self.parts();
         if y > 9999 {
             return None;
         }
         let mut text = *b"0000-00-00T00:00:00Z";
-        for (at, width, n) in [
-            (0, 4, y),
-            (5, 2, mo),
-            (8, 2, d),
-            (11, 2, h),
-            (14, 2, mi),
-            (17, 2, s),
+        for (at, n) in [
+            (0, y / 100),
+            (2, y % 100),
+            (5, mo),
+            (8, d),
+            (11, h),
+            (14, mi),
+            (17, s),
         ] {
-            let mut n = n;
-            for i in (at..at + width).rev() {
-                text[i] = b'0' + (n % 10) as u8;
-                n /= 10;
-            }
+            // Every n is below 100: the year is split in two.
+            let i = 2 * (n as usize % 100);
+            text[at..at + 2].copy_from_slice(&PAIRS[i..i + 2]);
         }
         Some(text)
     }
