@@ -160,7 +160,7 @@ impl Server {
             Request::WhoElse => {
                 let names = self
                     .online
-                    .keys()
+                    .names()
                     .filter(|n| **n != user)
                     .cloned()
                     .collect();
@@ -204,7 +204,7 @@ impl Server {
         if self.refuse_if_unavailable(id) {
             return;
         }
-        let session = self.online.get(&to).copied();
+        let session = self.online.get(&to);
         let deliverable = session.is_some_and(|s| !self.is_busy(s));
         if !deliverable && !self.box_has_room(&to) {
             self.send(id, ServerLine::Err(ErrorReply::QueueFull { user: to }));
@@ -222,7 +222,7 @@ impl Server {
 
     fn broadcast(&mut self, id: SessionId, from: &str, audience: Audience, text: String) {
         let (recipients, hold_offline): (Vec<String>, bool) = match audience {
-            Audience::Online => (self.online.keys().cloned().collect(), false),
+            Audience::Online => (self.online.names().cloned().collect(), false),
             Audience::All => (self.accounts.names().map(str::to_string).collect(), true),
             Audience::Users(listed) => {
                 if let Some(unknown) = listed.iter().find(|u| !self.accounts.contains(u)) {
@@ -285,9 +285,9 @@ impl Server {
         let mut names: Vec<String> = self
             .last_seen
             .iter()
-            .filter(|(name, seen)| **seen >= since || self.online.contains_key(*name))
+            .filter(|(name, seen)| **seen >= since || self.online.contains(name))
             .map(|(name, _)| name.clone())
-            .chain(self.online.keys().cloned())
+            .chain(self.online.names().cloned())
             .filter(|name| name != user)
             .collect();
         names.sort();

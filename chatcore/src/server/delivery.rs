@@ -32,7 +32,7 @@ impl Server {
         message: &Arc<Message>,
         hold_offline: bool,
     ) -> Routed {
-        let session = self.online.get(user).copied();
+        let session = self.online.get(user);
         self.route_to(user, session, message, hold_offline)
     }
 

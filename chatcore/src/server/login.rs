@@ -145,7 +145,7 @@ impl Server {
             self.refuse_blocked(id, user, peer, left);
         } else if !ok {
             self.bad_credentials(id, user, peer);
-        } else if self.online.contains_key(&user) {
+        } else if self.online.contains(&user) {
             self.send(id, ServerLine::Err(ErrorReply::AlreadyOnline));
             self.event(Event::LoginFailed {
                 session: id,

@@ -5,6 +5,7 @@ mod commands;
 mod delivery;
 mod flood;
 mod login;
+mod online;
 mod session;
 mod session_map;
 mod timers;
@@ -15,7 +16,7 @@ pub use api::{
 };
 pub use session_map::{SessionIdHasher, SessionMap};
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use crate::accounts::Accounts;
@@ -25,6 +26,7 @@ use crate::persist::{BoxSummary, LoginFailures, Restored, StoreOp};
 use crate::time::Time;
 use crate::wire::{has_forbidden_control, Ask, ByeReason, ErrorReply, ServerLine};
 
+use online::Online;
 use session::{Phase, Received, Session};
 use timers::Timers;
 
@@ -64,7 +66,7 @@ pub struct Server {
     next_load: u64,
     sessions: SessionMap<Session>,
     /// Logged-in users, in name order (that is the order of `WHO`).
-    online: BTreeMap<String, SessionId>,
+    online: Online,
     /// Each user's box waiting to be delivered, as a summary: the bodies
     /// are in the store, read a page at a time when the box is delivered
     /// (`Output::LoadHeld`). Entries handed to a session (being sent, or
@@ -104,7 +106,7 @@ impl Server {
             next_check: 1,
             next_load: 1,
             sessions: SessionMap::default(),
-            online: BTreeMap::new(),
+            online: Online::default(),
             boxes: restored
                 .held
                 .into_iter()
@@ -230,7 +232,7 @@ impl Server {
 
     /// Logged-in users in name order.
     pub fn online_users(&self) -> impl Iterator<Item = &str> {
-        self.online.keys().map(String::as_str)
+        self.online.names().map(String::as_str)
     }
 
     /// Who is logged in on `session`, if anyone.
