@@ -172,8 +172,19 @@ pub(super) struct Commits {
     reservations: Reservations,
     /// Lines waiting, per session.
     queues: SessionMap<SessionQueue>,
+    /// Queues that a commit emptied, kept for the sessions that wait next.
+    /// In a conversation every side's `OK` waits for a commit, so each
+    /// commit would otherwise free a queue per session and the next round
+    /// allocate it again.
+    spare: Vec<VecDeque<Waiting>>,
     pub(super) outage: Option<Outage>,
 }
+
+/// Emptied queues kept for reuse at most, and the most items one may have
+/// room for (more is a burst's, not a conversation's): at most a few
+/// hundred kilobytes kept after a burst.
+const SPARE_QUEUES: usize = 256;
+const SPARE_ITEMS: usize = 8;
 
 impl Commits {
     /// `reserved`: the first message id the store has not reserved (every
@@ -204,6 +215,7 @@ impl Commits {
             everyone_waits_for: 0,
             reservations,
             queues: SessionMap::default(),
+            spare: Vec::new(),
             outage: None,
         }
     }
@@ -438,7 +450,11 @@ impl Driver {
             self.dispatch(output);
             return;
         }
-        let queue = c.queues.entry(session).or_default();
+        let spare = &mut c.spare;
+        let queue = c.queues.entry(session).or_insert_with(|| SessionQueue {
+            items: spare.pop().unwrap_or_default(),
+            ..SessionQueue::default()
+        });
         if let Some(ticket) = everyone {
             let waits = queue
                 .items
@@ -475,6 +491,7 @@ impl Driver {
     fn release(&mut self) {
         let durable = self.commits.durable;
         let mut ready = Vec::new();
+        let spare = &mut self.commits.spare;
         self.commits.queues.retain(|_, queue| {
             while let Some(front) = queue.items.front() {
                 match front {
@@ -495,6 +512,9 @@ impl Driver {
                         }
                     }
                 }
+            }
+            if spare.len() < SPARE_QUEUES && queue.items.capacity() <= SPARE_ITEMS {
+                spare.push(std::mem::take(&mut queue.items));
             }
             false
         });
