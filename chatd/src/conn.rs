@@ -1,5 +1,9 @@
-//! One TCP connection: a reader that turns bytes into core inputs and a
-//! writer that drains the connection's outbound queue, both in one task.
+//! One TCP connection's task: a writer that drains the connection's
+//! outbound queue and, on a TLS port, a reader that turns bytes into core
+//! inputs. A plain TCP socket is read by the driver itself
+//! (`driver/readers.rs`): the task only writes what the driver leaves it
+//! and, once the core has closed the connection, reads what the peer
+//! still sends, to discard it.
 //!
 //! Most connections are idle most of the time, so an idle one keeps as
 //! little as it can: one task whose future holds no buffer (a read's
@@ -18,16 +22,18 @@
 //! client that never finishes its handshake holds up nobody but itself, and
 //! it holds its place in the [`ConnLimiter`](crate::limiter::ConnLimiter) like any other connection.
 //!
-//! Connections never touch the core. Lines go to the core task over one
-//! bounded channel shared by all readers (so a flood of input waits instead
-//! of growing memory), and lines come back over a per-connection queue that
+//! Connections never touch the core. A TLS connection's lines go to the
+//! core task over one bounded channel shared by all such readers (so a
+//! flood of input waits instead of growing memory; the driver reads a plain
+//! socket a chunk a round, and not at all while commits back up), and
+//! lines come back over a per-connection queue that
 //! the core fills without ever waiting (so one slow reader cannot stall
 //! everyone). That queue is bounded in bytes by
 //! [`Outbound::push`](crate::outbound::Outbound::push): a peer
 //! that stops reading is declared dead instead of buffering without end.
 //!
-//! A plain TCP socket is shared ([`Transport::Plain`]): the driver writes
-//! to it too, when the writer holds nothing (see
+//! A plain TCP socket is shared ([`Transport::Plain`]): the driver reads
+//! it, and writes to it too when the writer holds nothing (see
 //! [`outbound`](crate::outbound::outbound)). Both ends then use the
 //! socket's readiness and `try_` calls, which take `&TcpStream`.
 
@@ -106,11 +112,12 @@ const FLUSH_AFTER_EOF: Duration = Duration::from_secs(5);
 /// Writes that are batched into one `write` at most.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// Bytes taken from the socket in one read at most. The buffer exists
-/// only from a read until its lines are sent to the core, so its size
-/// costs an idle connection nothing; a reader that waits for room in the
-/// input channel (a flood) keeps it meanwhile.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes taken from the socket in one read at most, here and by the
+/// driver. A task's buffer exists only from a read until its lines are
+/// sent to the core, so its size costs an idle connection nothing; a
+/// reader that waits for room in the input channel (a flood) keeps it
+/// meanwhile. The driver keeps one for all the sockets it reads.
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Why the reader stopped.
 enum ReadEnd {
@@ -138,14 +145,47 @@ pub fn run_connection(
         // Named, so the block owns the permit until the connection ends.
         let _permit = &permit;
         match transport {
-            Transport::Plain(socket) => {
-                serve_lines(Plain(&socket), Plain(&socket), &params, out).await;
-            }
+            Transport::Plain(socket) => serve_plain(Plain(&socket), &params, out).await,
             // Boxed: the handshake and the TLS stream are kilobytes, which
             // every plain connection's task would carry too if inline.
             Transport::Tls(stream, tls) => Box::pin(serve_tls(stream, tls, &params, out)).await,
         }
     }
+}
+
+/// A plain TCP connection, which the driver reads (see the module doc):
+/// the task writes what the driver leaves it until the core closes the
+/// connection, then reads and discards what the peer still sends, briefly.
+#[allow(clippy::manual_async_fn)] // smaller than an `async fn`: see the module doc
+fn serve_plain<'a>(
+    socket: Plain<'a>,
+    params: &'a ConnParams,
+    out: OutboundRx,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        match write_loop(Plain(socket.0), out, params).await {
+            Ok(()) => linger(socket).await,
+            Err(e) => {
+                tracing::debug!(session = %params.session, peer = %params.peer, "write failed: {e}");
+                to_core(
+                    &params.inputs,
+                    Input::Closed {
+                        session: params.session,
+                    },
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// Once the core closed the connection and everything is written: reads
+/// until the peer closes, for [`LINGER`] at most.
+async fn linger<R: ReadChunks>(mut r: R) {
+    let _ = Box::pin(tokio::time::timeout(LINGER, async {
+        while matches!(read_chunk(&mut r).await, Ok(bytes) if !bytes.is_empty()) {}
+    }))
+    .await;
 }
 
 /// A connection on a TLS port: the handshake, then lines.
@@ -258,14 +298,7 @@ where
                 tracing::debug!(%session, %peer, "write failed: {e}");
                 to_core(&params.inputs, Input::Closed { session }).await;
             }
-            First::Writer(Ok(())) => {
-                // The core closed the connection and everything is written:
-                // read until the peer closes, briefly.
-                let _ = Box::pin(tokio::time::timeout(LINGER, async {
-                    while matches!(read_chunk(&mut r).await, Ok(bytes) if !bytes.is_empty()) {}
-                }))
-                .await;
-            }
+            First::Writer(Ok(())) => linger(r).await,
         }
     }
 }

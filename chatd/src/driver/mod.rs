@@ -2,7 +2,8 @@
 //! with sockets, a clock and the store.
 //!
 //! Each wake-up is a *round*: take every input that is ready (up to
-//! `MAX_BATCH`), feed them, run due timers, and act on every output at
+//! `MAX_BATCH`; on plain TCP the driver reads the sockets itself, see
+//! `readers.rs`), feed them, run due timers, and act on every output at
 //! once: lines go to their connections' queues as the core produces them
 //! and, on plain TCP, from there to the sockets at the round's end
 //! ([`Outbound::flush`]); the round's changes to the store are sealed
@@ -45,11 +46,13 @@ mod acks;
 mod commits;
 mod lines;
 mod pages;
+mod readers;
 mod web;
 
 use acks::QuietAcks;
 use commits::{commit_ended, Commits};
 use lines::Lines;
+use readers::{Read, Reader, ReadyList};
 pub use web::{WebHandoff, WebRequest, WsConnection, WEB_HANDOFF_QUEUE};
 
 /// Inputs fed in one round at most, so that timers and commits keep up
@@ -62,8 +65,9 @@ const MAX_BATCH: usize = 1024;
 /// bound keeps a burst of connections from delaying the round's inputs.
 const MAX_ACCEPTS_PER_ROUND: usize = 64;
 
-/// Capacity of the channel from connections to the core: readers wait when
-/// it is full, which pushes back on whoever floods.
+/// Capacity of the channel from connections to the core (a TLS or
+/// WebSocket connection's lines, and what any connection's task reports):
+/// readers wait when it is full, which pushes back on whoever floods.
 const INPUT_CHANNEL: usize = 4096;
 
 /// How long shutdown waits for connections to flush their last lines.
@@ -124,6 +128,17 @@ struct Conn {
     /// False once the core closed it or was told it is gone: further inputs
     /// for it are dropped, so the core never hears of a forgotten session.
     live: bool,
+    /// On plain TCP, while the core has the session open: the driver reads
+    /// the socket itself (`readers.rs`).
+    reader: Option<Reader>,
+}
+
+impl Conn {
+    /// The core closed the session or was told it is gone.
+    fn end(&mut self) {
+        self.live = false;
+        self.reader = None;
+    }
 }
 
 /// Everything the driver owns.
@@ -161,6 +176,12 @@ struct Driver {
     /// Connections with lines that wait for the round's end
     /// ([`Outbound::flush`]).
     unflushed: Vec<SessionId>,
+    /// Plain TCP sockets with bytes to read, and the buffer they are read
+    /// into (`readers.rs`).
+    ready: Arc<ReadyList>,
+    read_buf: Vec<u8>,
+    /// The sessions taken from `ready` for this round's reads.
+    reading: Vec<SessionId>,
 }
 
 /// An output that goes to a connection: what may wait behind a barrier.
@@ -337,6 +358,9 @@ impl Prepared {
             lines: Lines::default(),
             quiet_acks: QuietAcks::new(settings.ok_delay),
             unflushed: Vec::new(),
+            ready: Arc::default(),
+            read_buf: Vec::with_capacity(crate::conn::READ_CHUNK),
+            reading: Vec::new(),
         };
         let result = driver
             .serve(&listener, &mut rx, &mut reload.rx, shutdown)
@@ -361,6 +385,7 @@ impl Driver {
         tokio::pin!(shutdown);
         let mut accept_resume: Option<Instant> = None;
         let mut batch: Vec<Input> = Vec::with_capacity(MAX_BATCH);
+        let ready = Arc::clone(&self.ready);
         loop {
             let deadline = self.server.poll_timeout().map(|t| self.clock.instant_of(t));
             let retry = self.commits.retry_at();
@@ -407,6 +432,7 @@ impl Driver {
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 Some(request) = web::next_web(&mut self.web) => self.web_request(request),
+                () = std::future::poll_fn(|cx| ready.poll_ready(cx)), if reading => {}
             }
             let mut accepted = 0;
             while accepted < MAX_ACCEPTS_PER_ROUND && accept_resume.is_none() {
@@ -420,6 +446,9 @@ impl Driver {
                 }
                 accepted += 1;
             }
+            if !self.commits.backlogged() {
+                self.read_sockets(&mut batch);
+            }
             let now = self.clock.now();
             for input in batch.drain(..) {
                 self.feed(now, input);
@@ -428,6 +457,32 @@ impl Driver {
             self.drain();
             self.finish_round()?;
             self.flush_lines();
+        }
+    }
+
+    /// Reads the plain TCP sockets that have bytes, a chunk each at most,
+    /// into `inputs`, until the round has [`MAX_BATCH`] inputs: the
+    /// sockets not read stay on the list for the next round.
+    fn read_sockets(&mut self, inputs: &mut Vec<Input>) {
+        self.ready.take(&mut self.reading);
+        for (i, &session) in self.reading.iter().enumerate() {
+            if inputs.len() >= MAX_BATCH {
+                self.ready.put_back(&self.reading[i..]);
+                break;
+            }
+            let Some(conn) = self.conns.get_mut(&session) else {
+                continue;
+            };
+            let Some(reader) = &mut conn.reader else {
+                continue;
+            };
+            let end = match reader.read(&mut self.read_buf, inputs) {
+                Read::Lines => continue,
+                Read::Eof => Input::InputEnded { session },
+                Read::Failed => Input::Closed { session },
+            };
+            conn.reader = None;
+            inputs.push(end);
         }
     }
 
@@ -443,7 +498,7 @@ impl Driver {
             if let Input::Closed { .. } = input {
                 // The connection is gone: forget it once this round's lines
                 // are dispatched, whether or not the core answers `Close`.
-                conn.live = false;
+                conn.end();
                 self.forget.push(session);
             }
         }
@@ -468,7 +523,7 @@ impl Driver {
                 }
                 Output::Close { session } => {
                     if let Some(conn) = self.conns.get_mut(&session) {
-                        conn.live = false;
+                        conn.end();
                     }
                     self.emit(RoundOutput::Close { session });
                 }
@@ -631,6 +686,14 @@ impl Driver {
                 (Transport::Plain(Arc::clone(&socket)), Some(socket))
             }
         };
+        let reader = socket.as_ref().map(|socket| {
+            Reader::new(
+                session,
+                Arc::clone(socket),
+                self.max_line_bytes,
+                &self.ready,
+            )
+        });
         let (out, out_rx) = outbound(&self.clock, socket);
         let params = ConnParams {
             session,
@@ -644,16 +707,23 @@ impl Driver {
             let _open = open;
             run_connection(transport, params, out_rx, permit).await;
         });
-        self.adopt(session, out, abort);
+        self.adopt(session, out, abort, reader);
     }
 
     /// Keeps a new connection's queue and task (of either transport), and
     /// acts on what the core said when it opened the session.
-    fn adopt(&mut self, session: SessionId, out: Outbound, abort: AbortHandle) {
+    fn adopt(
+        &mut self,
+        session: SessionId,
+        out: Outbound,
+        abort: AbortHandle,
+        reader: Option<Reader>,
+    ) {
         let conn = Conn {
             out,
             abort,
             live: true,
+            reader,
         };
         if let Some(old) = self.conns.insert(session, conn) {
             // Session ids are never reused; if one were, the old

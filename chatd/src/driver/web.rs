@@ -134,7 +134,7 @@ impl Driver {
             let _open = open;
             run_ws(socket, params, out_rx, permit).await;
         });
-        self.adopt(session, out, abort);
+        self.adopt(session, out, abort, None);
     }
 
     /// Sends the refusal line as one frame and closes, without holding up
