@@ -334,6 +334,17 @@ impl Commits {
         )
     }
 
+    /// `session`'s queue, made (from a spare) if it has none.
+    fn queue(&mut self, session: SessionId) -> &mut SessionQueue {
+        let spare = &mut self.spare;
+        self.queues
+            .entry(session)
+            .or_insert_with(|| SessionQueue {
+                items: spare.pop().unwrap_or_default(),
+                ..SessionQueue::default()
+            })
+    }
+
     /// Forgets the lines waiting for a session that is gone.
     pub(super) fn forget(&mut self, session: SessionId) {
         self.queues.remove(&session);
@@ -413,12 +424,7 @@ impl Driver {
             // known by their ids (see `Reservations`).
             None if c.reservations.last_op_reserved => {}
             None => c.everyone_waits_for = c.everyone_waits_for.max(ticket),
-            Some(session) => c
-                .queues
-                .entry(session)
-                .or_default()
-                .items
-                .push_back(Waiting::Ticket(ticket)),
+            Some(session) => c.queue(session).items.push_back(Waiting::Ticket(ticket)),
         }
     }
 
@@ -450,11 +456,8 @@ impl Driver {
             self.dispatch(output);
             return;
         }
-        let spare = &mut c.spare;
-        let queue = c.queues.entry(session).or_insert_with(|| SessionQueue {
-            items: spare.pop().unwrap_or_default(),
-            ..SessionQueue::default()
-        });
+        let outage = c.outage.is_some();
+        let queue = c.queue(session);
         if let Some(ticket) = everyone {
             let waits = queue
                 .items
@@ -481,7 +484,7 @@ impl Driver {
         // write, nothing empties it: then, as for a peer that stops
         // reading, a session cannot make the server keep without bound
         // what it may not send yet.
-        if c.outage.is_some() && queue.bytes > self.limit.max_bytes {
+        if outage && queue.bytes > self.limit.max_bytes {
             self.dead.push(session);
         }
         queue.items.push_back(Waiting::Output(output, bytes));
