@@ -98,19 +98,31 @@ impl LineDecoder {
     }
 }
 
-/// The place of the first `\n` in `bytes`, looked for a block at a time
-/// with a test the compiler can run on the whole block at once: a byte at a
-/// time was most of the time spent framing a line.
+/// The place of the first `\n` in `bytes`, looked for eight bytes at a
+/// time: a byte at a time was most of the time spent framing a line, and
+/// blocks tested whole then searched a byte at a time still took 240
+/// instructions for a line of 80 bytes, against 130 (callgrind).
+///
+/// A word holds a `\n` where its bytes XOR `\n` hold a zero byte, and
+/// `(x - 0x01..01) & !x & 0x80..80` sets the top bit of the lowest zero
+/// byte of `x` (and maybe of bytes above it, which do not matter: the
+/// lowest set bit is the first `\n`, the word being little-endian).
 fn find_newline(bytes: &[u8]) -> Option<usize> {
-    const BLOCK: usize = 32;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const TOPS: u64 = 0x8080_8080_8080_8080;
+    const NEWLINES: u64 = ONES * b'\n' as u64;
+    let mut words = bytes.chunks_exact(8);
     let mut start = 0;
-    for block in bytes.chunks(BLOCK) {
-        if block.iter().fold(false, |seen, &b| seen | (b == b'\n')) {
-            return block.iter().position(|&b| b == b'\n').map(|i| start + i);
+    for word in &mut words {
+        let x = u64::from_le_bytes(word.try_into().unwrap_or_default()) ^ NEWLINES;
+        let found = x.wrapping_sub(ONES) & !x & TOPS;
+        if found != 0 {
+            return Some(start + (found.trailing_zeros() / 8) as usize);
         }
-        start += block.len();
+        start += 8;
     }
-    None
+    let rest = words.remainder().iter().position(|&b| b == b'\n');
+    rest.map(|i| start + i)
 }
 
 /// Turns a complete line's bytes into text: drops one trailing `\r`, and
@@ -164,9 +176,13 @@ mod tests {
 
     #[test]
     fn the_first_newline_is_found_wherever_it_is() {
-        for len in 0..100 {
+        // Fillers next to `\n` in value, and ones with the top bit set:
+        // what a word-at-a-time search could mistake for it.
+        for (len, filler) in
+            (0..100).flat_map(|len| [b'x', 0x0b, 0x09, 0x8a, 0x00, 0xff, 0x80].map(|f| (len, f)))
+        {
             for at in 0..=len {
-                let mut bytes = vec![b'x'; len];
+                let mut bytes = vec![filler; len];
                 if at < len {
                     bytes[at] = b'\n';
                     if at + 1 < len {
