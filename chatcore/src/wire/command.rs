@@ -151,6 +151,10 @@ fn ends_with_idle(word: &str) -> bool {
 /// becomes `idle`. Returns the word unchanged when what remains is no
 /// keyword, so `idlefoo` stays an unknown command named as typed.
 fn strip_leading_idle(word: &str) -> &str {
+    if !starts_with_idle(word) {
+        // Nearly every command: no keyword search for what is unchanged.
+        return word;
+    }
     let w = strip_leading_idle_raw(word);
     if is_keyword(w) {
         w
