@@ -337,12 +337,10 @@ impl Commits {
     /// `session`'s queue, made (from a spare) if it has none.
     fn queue(&mut self, session: SessionId) -> &mut SessionQueue {
         let spare = &mut self.spare;
-        self.queues
-            .entry(session)
-            .or_insert_with(|| SessionQueue {
-                items: spare.pop().unwrap_or_default(),
-                ..SessionQueue::default()
-            })
+        self.queues.entry(session).or_insert_with(|| SessionQueue {
+            items: spare.pop().unwrap_or_default(),
+            ..SessionQueue::default()
+        })
     }
 
     /// Forgets the lines waiting for a session that is gone.
