@@ -795,7 +795,8 @@ impl Driver {
             result = self.flush_commits().await;
         }
         // Drop every queue (writers flush and close) and the input channel
-        // (readers stop at their next line).
+        // (TLS readers stop at their next line; plain sockets are read
+        // here, and no longer).
         self.conns.clear();
         drop(rx);
         let deadline = Instant::now() + SHUTDOWN_GRACE;
