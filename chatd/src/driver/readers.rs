@@ -223,13 +223,18 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
-    async fn pair() -> (TcpStream, Arc<TcpStream>) {
+    /// A connected client, and the driver's reader of the server's end
+    /// (lines of at most 64 bytes), listing on its own list.
+    async fn reader() -> (TcpStream, Reader, SessionId, Arc<ReadyList>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (client, Arc::new(server))
+        let list = Arc::new(ReadyList::default());
+        let [session] = sessions();
+        let reader = Reader::new(session, Arc::new(server), 64, &list);
+        (client, reader, session, list)
     }
 
     /// `N` session ids, as the core hands them out.
@@ -264,10 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn lines_are_read_when_they_come_and_a_session_is_listed_once() {
-        let list = Arc::new(ReadyList::default());
-        let (mut client, socket) = pair().await;
-        let [session] = sessions();
-        let mut reader = Reader::new(session, socket, 64, &list);
+        let (mut client, mut reader, session, list) = reader().await;
         let (mut buf, mut inputs) = (Vec::with_capacity(READ_CHUNK), Vec::new());
 
         client
@@ -293,10 +295,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_is_read_a_chunk_a_round_and_stays_listed() {
-        let list = Arc::new(ReadyList::default());
-        let (mut client, socket) = pair().await;
-        let [session] = sessions();
-        let mut reader = Reader::new(session, socket, 64, &list);
+        let (mut client, mut reader, session, list) = reader().await;
         let line = "x".repeat(31) + "\n";
         let flood = line.repeat(3 * READ_CHUNK / line.len());
         client.write_all(flood.as_bytes()).await.unwrap();
@@ -329,10 +328,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reset_connection_fails_the_read() {
-        let list = Arc::new(ReadyList::default());
-        let (client, socket) = pair().await;
-        let [session] = sessions();
-        let mut reader = Reader::new(session, socket, 64, &list);
+        let (client, mut reader, session, list) = reader().await;
         // A zero linger makes the close a reset.
         socket2::SockRef::from(&client)
             .set_linger(Some(std::time::Duration::ZERO))
