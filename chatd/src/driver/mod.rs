@@ -55,8 +55,9 @@ use lines::Lines;
 use readers::{Read, Reader, ReadyList};
 pub use web::{WebHandoff, WebRequest, WsConnection, WEB_HANDOFF_QUEUE};
 
-/// Inputs fed in one round at most, so that timers and commits keep up
-/// under load.
+/// Inputs fed in one round at most from the input channel, and from the
+/// sockets the driver reads (plus the rest of one socket's chunk), so
+/// that timers and commits keep up under load.
 const MAX_BATCH: usize = 1024;
 
 /// New connections taken in one round at most. Each round takes the
@@ -461,12 +462,15 @@ impl Driver {
     }
 
     /// Reads the plain TCP sockets that have bytes, a chunk each at most,
-    /// into `inputs`, until the round has [`MAX_BATCH`] inputs: the
-    /// sockets not read stay on the list for the next round.
+    /// into `inputs`, until they gave [`MAX_BATCH`] inputs: the sockets not
+    /// read stay on the list for the next round. (The channel's inputs have
+    /// a budget of their own, so neither kind of connection starves the
+    /// other.)
     fn read_sockets(&mut self, inputs: &mut Vec<Input>) {
+        let full = inputs.len() + MAX_BATCH;
         self.ready.take(&mut self.reading);
         for (i, &session) in self.reading.iter().enumerate() {
-            if inputs.len() >= MAX_BATCH {
+            if inputs.len() >= full {
                 self.ready.put_back(&self.reading[i..]);
                 break;
             }
