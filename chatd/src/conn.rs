@@ -46,7 +46,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use chatcore::wire::LineDecoder;
+use chatcore::wire::{DecodeError, LineDecoder};
 use chatcore::{Input, SessionId};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -349,22 +349,40 @@ fn read_loop<'a, R: ReadChunks>(
             };
             let mut input = &data[..];
             while let Some(item) = decoder.decode(&mut input) {
-                let input = match item {
-                    Ok(line) => Input::Line {
-                        session: p.session,
-                        line,
-                    },
-                    Err(error) => Input::Malformed {
-                        session: p.session,
-                        error,
-                    },
-                };
-                if !to_core(&p.inputs, input).await {
+                if !to_core(&p.inputs, decoded(p.session, item)).await {
                     return ReadEnd::CoreGone;
                 }
             }
         }
     }
+}
+
+/// The input a decoded line makes: the line, or the error it gets.
+pub(crate) fn decoded(session: SessionId, item: Result<String, DecodeError>) -> Input {
+    match item {
+        Ok(line) => Input::Line { session, line },
+        Err(error) => Input::Malformed { session, error },
+    }
+}
+
+/// One read of at most [`READ_CHUNK`] bytes from a socket that is ready,
+/// into `buf`'s room (at least that much, empty). `Ok` with nothing read
+/// is EOF; `WouldBlock`, with bytes read or none, means the next bytes
+/// wait for the socket's readiness.
+///
+/// A read that does not fill the chunk took everything the socket had, so
+/// it clears the socket's readiness, as tokio's own reads do on Linux
+/// (tokio-rs/tokio#5866): otherwise the next read would be a system call
+/// that finds nothing, one per line a client sends.
+pub(crate) fn read_ready(socket: &TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    socket.try_io(Interest::READABLE, || {
+        let n = socket.try_read_buf(buf)?;
+        if n > 0 && n < READ_CHUNK {
+            // Short: readiness is cleared, and the bytes are kept.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    })
 }
 
 /// Where a connection's bytes come from: a read of up to [`READ_CHUNK`]
@@ -400,26 +418,12 @@ impl<R: AsyncRead + Unpin> ReadChunks for Stream<R> {
 struct Plain<'a>(&'a TcpStream);
 
 impl ReadChunks for Plain<'_> {
-    /// Reads straight into a buffer on the heap.
-    ///
-    /// A read that does not fill the buffer took everything the socket
-    /// had, so it clears the socket's readiness, as tokio's own reads do
-    /// on Linux (tokio-rs/tokio#5866): otherwise the next read would be a
-    /// system call that finds nothing, one per line a client sends.
+    /// Reads straight into a buffer on the heap (see [`read_ready`]).
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
-        let socket = self.0;
         loop {
-            ready!(socket.poll_read_ready(cx))?;
+            ready!(self.0.poll_read_ready(cx))?;
             let mut data = Vec::with_capacity(READ_CHUNK);
-            let read = socket.try_io(Interest::READABLE, || {
-                let n = socket.try_read_buf(&mut data)?;
-                if n > 0 && n < READ_CHUNK {
-                    // Short: readiness is cleared, and the bytes are kept.
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(())
-            });
-            match read {
+            match read_ready(self.0, &mut data) {
                 Ok(()) => return Poll::Ready(Ok(data)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !data.is_empty() {

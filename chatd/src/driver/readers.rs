@@ -13,7 +13,7 @@
 //! Readiness: each socket's read readiness is registered with a waker of
 //! its own ([`ReaderWake`]), which puts the session on the [`ReadyList`]
 //! and wakes the driver. A session is on the list at most once, and the
-//! driver reads at most [`READ_CHUNK`] bytes from it a round, so that one
+//! driver reads at most [`READ_CHUNK`](crate::conn::READ_CHUNK) bytes from it a round, so that one
 //! client's flood does not hold the others up: a socket that still has
 //! bytes after its read goes back on the list for the next round.
 //!
@@ -30,10 +30,9 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use chatcore::wire::LineDecoder;
 use chatcore::{Input, SessionId};
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::conn::READ_CHUNK;
+use crate::conn::{decoded, read_ready};
 
 /// Sessions whose sockets have bytes (or EOF, or an error) to read, and the
 /// driver's waker.
@@ -173,24 +172,13 @@ impl Reader {
         }
     }
 
-    /// Reads what the socket has, up to [`READ_CHUNK`] bytes, into `buf`
+    /// Reads what the socket has, up to [`READ_CHUNK`](crate::conn::READ_CHUNK) bytes, into `buf`
     /// (the driver's, kept between reads), and puts the inputs it decodes
     /// into `inputs`. Called for a session taken from the list.
     pub(super) fn read(&mut self, buf: &mut Vec<u8>, inputs: &mut Vec<Input>) -> Read {
         self.wake.queued.store(false, Ordering::Release);
         buf.clear();
-        let socket = &self.socket;
-        let read = socket.try_io(Interest::READABLE, || {
-            let n = socket.try_read_buf(buf)?;
-            if n > 0 && n < READ_CHUNK {
-                // A short read took everything there was: it clears the
-                // readiness, as tokio's own reads do on Linux (see
-                // `conn.rs`), sparing a read that finds nothing.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(())
-        });
-        let end = match read {
+        let end = match read_ready(&self.socket, buf) {
             Ok(()) if buf.is_empty() => Some(Read::Eof),
             Ok(()) => None,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
@@ -202,10 +190,7 @@ impl Reader {
         let session = self.wake.session;
         let mut bytes = &buf[..];
         while let Some(item) = self.decoder.decode(&mut bytes) {
-            inputs.push(match item {
-                Ok(line) => Input::Line { session, line },
-                Err(error) => Input::Malformed { session, error },
-            });
+            inputs.push(decoded(session, item));
         }
         match end {
             Some(end) => end,
@@ -220,6 +205,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::READ_CHUNK;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
