@@ -291,6 +291,12 @@ impl Ctx {
     /// Starts (or restarts) chatd on a setup's files. A configuration key
     /// chatd refuses from [`OPTIONAL_KEYS`] is dropped and noted.
     pub fn start_chatd(&self, setup: &ChatdSetup) -> Result<ServerProc> {
+        self.start_chatd_binary(setup, &self.chatd)
+    }
+
+    /// [`start_chatd`](Self::start_chatd) with another build of chatd, for
+    /// comparing two builds in one run.
+    pub fn start_chatd_binary(&self, setup: &ChatdSetup, program: &Path) -> Result<ServerProc> {
         if self.chat == Kind::Relay {
             return self.start_relay(&format!("{}-as-chatd", setup.name));
         }
@@ -305,7 +311,7 @@ impl Ctx {
             let path = |p: &str| setup.dir.join(p).display().to_string();
             let spawn = Spawn {
                 name: format!("chatd ({})", setup.name),
-                program: self.chatd.clone(),
+                program: program.to_path_buf(),
                 args: vec![
                     "127.0.0.1".into(),
                     "0".into(),

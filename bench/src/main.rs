@@ -70,6 +70,17 @@ enum Cmd {
     S5,
     /// A million held messages across 1,000 users: startup and one drain.
     S6,
+    /// S1's many-pairs phase, alternating between chatd, optionally
+    /// another build of it, and ngircd: ratios to ngircd per round and
+    /// their medians, to tell a change of a few percent from the noise.
+    Ab {
+        /// Another chatd binary to compare in the same rounds.
+        #[arg(long, value_name = "PATH")]
+        other: Option<PathBuf>,
+        /// Rounds (each a warm-up and a phase per server).
+        #[arg(long, default_value_t = 8)]
+        rounds: usize,
+    },
     /// Runs the baseline relay (the suite starts it by itself).
     #[command(hide = true)]
     Relay {
@@ -148,6 +159,10 @@ async fn run(ctx: &Ctx, cli: &Cli) -> Result<()> {
     let load_before = loadavg();
     let mut plot = PlotData::default();
     let mut rows: Vec<Row> = Vec::new();
+    if let Cmd::Ab { other, rounds } = &cli.command {
+        ctx.require_chatd()?;
+        return scenarios::ab(ctx, other.as_deref(), *rounds).await;
+    }
     let which: Vec<u8> = match cli.command {
         Cmd::All => vec![1, 2, 3, 4, 5, 6],
         Cmd::S1 => vec![1],
@@ -156,7 +171,7 @@ async fn run(ctx: &Ctx, cli: &Cli) -> Result<()> {
         Cmd::S4 => vec![4],
         Cmd::S5 => vec![5],
         Cmd::S6 => vec![6],
-        Cmd::Relay { .. } => unreachable!("handled in main"),
+        Cmd::Relay { .. } | Cmd::Ab { .. } => unreachable!("handled above"),
     };
     ctx.require_chatd()?;
     let mut failures = 0;

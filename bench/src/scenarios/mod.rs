@@ -7,6 +7,7 @@
 //! [`pairs`] (the ping-pong pairs S1 measures and S4 keeps running during
 //! its login storm).
 
+mod ab;
 mod pairs;
 mod s1_private;
 mod s2_broadcast;
@@ -15,6 +16,7 @@ mod s4_login_storm;
 mod s5_held;
 mod s6_million;
 
+pub use ab::ab;
 pub use s1_private::s1;
 pub use s2_broadcast::s2;
 pub use s3_idle_memory::s3;

@@ -18,12 +18,12 @@ use super::plain_with_cheap;
 
 /// S1 figures of one server and pair count.
 #[derive(Clone, Copy, Debug, Default)]
-struct PairFigures {
-    lat: Summary,
-    per_sec: f64,
+pub(super) struct PairFigures {
+    pub(super) lat: Summary,
+    pub(super) per_sec: f64,
 }
 
-async fn measure_pairs(
+pub(super) async fn measure_pairs(
     ctx: &Ctx,
     kind: Kind,
     addr: SocketAddr,
