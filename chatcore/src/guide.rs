@@ -55,7 +55,7 @@
 //!    reserves a new block of message ids (a driver that looks at their ids
 //!    may hold back only those carrying an id of the new block: at or above
 //!    the `next` of the [`StoreOp::ReserveIds`] before it; chatd does, so
-//!    that a reservation, every 512 messages, does not stall every
+//!    that a reservation, every 32,768 messages, does not stall every
 //!    conversation for a commit). Deliveries to online
 //!    users, probes and replies that acknowledge nothing durable go out at
 //!    once (`only_the_ok_of_a_held_message_waits_behind_a_barrier`,

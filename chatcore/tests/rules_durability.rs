@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use chatcore::server::ID_BLOCK;
 use chatcore::testing::accounts;
 use chatcore::wire::ServerLine;
 use chatcore::{Config, Input, Output, Server, SessionId, StoreOp, Time};
@@ -194,16 +195,20 @@ fn the_answer_to_a_failed_login_waits_for_its_record() {
 
 #[test]
 fn ids_are_reserved_half_a_block_ahead() {
-    let mut d = Driver::new(Config::default().with_flood(None));
+    let n = ID_BLOCK * 3 / 2 + 1;
+    let config = Config::default()
+        .with_flood(None)
+        .with_max_held_per_user(n as usize);
+    let mut d = Driver::new(config);
     let alice = d.logged_in("alice", "a-pw");
     let mut reservations = Vec::new();
-    for n in 0..2048 {
+    for n in 0..n {
         let out = d.line(alice, "message carol x");
         if out.contains(&Seen::Barrier(None)) {
             reservations.push(n);
         }
     }
-    // Blocks of 1024, each reserved when half of the one before is used,
-    // so the commit is long done when its first id goes out.
-    assert_eq!(reservations, [0, 512, 1536]);
+    // Each block is reserved when half of the one before is used, so the
+    // commit is long done when its first id goes out.
+    assert_eq!(reservations, [0, ID_BLOCK / 2, ID_BLOCK * 3 / 2]);
 }

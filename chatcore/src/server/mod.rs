@@ -32,7 +32,15 @@ use timers::Timers;
 
 /// How many message ids one [`StoreOp::ReserveIds`] sets aside, so the
 /// store is not written once per message just for the counter.
-const ID_BLOCK: MessageId = 1024;
+///
+/// The next block is reserved when half of this one is used, and the
+/// deliveries that carry its ids wait until that reservation is durable.
+/// Half a block must therefore last longer than a commit takes at the
+/// busiest: with blocks of 1024, 150,000 messages a second used half a
+/// block in 3.4 ms, and about one delivery in 350 waited for a commit.
+/// Half of 65,536 lasts 0.2 s at that rate. A crash skips what is left of
+/// the block; ids are 64 bits wide, so gaps cost nothing.
+pub const ID_BLOCK: MessageId = 1 << 16;
 
 /// The whole chat service for one data store: every rule of CHAT/1, driven
 /// by plain calls.

@@ -356,7 +356,7 @@ impl Commits {
 /// an id of the block is seen before the block is durable: otherwise a
 /// crash could hand the id out again. Holding back every delivery until
 /// then, as that barrier asks, would stall all conversations for a commit
-/// each time a block is reserved (every 512 messages); the ids of the
+/// each time a block is reserved (every 32,768 messages); the ids of the
 /// deliveries tell which of them need the reservation, so only those wait.
 #[derive(Debug, Default)]
 struct Reservations {
