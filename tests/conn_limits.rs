@@ -30,22 +30,6 @@ fn expect_refused(c: &mut Client) {
     c.expect_closed();
 }
 
-/// Connects from `ip`: `true` if served (`ASK username` read), `false` if
-/// refused (one `ERR` line and the close).
-fn try_connect(server: &TestServer, ip: &str) -> (bool, Client) {
-    let mut c = Client::connect_from(server.addr(), ip);
-    let mut line = c.line();
-    if line == "HELLO CHAT/1" {
-        line = c.line();
-    }
-    if line == "ASK username" {
-        return (true, c);
-    }
-    assert!(line.starts_with("ERR "), "got {line:?}");
-    c.expect_closed();
-    (false, c)
-}
-
 #[test]
 fn over_the_limits_a_connection_gets_one_error_and_is_closed() {
     let server = TestServer::with(
@@ -73,7 +57,7 @@ fn over_the_limits_a_connection_gets_one_error_and_is_closed() {
         })
         .collect();
     // 1 + 3 + 3 = 7 open; one more fits, then the total is reached.
-    let (served, mut eighth) = try_connect(&server, "127.0.0.4");
+    let (served, mut eighth) = server.try_connect("127.0.0.4");
     assert!(served, "the 8th connection is within max_connections");
     let mut ninth = Client::connect_from(server.addr(), "127.0.0.5");
     expect_refused(&mut ninth);
@@ -93,7 +77,7 @@ fn over_the_limits_a_connection_gets_one_error_and_is_closed() {
     let mut again = poll_until(
         "a place from 127.0.0.2 to free up",
         Duration::from_secs(10),
-        || match try_connect(&server, "127.0.0.2") {
+        || match server.try_connect("127.0.0.2") {
             (true, c) => Some(c),
             (false, _) => None,
         },
@@ -155,7 +139,7 @@ fn idle_connections_and_a_slowloris_cannot_starve_users_and_time_out() {
     }
     let opened = siege_start.elapsed();
     // The newest address is at its limit: one more is refused.
-    let (served, _) = try_connect(&server, &format!("127.0.0.{}", 10 + IPS - 1));
+    let (served, _) = server.try_connect(&format!("127.0.0.{}", 10 + IPS - 1));
     assert!(
         !served,
         "connection {} from one address was served",
@@ -212,7 +196,7 @@ fn idle_connections_and_a_slowloris_cannot_starve_users_and_time_out() {
     let mut back = poll_until(
         "127.0.0.10 to be served again",
         Duration::from_secs(10),
-        || match try_connect(&server, "127.0.0.10") {
+        || match server.try_connect("127.0.0.10") {
             (true, c) => Some(c),
             (false, _) => None,
         },
@@ -237,7 +221,7 @@ fn at_the_per_address_limit_more_connections_are_refused_until_some_time_out() {
             c
         })
         .collect();
-    let (served, _) = try_connect(&server, "127.0.0.7");
+    let (served, _) = server.try_connect("127.0.0.7");
     assert!(
         !served,
         "the 21st connection from one address must be refused"
@@ -247,7 +231,7 @@ fn at_the_per_address_limit_more_connections_are_refused_until_some_time_out() {
     poll_until(
         "127.0.0.7 to be served again",
         Duration::from_secs(10),
-        || try_connect(&server, "127.0.0.7").0.then_some(()),
+        || server.try_connect("127.0.0.7").0.then_some(()),
     );
     drop(held);
     assert_eq!(alice.barrier(), Vec::<String>::new());

@@ -262,6 +262,77 @@ fn a_peer_that_stops_answering_and_reading_is_dropped_and_loses_nothing() {
 }
 
 #[test]
+fn a_closed_connection_whose_peer_never_reads_gives_its_place_back() {
+    // Texts just under max_line_bytes (4096): 4 MB in all, far more than
+    // the two sockets' buffers hold while the peer reads nothing.
+    const TEXT: usize = 4000;
+    const MESSAGES: usize = 1000;
+    let server = TestServer::with(
+        USERS,
+        &[
+            // Room for all of it, so that the server never drops the peer
+            // as one that stopped reading while its session is open: its own
+            // `logout` closes it.
+            "max_outbound_bytes = 67108864",
+            // After the close the last lines get the outbound stall grace:
+            // the heartbeat, here 1 s.
+            "heartbeat = 1",
+            "heartbeat_timeout = 120",
+            "flood_burst = 1000000",
+            "flood_per_second = 1000000",
+            "flood_backlog = 1000000",
+            // Alice and sloth: a third connection waits for sloth's place.
+            "max_connections = 2",
+        ],
+    );
+    let mut alice = server.login("alice", "pw-a");
+    let mut sloth = Client::connect_with_rcvbuf(server.addr(), 4096);
+    sloth.login("sloth", "pw-s");
+    // From here on sloth reads nothing.
+    let filler = "z".repeat(TEXT);
+    let mut batch = String::new();
+    for n in 0..MESSAGES {
+        batch.push_str(&format!("message sloth {n:04} {filler}\n"));
+    }
+    alice.send_raw(batch.as_bytes());
+    for _ in 0..MESSAGES {
+        alice.expect("OK message sloth delivered");
+    }
+    // The server answers `BYE logout` and closes the session, with most of
+    // the 4 MB still queued behind the socket sloth does not read.
+    sloth.send("logout");
+    let logged_out = Instant::now();
+    assert_eq!(
+        alice.barrier(),
+        Vec::<String>::new(),
+        "sloth is still online"
+    );
+
+    // Until the grace runs out, sloth's connection keeps its place; then
+    // the server lets go of it, and a new connection gets in.
+    let (took, mut again) = poll_until(
+        "a place in max_connections after sloth's close",
+        Duration::from_secs(20),
+        || match server.try_connect("127.0.0.1") {
+            (true, c) => Some((logged_out.elapsed(), c)),
+            (false, _) => None,
+        },
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "the place came back after {took:?}, before the 1 s grace"
+    );
+    // `logout` confirmed what sloth was sent (PROTOCOL.md §6): a new login
+    // starts with an empty box.
+    again.send("sloth");
+    again.expect("ASK password");
+    again.send("pw-s");
+    again.expect("OK login sloth");
+    assert_eq!(again.barrier(), ["alice"]);
+    drop(sloth);
+}
+
+#[test]
 fn a_big_offline_box_reaches_a_client_that_reads_it() {
     // max_outbound_bytes bounds what waits for a peer that stops reading;
     // a peer that reads its OFFLINE block as fast as it comes must get all

@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use chatcore::wire::{DecodeError, LineDecoder};
 use chatcore::{Input, SessionId};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -71,6 +71,9 @@ pub struct ConnParams {
     pub inputs: mpsc::Sender<Input>,
     /// The clock, for progress stamps.
     pub clock: Clock,
+    /// Once the core has closed the connection, how long the lines still
+    /// queued may take to be written before the socket is dropped.
+    pub close_grace: Duration,
 }
 
 /// A connection's socket, as its task gets it.
@@ -490,6 +493,12 @@ impl AsyncWrite for Plain<'_> {
 /// the core drops the queue; then shuts the socket's write side down (on
 /// TLS, after a `close_notify`). A mark in the queue is answered with
 /// [`Input::Written`] once the lines before it are written.
+///
+/// Once the core has dropped the queue, what is left must be written
+/// within `close_grace` ([`Closing`]). While the connection is open, the
+/// driver drops a peer that stops reading (the outbound bound); after the
+/// close nobody else watches, and a peer that never read would hold this
+/// task, its socket and its place in the connection limits for good.
 #[allow(clippy::manual_async_fn)] // smaller than an `async fn`: see the module doc
 fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
     mut w: W,
@@ -497,6 +506,7 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
     p: &'a ConnParams,
 ) -> impl Future<Output = io::Result<()>> + 'a {
     async move {
+        let mut closing = Closing::new(p.close_grace);
         let mut buf: Vec<u8> = Vec::new();
         // Entries taken from the queue and not written yet.
         let mut taken = std::collections::VecDeque::new();
@@ -508,10 +518,15 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
                 }
             }
             if w.is_write_vectored() {
-                if let Some(n) = write_few(&mut w, &mut taken).await? {
+                if let Some(n) = closing
+                    .bound(&out, p, |cx| poll_write_few(&mut w, &mut taken, cx))
+                    .await?
+                {
                     out.wrote(n, &p.clock);
                     // As below: TLS may keep records buffered.
-                    w.flush().await?;
+                    closing
+                        .bound(&out, p, |cx| Pin::new(&mut w).poll_flush(cx))
+                        .await?;
                     if taken.is_empty() && out.is_empty() {
                         taken = std::collections::VecDeque::new();
                     }
@@ -531,7 +546,9 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
             }
             let mut off = 0;
             while off < buf.len() {
-                let n = w.write(&buf[off..]).await?;
+                let n = closing
+                    .bound(&out, p, |cx| Pin::new(&mut w).poll_write(cx, &buf[off..]))
+                    .await?;
                 if n == 0 {
                     return Err(io::ErrorKind::WriteZero.into());
                 }
@@ -541,7 +558,9 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
             // TLS may keep encrypted records buffered after accepting the
             // plaintext; they must leave before the writer waits for more. A
             // no-op on plain TCP.
-            w.flush().await?;
+            closing
+                .bound(&out, p, |cx| Pin::new(&mut w).poll_flush(cx))
+                .await?;
             if marked && !to_core(&p.inputs, Input::Written { session: p.session }).await {
                 return Ok(());
             }
@@ -555,11 +574,63 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
                 buf.clear();
             }
         }
-        w.shutdown().await
+        closing
+            .bound(&out, p, |cx| Pin::new(&mut w).poll_shutdown(cx))
+            .await
     }
 }
 
-/// The most lines [`write_few`] writes in one call: its slices are part
+/// The bound on writing after the close (see [`write_loop`]): the grace
+/// starts when the core drops the queue.
+struct Closing {
+    grace: Duration,
+    /// Ends the grace; boxed, as only a closing connection needs its room.
+    late: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Closing {
+    fn new(grace: Duration) -> Closing {
+        Closing { grace, late: None }
+    }
+
+    /// `op` polled to its end, unless the grace after the close ends
+    /// first: then it fails with `TimedOut`. A poll function rather than a
+    /// future, so that the wait keeps no second copy of it in the task.
+    fn bound<'a, T>(
+        &'a mut self,
+        out: &'a OutboundRx,
+        p: &'a ConnParams,
+        mut op: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>> + 'a,
+    ) -> impl Future<Output = io::Result<T>> + 'a {
+        poll_fn(move |cx| {
+            if let Poll::Ready(done) = op(cx) {
+                return Poll::Ready(done);
+            }
+            if self.late.is_none() {
+                ready!(out.poll_closed(cx));
+                self.late = Some(Box::pin(tokio::time::sleep(self.grace)));
+            }
+            if let Some(late) = &mut self.late {
+                ready!(late.as_mut().poll(cx));
+            }
+            tracing::info!(
+                session = %p.session,
+                peer = %p.peer,
+                "the peer did not read the last lines within {} s of the close: dropping it",
+                self.grace.as_secs_f64()
+            );
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the peer did not take the last lines within {} s of the close",
+                    self.grace.as_secs_f64()
+                ),
+            )))
+        })
+    }
+}
+
+/// The most lines [`poll_write_few`] writes in one call: its slices are part
 /// of every connection's task, idle or not.
 const FEW_LINES: usize = 4;
 
@@ -568,21 +639,22 @@ const FEW_LINES: usize = 4;
 /// into, which a conversation paid for every message. Drops what was
 /// written from `taken` and returns how many bytes that was; `None`
 /// otherwise (the caller batches the entries into its buffer).
-async fn write_few<W: AsyncWrite + Unpin>(
+fn poll_write_few<W: AsyncWrite + Unpin>(
     w: &mut W,
     taken: &mut std::collections::VecDeque<Queued>,
-) -> io::Result<Option<usize>> {
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Option<usize>>> {
     let n = {
         let Some((slices, lines, _)) = crate::outbound::line_slices::<FEW_LINES>(taken) else {
-            return Ok(None);
+            return Poll::Ready(Ok(None));
         };
-        w.write_vectored(&slices[..lines]).await?
+        ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..lines]))?
     };
     if n == 0 {
-        return Err(io::ErrorKind::WriteZero.into());
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
     }
     crate::outbound::written(taken, n);
-    Ok(Some(n))
+    Poll::Ready(Ok(Some(n)))
 }
 
 #[cfg(test)]
@@ -615,6 +687,7 @@ mod tests {
             max_line_bytes: 4096,
             inputs,
             clock,
+            close_grace: Duration::from_secs(1),
         };
         let stream = Arc::new(stream);
         let (_out, out_rx) = outbound(&clock, Some(Arc::clone(&stream)));

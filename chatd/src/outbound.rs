@@ -396,6 +396,18 @@ impl OutboundRx {
         .await
     }
 
+    /// Ready once the driver has dropped its end (the core closed the
+    /// connection). The writer's task is the one waiting, here or in
+    /// [`take`](Self::take): one waker serves both.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let q = self.shared.queue();
+        if q.driver_gone {
+            return Poll::Ready(());
+        }
+        let _ = wait(q, cx);
+        Poll::Pending
+    }
+
     /// Every entry queued now, if there is any.
     pub(crate) fn try_take(&mut self) -> Option<VecDeque<Queued>> {
         take_entries(&mut self.shared.queue())

@@ -284,6 +284,22 @@ impl TestServer {
         Client::connect(self.addr)
     }
 
+    /// Connects from `ip`: `true` if served (`ASK username` read), `false`
+    /// if refused (one `ERR` line and the close).
+    pub fn try_connect(&self, ip: &str) -> (bool, Client) {
+        let mut c = Client::connect_from(self.addr(), ip);
+        let mut line = c.line();
+        if line == "HELLO CHAT/1" {
+            line = c.line();
+        }
+        if line == "ASK username" {
+            return (true, c);
+        }
+        assert!(line.starts_with("ERR "), "got {line:?}");
+        c.expect_closed();
+        (false, c)
+    }
+
     /// A new client, logged in (held messages discarded: use
     /// [`Client::login`] when they matter).
     pub fn login(&self, user: &str, password: &str) -> Client {

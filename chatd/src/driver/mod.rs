@@ -705,6 +705,7 @@ impl Driver {
             max_line_bytes: self.max_line_bytes,
             inputs: self.inputs.clone(),
             clock: self.clock,
+            close_grace: self.limit.stall_grace,
         };
         let open = crate::metrics::OpenConnection::new(self.transport());
         let abort = self.tasks.spawn(async move {
