@@ -289,15 +289,7 @@ fn a_closed_connection_whose_peer_never_reads_gives_its_place_back() {
     let mut sloth = Client::connect_with_rcvbuf(server.addr(), 4096);
     sloth.login("sloth", "pw-s");
     // From here on sloth reads nothing.
-    let filler = "z".repeat(TEXT);
-    let mut batch = String::new();
-    for n in 0..MESSAGES {
-        batch.push_str(&format!("message sloth {n:04} {filler}\n"));
-    }
-    alice.send_raw(batch.as_bytes());
-    for _ in 0..MESSAGES {
-        alice.expect("OK message sloth delivered");
-    }
+    send_messages(&mut alice, "sloth", MESSAGES, TEXT, "delivered");
     // The server answers `BYE logout` and closes the session, with most of
     // the 4 MB still queued behind the socket sloth does not read.
     sloth.send("logout");
@@ -371,6 +363,13 @@ fn a_big_offline_box_reaches_a_client_that_reads_it() {
 /// Fills `user`'s box with `n` messages of about `size` bytes from `from`
 /// (already logged in), numbered `h00000`, `h00001`... in their text.
 fn fill_box(from: &mut Client, user: &str, n: usize, size: usize) {
+    send_messages(from, user, n, size, "queued offline");
+}
+
+/// Sends `user` `n` messages of about `size` bytes from `from` (already
+/// logged in), numbered `h00000`, `h00001`... in their text, in one write,
+/// and reads each one's `OK message <user> <outcome>`.
+fn send_messages(from: &mut Client, user: &str, n: usize, size: usize, outcome: &str) {
     let filler = "q".repeat(size);
     let mut batch = String::new();
     for i in 0..n {
@@ -378,7 +377,7 @@ fn fill_box(from: &mut Client, user: &str, n: usize, size: usize) {
     }
     from.send_raw(batch.as_bytes());
     for _ in 0..n {
-        from.expect(&format!("OK message {user} queued offline"));
+        from.expect(&format!("OK message {user} {outcome}"));
     }
 }
 
