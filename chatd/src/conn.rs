@@ -506,7 +506,7 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
     p: &'a ConnParams,
 ) -> impl Future<Output = io::Result<()>> + 'a {
     async move {
-        let mut closing = Closing::new(p.close_grace);
+        let mut closing = Closing::default();
         let mut buf: Vec<u8> = Vec::new();
         // Entries taken from the queue and not written yet.
         let mut taken = std::collections::VecDeque::new();
@@ -580,19 +580,15 @@ fn write_loop<'a, W: AsyncWrite + Unpin + 'a>(
     }
 }
 
-/// The bound on writing after the close (see [`write_loop`]): the grace
-/// starts when the core drops the queue.
+/// The bound on writing after the close (see [`write_loop`]): the grace,
+/// `close_grace`, starts when the core drops the queue.
+#[derive(Default)]
 struct Closing {
-    grace: Duration,
     /// Ends the grace; boxed, as only a closing connection needs its room.
     late: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Closing {
-    fn new(grace: Duration) -> Closing {
-        Closing { grace, late: None }
-    }
-
     /// `op` polled to its end, unless the grace after the close ends
     /// first: then it fails with `TimedOut`. A poll function rather than a
     /// future, so that the wait keeps no second copy of it in the task.
@@ -608,7 +604,7 @@ impl Closing {
             }
             if self.late.is_none() {
                 ready!(out.poll_closed(cx));
-                self.late = Some(Box::pin(tokio::time::sleep(self.grace)));
+                self.late = Some(Box::pin(tokio::time::sleep(p.close_grace)));
             }
             if let Some(late) = &mut self.late {
                 ready!(late.as_mut().poll(cx));
@@ -617,15 +613,9 @@ impl Closing {
                 session = %p.session,
                 peer = %p.peer,
                 "the peer did not read the last lines within {} s of the close: dropping it",
-                self.grace.as_secs_f64()
+                p.close_grace.as_secs_f64()
             );
-            Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "the peer did not take the last lines within {} s of the close",
-                    self.grace.as_secs_f64()
-                ),
-            )))
+            Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
         })
     }
 }
