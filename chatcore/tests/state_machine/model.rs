@@ -340,7 +340,8 @@ pub const GENERAL: Profile = Profile {
 };
 
 /// Long conversations: many commands, few logins, boxes filling up, the
-/// flood backlog filling, pages.
+/// flood backlog filling, pages. Messages go to accounts only, so that more
+/// of them fill boxes.
 pub const TRAFFIC: Profile = Profile {
     weights: Weights {
         connect: 2,
@@ -361,7 +362,7 @@ pub const TRAFFIC: Profile = Profile {
     },
     ips: 2,
     names: &NAMES,
-    recipients: &NAMES,
+    recipients: &ACCOUNTS,
     setup: traffic_setup,
 };
 
