@@ -635,7 +635,8 @@ fn poll_write_few<W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<Option<usize>>> {
     let n = {
-        let Some((slices, lines, _)) = crate::outbound::line_slices::<FEW_LINES>(taken) else {
+        let mut slices = [io::IoSlice::new(&[]); FEW_LINES];
+        let Some((lines, _)) = crate::outbound::line_slices(taken, &mut slices) else {
             return Poll::Ready(Ok(None));
         };
         ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..lines]))?

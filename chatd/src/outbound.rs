@@ -88,10 +88,15 @@ impl OutboundShared {
     /// The socket accepted `n` bytes: they no longer count against the
     /// bound, and the peer is reading.
     fn wrote(&self, n: usize, clock: &Clock) {
+        self.wrote_at(n, clock.elapsed_ms());
+    }
+
+    /// [`wrote`](Self::wrote) at `now_ms` ([`Clock::elapsed_ms`]), read
+    /// once for a round's writes rather than once a write.
+    fn wrote_at(&self, n: usize, now_ms: u64) {
         self.queued.fetch_sub(n, Ordering::AcqRel);
         crate::metrics::outbound_written(n);
-        self.progress_ms
-            .store(clock.elapsed_ms(), Ordering::Release);
+        self.progress_ms.store(now_ms, Ordering::Release);
     }
 
     /// Wakes the writer for what is queued, unless it was woken already.
@@ -111,7 +116,7 @@ impl OutboundShared {
     /// take lines meanwhile and write them out of order. On the
     /// current-thread runtime chatd runs on, the writer never waits for
     /// that lock: it runs on the same thread.
-    fn write_to(&self, socket: &TcpStream, clock: &Clock) {
+    fn write_to(&self, socket: &TcpStream, now_ms: u64) {
         let mut q = self.queue();
         // A writer that is gone ended on an error; the connection task
         // reports that as `Input::Closed` itself. Entries already taken
@@ -119,12 +124,13 @@ impl OutboundShared {
         if q.writer_gone || q.entries.is_empty() {
             return;
         }
-        let slices = if q.holding {
+        let mut slices = [io::IoSlice::new(&[]); DIRECT_LINES];
+        let counted = if q.holding {
             None
         } else {
-            line_slices::<DIRECT_LINES>(&q.entries)
+            line_slices(&q.entries, &mut slices)
         };
-        let Some((slices, lines, total)) = slices else {
+        let Some((lines, total)) = counted else {
             return self.wake_writer(q);
         };
         // An error other than `WouldBlock` is the writer's to meet and
@@ -139,7 +145,7 @@ impl OutboundShared {
             self.wake_writer(q);
         }
         if n > 0 {
-            self.wrote(n, clock);
+            self.wrote_at(n, now_ms);
         }
     }
 }
@@ -148,17 +154,20 @@ impl OutboundShared {
 /// on its stack. More queued lines than that are the writer's to batch.
 const DIRECT_LINES: usize = 32;
 
-/// The lines of `entries` as slices for one vectored write, with how many
-/// there are and their bytes; `None` if there is none, more than `N`, or a
-/// mark among them (a mark is answered once the lines before it are
-/// written, which is the writer's to see).
-pub(crate) fn line_slices<const N: usize>(
-    entries: &VecDeque<Queued>,
-) -> Option<([io::IoSlice<'_>; N], usize, usize)> {
-    if entries.is_empty() || entries.len() > N {
+/// Puts the lines of `entries` in `slices` for one vectored write, and
+/// returns how many there are and their bytes; `None` if there is none,
+/// more than `slices` holds, or a mark among them (a mark is answered once
+/// the lines before it are written, which is the writer's to see).
+///
+/// The caller's array is filled in place: returned by value, the driver's
+/// 32 slices were a 512-byte copy a write.
+pub(crate) fn line_slices<'a>(
+    entries: &'a VecDeque<Queued>,
+    slices: &mut [io::IoSlice<'a>],
+) -> Option<(usize, usize)> {
+    if entries.is_empty() || entries.len() > slices.len() {
         return None;
     }
-    let mut slices = [io::IoSlice::new(&[]); N];
     let mut total = 0;
     for (slice, entry) in slices.iter_mut().zip(entries) {
         let Queued::Line(line) = entry else {
@@ -167,7 +176,7 @@ pub(crate) fn line_slices<const N: usize>(
         *slice = io::IoSlice::new(line);
         total += line.len();
     }
-    Some((slices, entries.len(), total))
+    Some((entries.len(), total))
 }
 
 /// Drops the first `n` bytes' worth of lines from `entries`, which were
@@ -312,12 +321,13 @@ impl Outbound {
     /// each round for every connection it queued lines for: a round's
     /// lines to one client then leave in one system call, a broadcast's
     /// after the others of its round.
-    pub fn flush(&mut self, clock: &Clock) {
+    /// `now_ms` is [`Clock::elapsed_ms`], read once for the round.
+    pub fn flush(&mut self, now_ms: u64) {
         if !std::mem::take(&mut self.unflushed) {
             return;
         }
         if let Some(socket) = &self.socket {
-            self.shared.write_to(socket, clock);
+            self.shared.write_to(socket, now_ms);
         }
     }
 
@@ -660,14 +670,14 @@ mod tests {
             io::ErrorKind::WouldBlock
         );
         // ...then everything is.
-        tx.flush(&clock);
+        tx.flush(clock.elapsed_ms());
         assert!(!tx.unflushed());
         assert_eq!(read_exactly(&mut client, 12).await, b"MSG 1\nMSG 2\n");
         // A quiet line waits, and goes with the next line, first.
         tx.push_quiet("OK 3\n", &limit, &clock).unwrap();
         assert!(!tx.unflushed());
         tx.push("MSG 4\n", &limit, &clock).unwrap();
-        tx.flush(&clock);
+        tx.flush(clock.elapsed_ms());
         assert_eq!(read_exactly(&mut client, 11).await, b"OK 3\nMSG 4\n");
         assert!(rx.try_take().is_none());
         // Written bytes no longer count against the bound.
@@ -675,7 +685,7 @@ mod tests {
         // A mark is the writer's to answer: lines after it queue behind it.
         tx.mark();
         tx.push("MSG 5\n", &limit, &clock).unwrap();
-        tx.flush(&clock);
+        tx.flush(clock.elapsed_ms());
         assert_eq!(lines(rx.try_take()), ["mark", "MSG 5\n"]);
     }
 
@@ -689,7 +699,7 @@ mod tests {
         assert_eq!(lines(rx.try_take()), ["OK 1\n"]);
         // ...so the next one may not overtake it.
         tx.push("MSG 2\n", &limit, &clock).unwrap();
-        tx.flush(&clock);
+        tx.flush(clock.elapsed_ms());
         assert_eq!(lines(rx.try_take()), ["MSG 2\n"]);
         // Once the writer asks for more, everything it took is written
         // (here: by nobody, the client reads nothing yet) and lines go
@@ -697,7 +707,7 @@ mod tests {
         let writer = tokio::spawn(async move { rx.take().await.map(|q| q.len()) });
         tokio::task::yield_now().await;
         tx.push("MSG 3\n", &limit, &clock).unwrap();
-        tx.flush(&clock);
+        tx.flush(clock.elapsed_ms());
         assert_eq!(read_exactly(&mut client, 6).await, b"MSG 3\n");
         drop(tx);
         assert_eq!(writer.await.unwrap(), None);
@@ -712,7 +722,7 @@ mod tests {
         let limit = limit(line.len());
         let (mut tx, mut rx, mut client) = on_socket(&clock).await;
         tx.push(line.clone(), &limit, &clock).unwrap();
-        tx.flush(&clock);
+        tx.flush(clock.elapsed_ms());
         let rest = lines(rx.try_take()).concat();
         let written = line.len() - rest.len();
         assert!(0 < written && written < line.len(), "{written}");
@@ -729,7 +739,7 @@ mod tests {
         for _ in 0..=DIRECT_LINES {
             tx.push("x\n", &limit, &clock).unwrap();
         }
-        tx.flush(&clock);
+        tx.flush(clock.elapsed_ms());
         assert_eq!(rx.try_take().map(|q| q.len()), Some(DIRECT_LINES + 1));
     }
 }

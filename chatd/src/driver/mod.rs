@@ -653,9 +653,13 @@ impl Driver {
     /// Ends a round's writing: the lines it queued go to their sockets
     /// (plain TCP) or wake their writers.
     fn flush_lines(&mut self) {
+        if self.unflushed.is_empty() {
+            return;
+        }
+        let now_ms = self.clock.elapsed_ms();
         for session in self.unflushed.drain(..) {
             if let Some(conn) = self.conns.get_mut(&session) {
-                conn.out.flush(&self.clock);
+                conn.out.flush(now_ms);
             }
         }
     }
