@@ -321,6 +321,7 @@ impl Outbound {
     /// each round for every connection it queued lines for: a round's
     /// lines to one client then leave in one system call, a broadcast's
     /// after the others of its round.
+    ///
     /// `now_ms` is [`Clock::elapsed_ms`], read once for the round.
     pub fn flush(&mut self, now_ms: u64) {
         if !std::mem::take(&mut self.unflushed) {
